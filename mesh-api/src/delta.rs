@@ -1,0 +1,258 @@
+//! Versions of the config on the wire: a full state, then deltas of named resources.
+//!
+//! The controller computes a complete [`Config`] on every change and sends each proxy only what
+//! differs from the version that proxy last acknowledged. The proxy rebuilds the next complete
+//! `Config` with [`Config::apply`]; an update that does not apply cleanly is refused whole, so a
+//! proxy is always on exactly one version the controller sent.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::Config;
+use crate::proto::{self, ResourceKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("resource {key:?} has no kind")]
+    UnspecifiedKind { key: String },
+    #[error("resource {kind:?} {key:?} has a body that is not a valid {kind:?}: {source}")]
+    BadBody {
+        kind: ResourceKind,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("resource {kind:?} {key:?} carries key {found:?} in its body")]
+    KeyMismatch { kind: ResourceKind, key: String, found: String },
+    #[error("removal of {kind:?} {key:?}, which the proxy does not have")]
+    UnknownRemoval { kind: ResourceKind, key: String },
+}
+
+/// Every resource kind of the model, each with the key it is stored under.
+macro_rules! for_each_kind {
+    ($mac:ident $(, $arg:expr)*) => {{
+        $mac!(services, ResourceKind::Service, |r: &crate::model::Service| r.key.to_string() $(, $arg)*);
+        $mac!(workloads, ResourceKind::Workload, |r: &crate::model::Workload| r.key.to_string() $(, $arg)*);
+        $mac!(backends, ResourceKind::Backend, |r: &crate::model::Backend| r.key.to_string() $(, $arg)*);
+        $mac!(listeners, ResourceKind::Listener, |r: &crate::model::Listener| r.key.to_string() $(, $arg)*);
+        $mac!(routes, ResourceKind::Route, |r: &crate::model::Route| r.key.to_string() $(, $arg)*);
+        $mac!(certificates, ResourceKind::Certificate, |r: &crate::model::Certificate| r.key.to_string() $(, $arg)*);
+    }};
+}
+
+impl Config {
+    /// Inserts resources under their own keys.
+    pub fn insert_service(&mut self, r: crate::model::Service) {
+        self.services.insert(r.key.to_string(), r);
+    }
+    pub fn insert_workload(&mut self, r: crate::model::Workload) {
+        self.workloads.insert(r.key.to_string(), r);
+    }
+    pub fn insert_backend(&mut self, r: crate::model::Backend) {
+        self.backends.insert(r.key.to_string(), r);
+    }
+    pub fn insert_listener(&mut self, r: crate::model::Listener) {
+        self.listeners.insert(r.key.to_string(), r);
+    }
+    pub fn insert_route(&mut self, r: crate::model::Route) {
+        self.routes.insert(r.key.to_string(), r);
+    }
+    pub fn insert_certificate(&mut self, r: crate::model::Certificate) {
+        self.certificates.insert(r.key.to_string(), r);
+    }
+
+    /// Number of resources of all kinds.
+    pub fn len(&self) -> usize {
+        self.services.len()
+            + self.workloads.len()
+            + self.backends.len()
+            + self.listeners.len()
+            + self.routes.len()
+            + self.certificates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole config as one update.
+    pub fn to_full_update(&self, version: u64) -> proto::ConfigUpdate {
+        let mut upserts = Vec::with_capacity(self.len());
+        macro_rules! all {
+            ($field:ident, $kind:expr, $key:expr) => {
+                for (key, r) in &self.$field {
+                    upserts.push(resource($kind, key, r));
+                }
+            };
+        }
+        for_each_kind!(all);
+        proto::ConfigUpdate { version, full_state: true, upserts, removals: Vec::new() }
+    }
+
+    /// What turns `self` into `next`.
+    pub fn diff(&self, next: &Config, version: u64) -> proto::ConfigUpdate {
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        macro_rules! diff {
+            ($field:ident, $kind:expr, $key:expr) => {
+                diff_map(&self.$field, &next.$field, $kind, &mut upserts, &mut removals);
+            };
+        }
+        for_each_kind!(diff);
+        proto::ConfigUpdate { version, full_state: false, upserts, removals }
+    }
+
+    /// The config that `update` describes, given that `self` is the previous version.
+    /// Either the whole update applies or none of it does.
+    pub fn apply(&self, update: &proto::ConfigUpdate) -> Result<Config, DeltaError> {
+        let mut next = if update.full_state { Config::default() } else { self.clone() };
+        for removal in &update.removals {
+            let kind = removal.kind();
+            let key = &removal.key;
+            let removed = match kind {
+                ResourceKind::Unspecified => {
+                    return Err(DeltaError::UnspecifiedKind { key: key.clone() });
+                }
+                ResourceKind::Service => next.services.remove(key).is_some(),
+                ResourceKind::Workload => next.workloads.remove(key).is_some(),
+                ResourceKind::Backend => next.backends.remove(key).is_some(),
+                ResourceKind::Listener => next.listeners.remove(key).is_some(),
+                ResourceKind::Route => next.routes.remove(key).is_some(),
+                ResourceKind::Certificate => next.certificates.remove(key).is_some(),
+            };
+            if !removed {
+                return Err(DeltaError::UnknownRemoval { kind, key: key.clone() });
+            }
+        }
+        for upsert in &update.upserts {
+            let id = upsert.id.clone().unwrap_or_default();
+            let kind = id.kind();
+            macro_rules! upsert {
+                ($field:ident, $k:expr, $key:expr) => {
+                    if kind == $k {
+                        let value = decode(kind, &id.key, &upsert.body)?;
+                        let found = ($key)(&value);
+                        if found != id.key {
+                            return Err(DeltaError::KeyMismatch { kind, key: id.key, found });
+                        }
+                        next.$field.insert(id.key.clone(), value);
+                        continue;
+                    }
+                };
+            }
+            for_each_kind!(upsert);
+            return Err(DeltaError::UnspecifiedKind { key: id.key });
+        }
+        Ok(next)
+    }
+}
+
+fn resource<T: Serialize>(kind: ResourceKind, key: &str, value: &T) -> proto::Resource {
+    // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    proto::Resource { id: Some(proto::ResourceId { kind: kind as i32, key: key.to_string() }), body }
+}
+
+fn decode<T: DeserializeOwned>(kind: ResourceKind, key: &str, body: &[u8]) -> Result<T, DeltaError> {
+    serde_json::from_slice(body).map_err(|source| DeltaError::BadBody { kind, key: key.to_string(), source })
+}
+
+fn diff_map<T: Serialize + PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    kind: ResourceKind,
+    upserts: &mut Vec<proto::Resource>,
+    removals: &mut Vec<proto::ResourceId>,
+) {
+    for (key, value) in new {
+        if old.get(key) != Some(value) {
+            upserts.push(resource(kind, key, value));
+        }
+    }
+    for key in old.keys() {
+        if !new.contains_key(key) {
+            removals.push(proto::ResourceId { kind: kind as i32, key: key.clone() });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn service(ns: &str, name: &str, port: u16) -> Service {
+        Service {
+            key: ObjectKey::new(ns, name),
+            hostname: format!("{name}.{ns}.svc.cluster.local"),
+            vips: vec!["10.96.0.10".parse().expect("ip")],
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                transport: Transport::Tcp,
+                app_protocol: AppProtocol::Http1,
+            }],
+        }
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_next_config() {
+        let mut a = Config::default();
+        a.insert_service(service("default", "one", 80));
+        a.insert_service(service("default", "two", 80));
+        let mut b = Config::default();
+        b.insert_service(service("default", "one", 8080));
+        b.insert_service(service("default", "three", 80));
+
+        let delta = a.diff(&b, 2);
+        assert!(!delta.full_state);
+        assert_eq!(delta.upserts.len(), 2, "one changed, one added");
+        assert_eq!(delta.removals.len(), 1, "one removed");
+        assert_eq!(a.apply(&delta).expect("applies"), b);
+    }
+
+    #[test]
+    fn full_update_replaces_everything() {
+        let mut a = Config::default();
+        a.insert_service(service("default", "stale", 80));
+        let mut b = Config::default();
+        b.insert_service(service("default", "fresh", 80));
+        assert_eq!(a.apply(&b.to_full_update(7)).expect("applies"), b);
+    }
+
+    #[test]
+    fn an_unchanged_config_gives_an_empty_delta() {
+        let mut a = Config::default();
+        a.insert_service(service("default", "one", 80));
+        let delta = a.diff(&a.clone(), 3);
+        assert!(delta.upserts.is_empty() && delta.removals.is_empty());
+    }
+
+    #[test]
+    fn a_broken_update_is_refused_whole() {
+        let a = Config::default();
+        let mut update = Config::default().diff(&Config::default(), 1);
+        update.upserts.push(proto::Resource {
+            id: Some(proto::ResourceId { kind: ResourceKind::Service as i32, key: "default/x".into() }),
+            body: b"{not json".to_vec(),
+        });
+        let err = a.apply(&update).expect_err("garbage body");
+        assert!(matches!(err, DeltaError::BadBody { .. }), "{err}");
+
+        let mut b = Config::default();
+        b.insert_service(service("default", "real", 80));
+        let mut lying = b.to_full_update(2);
+        lying.upserts[0].id = Some(proto::ResourceId { kind: ResourceKind::Service as i32, key: "default/other".into() });
+        assert!(matches!(a.apply(&lying), Err(DeltaError::KeyMismatch { .. })));
+
+        let removal = proto::ConfigUpdate {
+            version: 3,
+            full_state: false,
+            upserts: vec![],
+            removals: vec![proto::ResourceId { kind: ResourceKind::Route as i32, key: "nope".into() }],
+        };
+        assert!(matches!(a.apply(&removal), Err(DeltaError::UnknownRemoval { .. })));
+    }
+}

@@ -1,0 +1,25 @@
+//! The contract between weft-controller and weft-proxy.
+//!
+//! - [`model`]: the resolved configuration as plain Rust types.
+//! - [`proto`]: the gRPC stream that carries it (generated from `proto/weft/mesh/v1`).
+//! - [`delta`]: full state and deltas of that model, as the stream sends them.
+//! - [`precedence`]: the order in which route matches are tried, shared by the controller
+//!   (which validates and reports) and the proxy (which matches).
+
+pub mod delta;
+pub mod model;
+pub mod precedence;
+
+/// Generated from `proto/weft/mesh/v1/config.proto`.
+pub mod proto {
+    #![allow(clippy::all, rust_2018_idioms)]
+    tonic::include_proto!("weft.mesh.v1");
+}
+
+/// The GatewayClass `controllerName` Weft answers to.
+pub const CONTROLLER_NAME: &str = "weft.dev/gateway-controller";
+/// Namespace label that enrols a namespace's pods in the mesh (value `enabled`); on a pod,
+/// value `disabled` opts that pod out.
+pub const MESH_LABEL: &str = "weft.dev/mesh";
+/// Mark carried by the proxy's own sockets so interception rules let them pass ("WF").
+pub const PROXY_FWMARK: u32 = 0x5746;

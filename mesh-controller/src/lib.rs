@@ -1,0 +1,8 @@
+//! weft-controller: reads the Gateway API (from a cluster or a folder of manifests), resolves
+//! it into the node proxies' config and every status, and serves the config stream.
+
+pub mod app;
+pub mod manifests;
+pub mod resolve;
+pub mod status;
+pub mod store;

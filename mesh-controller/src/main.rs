@@ -1,0 +1,52 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mesh_controller::app;
+
+/// weft-controller: resolves the Gateway API into config for the node proxies and writes status.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Read objects from the YAML files in this folder (standalone mode) instead of a cluster.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Resolve once, print every computed status as YAML to stdout and a config summary to
+    /// stderr, and exit.
+    #[arg(long, requires = "manifests")]
+    once: bool,
+    /// Where the config stream (gRPC) listens for node proxies.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    config_addr: SocketAddr,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// DNS suffix of Service hostnames.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+fn main() -> ExitCode {
+    app::init_logging();
+    let args = Args::parse();
+    let settings = mesh_controller::resolve::Settings {
+        trust_domain: args.trust_domain,
+        cluster_domain: args.cluster_domain,
+        ..Default::default()
+    };
+    let result = match (&args.manifests, args.once) {
+        (Some(dir), true) => app::once(dir, &settings),
+        (Some(dir), false) => app::serve_manifests(dir.clone(), settings, args.config_addr),
+        (None, _) => Err(anyhow::anyhow!(
+            "no source: pass --manifests DIR (the Kubernetes source is tracked in the cluster issue)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-controller: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

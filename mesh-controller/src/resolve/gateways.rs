@@ -1,0 +1,445 @@
+//! GatewayClasses this controller owns, their Gateways, and each Gateway's listeners:
+//! validated, checked for conflicts, TLS certificates resolved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use gateway_api::experimental::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode};
+use k8s_openapi::api::core::v1::Secret;
+use mesh_api::CONTROLLER_NAME;
+use mesh_api::model::{Certificate, Listener, ListenerKey, ListenerProtocol, ListenerTls, ObjectKey, RouteKind, TlsMode};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::Settings;
+use super::backends::GATEWAY_GROUP;
+use super::reference_grants::{self, From, To};
+use super::selector::LabelSelector;
+use crate::status::{Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, RouteGroupKind};
+use crate::store::Store;
+
+/// GatewayClasses whose controllerName is Weft's, with their status. Others are not touched.
+pub fn classes(store: &Store) -> (BTreeSet<String>, BTreeMap<String, GatewayClassStatus>) {
+    let mut accepted = BTreeSet::new();
+    let mut statuses = BTreeMap::new();
+    for (key, class) in &store.gateway_classes {
+        if class.spec.controller_name != CONTROLLER_NAME {
+            continue;
+        }
+        let generation = class.metadata.generation;
+        let accepted_condition = match &class.spec.parameters_ref {
+            Some(p) => Condition::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                format!("parametersRef {}/{} {} is not supported by this version of Weft; remove it", p.group, p.kind, p.name),
+                generation,
+            ),
+            None => {
+                accepted.insert(key.name.clone());
+                Condition::new("Accepted", true, "Accepted", "Weft manages Gateways of this class", generation)
+            }
+        };
+        statuses.insert(
+            key.name.clone(),
+            GatewayClassStatus {
+                conditions: vec![
+                    accepted_condition,
+                    Condition::new(
+                        "SupportedVersion",
+                        true,
+                        "SupportedVersion",
+                        "Weft supports Gateway API v1.5",
+                        generation,
+                    ),
+                ],
+                supported_features: Vec::new(),
+            },
+        );
+    }
+    (accepted, statuses)
+}
+
+/// Which namespaces may attach routes to a listener.
+#[derive(Clone, Debug)]
+pub enum AllowedNamespaces {
+    Same,
+    All,
+    Selector(LabelSelector),
+}
+
+/// One listener, as far as validation got.
+#[derive(Clone, Debug)]
+pub struct ListenerState {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Option<ListenerProtocol>,
+    pub hostname: Option<String>,
+    pub namespaces: AllowedNamespaces,
+    /// Route kinds that may attach (the valid ones of `allowedRoutes.kinds`, or the protocol's).
+    pub kinds: Vec<RouteKind>,
+    /// (ok, reason, message) of the listener's Accepted condition.
+    pub accepted: (bool, &'static str, String),
+    pub conflicted: Option<(&'static str, String)>,
+    pub resolved_refs: (bool, &'static str, String),
+    pub tls: Option<ListenerTls>,
+    pub certificates: Vec<Certificate>,
+    pub attached_routes: i32,
+}
+
+impl ListenerState {
+    /// Routes may attach.
+    pub fn usable(&self) -> bool {
+        self.accepted.0 && self.conflicted.is_none()
+    }
+
+    /// The proxy serves it.
+    pub fn programmed(&self) -> bool {
+        self.usable() && self.resolved_refs.0 && self.protocol.is_some()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayState {
+    pub key: ObjectKey,
+    pub generation: Option<i64>,
+    pub listeners: Vec<ListenerState>,
+    pub addresses: Vec<IpAddr>,
+    /// Why the Gateway's addresses cannot be used, when they cannot.
+    pub address_problem: Option<String>,
+}
+
+impl GatewayState {
+    pub fn accepted(&self) -> bool {
+        self.address_problem.is_none()
+    }
+}
+
+pub fn gateways(store: &Store, settings: &Settings, classes: &BTreeSet<String>) -> BTreeMap<ObjectKey, GatewayState> {
+    store
+        .gateways
+        .iter()
+        .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
+        .map(|(key, gw)| (key.clone(), gateway(store, settings, key, gw)))
+        .collect()
+}
+
+fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) -> GatewayState {
+    let mut addresses = Vec::new();
+    let mut address_problem = None;
+    for a in gw.spec.addresses.iter().flatten() {
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        let value = a.value.as_deref().unwrap_or_default();
+        match (kind, value.parse::<IpAddr>()) {
+            ("IPAddress", Ok(ip)) => addresses.push(ip),
+            ("IPAddress", Err(_)) => address_problem = Some(format!("address {value:?} is not an IP address")),
+            (other, _) => address_problem = Some(format!("address type {other:?} is not supported; use IPAddress")),
+        }
+    }
+    if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty) {
+        addresses = settings.default_gateway_addresses.clone();
+    }
+    let mut listeners: Vec<ListenerState> = gw.spec.listeners.iter().map(|l| listener(store, key, l)).collect();
+    mark_conflicts(&mut listeners);
+    GatewayState { key: key.clone(), generation: gw.metadata.generation, listeners, addresses, address_problem }
+}
+
+fn protocol(name: &str) -> Option<ListenerProtocol> {
+    Some(match name {
+        "HTTP" => ListenerProtocol::Http,
+        "HTTPS" => ListenerProtocol::Https,
+        "TLS" => ListenerProtocol::Tls,
+        "TCP" => ListenerProtocol::Tcp,
+        "UDP" => ListenerProtocol::Udp,
+        _ => return None,
+    })
+}
+
+/// The route kinds a listener of this protocol can carry.
+pub fn kinds_for(protocol: ListenerProtocol, tls_mode: TlsMode) -> &'static [RouteKind] {
+    match (protocol, tls_mode) {
+        (ListenerProtocol::Http | ListenerProtocol::Https, _) => &[RouteKind::Http, RouteKind::Grpc],
+        (ListenerProtocol::Tls, TlsMode::Passthrough) => &[RouteKind::Tls],
+        (ListenerProtocol::Tls, TlsMode::Terminate) => &[RouteKind::Tls, RouteKind::Tcp],
+        (ListenerProtocol::Tcp, _) => &[RouteKind::Tcp],
+        (ListenerProtocol::Udp, _) => &[RouteKind::Udp],
+    }
+}
+
+pub fn route_kind(group: &str, kind: &str) -> Option<RouteKind> {
+    if group != GATEWAY_GROUP {
+        return None;
+    }
+    Some(match kind {
+        "HTTPRoute" => RouteKind::Http,
+        "GRPCRoute" => RouteKind::Grpc,
+        "TLSRoute" => RouteKind::Tls,
+        "TCPRoute" => RouteKind::Tcp,
+        "UDPRoute" => RouteKind::Udp,
+        _ => return None,
+    })
+}
+
+fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> ListenerState {
+    let protocol = protocol(&l.protocol);
+    let tls_mode = match l.tls.as_ref().and_then(|t| t.mode.as_ref()) {
+        Some(GatewayListenersTlsMode::Passthrough) => TlsMode::Passthrough,
+        _ => TlsMode::Terminate,
+    };
+    let allowed = l.allowed_routes.as_ref();
+    let namespaces = match allowed.and_then(|a| a.namespaces.as_ref()) {
+        None => AllowedNamespaces::Same,
+        Some(n) => match n.from.as_ref().unwrap_or(&GatewayListenersAllowedRoutesNamespacesFrom::Same) {
+            GatewayListenersAllowedRoutesNamespacesFrom::Same => AllowedNamespaces::Same,
+            GatewayListenersAllowedRoutesNamespacesFrom::All => AllowedNamespaces::All,
+            GatewayListenersAllowedRoutesNamespacesFrom::Selector => {
+                AllowedNamespaces::Selector(n.selector.as_ref().and_then(super::routes::reshape).unwrap_or_default())
+            }
+        },
+    };
+    let mut state = ListenerState {
+        name: l.name.clone(),
+        port: u16::try_from(l.port).unwrap_or(0),
+        protocol,
+        hostname: l.hostname.clone().filter(|h| !h.is_empty()),
+        namespaces,
+        kinds: Vec::new(),
+        accepted: (true, "Accepted", "listener is valid".to_string()),
+        conflicted: None,
+        resolved_refs: (true, "ResolvedRefs", "all references resolved".to_string()),
+        tls: None,
+        certificates: Vec::new(),
+        attached_routes: 0,
+    };
+    let Some(protocol) = protocol else {
+        state.accepted = (
+            false,
+            "UnsupportedProtocol",
+            format!("protocol {:?} is not supported; use HTTP, HTTPS, TLS, TCP or UDP", l.protocol),
+        );
+        return state;
+    };
+    if state.port == 0 {
+        state.accepted = (false, "PortUnavailable", format!("port {} is not between 1 and 65535", l.port));
+        return state;
+    }
+    let supported = kinds_for(protocol, tls_mode);
+    match allowed.and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) {
+        None => state.kinds = supported.to_vec(),
+        Some(kinds) => {
+            let mut invalid = Vec::new();
+            for k in kinds {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                match route_kind(group, &k.kind).filter(|kind| supported.contains(kind)) {
+                    Some(kind) if !state.kinds.contains(&kind) => state.kinds.push(kind),
+                    Some(_) => {}
+                    None => invalid.push(format!("{group}/{}", k.kind)),
+                }
+            }
+            if !invalid.is_empty() {
+                state.resolved_refs = (
+                    false,
+                    "InvalidRouteKinds",
+                    format!("route kinds {} cannot attach to a {} listener", invalid.join(", "), l.protocol),
+                );
+            }
+        }
+    }
+    // TLS: HTTPS terminates; TLS passes through or terminates; the others take no tls block.
+    let needs_certificates = match protocol {
+        ListenerProtocol::Https => {
+            if tls_mode == TlsMode::Passthrough {
+                state.accepted = (false, "UnsupportedValue", "an HTTPS listener cannot use TLS mode Passthrough; use a TLS listener".into());
+                return state;
+            }
+            true
+        }
+        ListenerProtocol::Tls => tls_mode == TlsMode::Terminate,
+        _ => false,
+    };
+    if matches!(protocol, ListenerProtocol::Https | ListenerProtocol::Tls) {
+        let mut certificate_keys = Vec::new();
+        if needs_certificates {
+            let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.as_deref()).unwrap_or_default();
+            if refs.is_empty() {
+                state.resolved_refs = (false, "InvalidCertificateRef", "a terminating TLS listener needs at least one certificateRef".into());
+            }
+            for r in refs {
+                let group = r.group.as_deref().unwrap_or("");
+                let kind = r.kind.as_deref().unwrap_or("Secret");
+                let namespace = r.namespace.as_deref().unwrap_or(&gateway.namespace);
+                let result = if group != "" || kind != "Secret" {
+                    Err(("InvalidCertificateRef", format!("certificateRef {group}/{kind} {}: only core Secrets are supported", r.name)))
+                } else if !reference_grants::permits(
+                    store,
+                    From { group: GATEWAY_GROUP, kind: "Gateway", namespace: &gateway.namespace },
+                    To { group: "", kind: "Secret", namespace, name: &r.name },
+                ) {
+                    Err((
+                        "RefNotPermitted",
+                        format!("certificateRef to Secret {namespace}/{} needs a ReferenceGrant in {namespace}", r.name),
+                    ))
+                } else {
+                    let key = ObjectKey::new(namespace, &r.name);
+                    match store.secrets.get(&key) {
+                        None => Err(("InvalidCertificateRef", format!("Secret {key} does not exist"))),
+                        Some(secret) => certificate(&key, secret).map_err(|why| ("InvalidCertificateRef", format!("Secret {key}: {why}"))),
+                    }
+                };
+                match result {
+                    Ok(cert) => {
+                        certificate_keys.push(cert.key.to_string());
+                        state.certificates.push(cert);
+                    }
+                    Err((reason, message)) => {
+                        if state.resolved_refs.0 {
+                            state.resolved_refs = (false, reason, message);
+                        }
+                    }
+                }
+            }
+        }
+        state.tls = Some(ListenerTls { mode: tls_mode, certificates: certificate_keys });
+    }
+    state
+}
+
+fn secret_field(secret: &Secret, field: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(field))
+        .map(|b| b.0.clone())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(field)).map(|s| s.as_bytes().to_vec()))
+}
+
+/// A serving certificate from a Secret's `tls.crt` and `tls.key`, checked to be PEM that a TLS
+/// stack can load.
+fn certificate(key: &ObjectKey, secret: &Secret) -> Result<Certificate, String> {
+    let chain = secret_field(secret, "tls.crt").ok_or("has no tls.crt")?;
+    let private = secret_field(secret, "tls.key").ok_or("has no tls.key")?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    PrivateKeyDer::from_pem_slice(&private).map_err(|e| format!("tls.key is not a valid PEM private key: {e}"))?;
+    Ok(Certificate {
+        key: key.clone(),
+        chain_pem: String::from_utf8(chain).map_err(|_| "tls.crt is not text")?,
+        key_pem: String::from_utf8(private).map_err(|_| "tls.key is not text")?,
+    })
+}
+
+/// Listeners on one port must differ in a way the proxy can tell apart: HTTP routes by Host,
+/// HTTPS and TLS by SNI, and TCP from UDP by transport. Every listener of a set that cannot
+/// be told apart is Conflicted.
+fn mark_conflicts(listeners: &mut [ListenerState]) {
+    let mut conflicts: Vec<Option<(&'static str, String)>> = vec![None; listeners.len()];
+    for i in 0..listeners.len() {
+        for j in 0..listeners.len() {
+            if i == j || !listeners[i].accepted.0 || !listeners[j].accepted.0 || listeners[i].port != listeners[j].port {
+                continue;
+            }
+            let (Some(a), Some(b)) = (listeners[i].protocol, listeners[j].protocol) else { continue };
+            use ListenerProtocol::*;
+            let compatible = matches!((a, b), (Http, Http) | (Https, Https) | (Tls, Tls) | (Https, Tls) | (Tls, Https) | (Tcp, Udp) | (Udp, Tcp));
+            if !compatible || matches!((a, b), (Tcp, Tcp) | (Udp, Udp)) {
+                conflicts[i] = Some((
+                    "ProtocolConflict",
+                    format!("port {} is also used by listener {:?} with a protocol that cannot share it", listeners[i].port, listeners[j].name),
+                ));
+            } else if matches!((a, b), (Tcp, Udp) | (Udp, Tcp)) {
+                continue;
+            } else if listeners[i].hostname == listeners[j].hostname && conflicts[i].is_none() {
+                conflicts[i] = Some((
+                    "HostnameConflict",
+                    format!(
+                        "listener {:?} uses the same port {} and hostname {:?}",
+                        listeners[j].name,
+                        listeners[i].port,
+                        listeners[i].hostname.as_deref().unwrap_or("(any)")
+                    ),
+                ));
+            }
+        }
+    }
+    for (listener, conflict) in listeners.iter_mut().zip(conflicts) {
+        listener.conflicted = conflict;
+    }
+}
+
+/// The model listeners (programmed ones only) and the certificates they use.
+pub fn add_listeners(states: &BTreeMap<ObjectKey, GatewayState>, config: &mut mesh_api::model::Config) {
+    for gw in states.values().filter(|g| g.accepted()) {
+        for l in gw.listeners.iter().filter(|l| l.programmed()) {
+            let Some(protocol) = l.protocol else { continue };
+            config.insert_listener(Listener {
+                key: ListenerKey { gateway: gw.key.clone(), section: l.name.clone() },
+                addresses: gw.addresses.clone(),
+                port: l.port,
+                protocol,
+                hostname: l.hostname.clone(),
+                tls: l.tls.clone(),
+            });
+            for cert in &l.certificates {
+                config.insert_certificate(cert.clone());
+            }
+        }
+    }
+}
+
+pub fn status(gw: &GatewayState) -> GatewayStatus {
+    let generation = gw.generation;
+    let listeners: Vec<ListenerStatus> = gw
+        .listeners
+        .iter()
+        .map(|l| {
+            let supported_kinds =
+                l.kinds.iter().map(|k| RouteGroupKind { group: GATEWAY_GROUP.to_string(), kind: k.as_str().to_string() }).collect();
+            let mut conditions = vec![Condition::new("Accepted", l.accepted.0, l.accepted.1, l.accepted.2.clone(), generation)];
+            conditions.push(match &l.conflicted {
+                Some((reason, message)) => Condition::new("Conflicted", true, reason, message.clone(), generation),
+                None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts with other listeners", generation),
+            });
+            conditions.push(Condition::new("ResolvedRefs", l.resolved_refs.0, l.resolved_refs.1, l.resolved_refs.2.clone(), generation));
+            conditions.push(if l.programmed() && gw.accepted() {
+                Condition::new("Programmed", true, "Programmed", "the node proxies serve this listener", generation)
+            } else {
+                Condition::new("Programmed", false, "Invalid", "the listener is not valid; see its other conditions", generation)
+            });
+            ListenerStatus { name: l.name.clone(), supported_kinds, attached_routes: l.attached_routes, conditions }
+        })
+        .collect();
+    let valid = gw.listeners.iter().filter(|l| l.usable()).count();
+    let accepted = match &gw.address_problem {
+        Some(problem) => Condition::new("Accepted", false, "UnsupportedAddress", problem.clone(), generation),
+        None if !gw.listeners.is_empty() && valid == 0 => {
+            Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid; see the listeners' conditions", generation)
+        }
+        None if valid < gw.listeners.len() => Condition::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("{} of {} listeners are not valid; see their conditions", gw.listeners.len() - valid, gw.listeners.len()),
+            generation,
+        ),
+        None => Condition::new("Accepted", true, "Accepted", "the Gateway is valid", generation),
+    };
+    let programmed_listeners = gw.listeners.iter().filter(|l| l.programmed()).count();
+    let programmed = if !accepted.is_true() {
+        Condition::new("Programmed", false, "Invalid", "the Gateway is not accepted", generation)
+    } else if gw.addresses.is_empty() {
+        Condition::new("Programmed", false, "AddressNotAssigned", "no address is available for this Gateway", generation)
+    } else if programmed_listeners == 0 {
+        Condition::new("Programmed", false, "Invalid", "no listener could be programmed", generation)
+    } else {
+        Condition::new("Programmed", true, "Programmed", "the node proxies serve this Gateway", generation)
+    };
+    GatewayStatus {
+        addresses: gw.addresses.iter().map(|ip| GatewayAddress { type_: "IPAddress".into(), value: ip.to_string() }).collect(),
+        conditions: vec![accepted, programmed],
+        listeners,
+    }
+}

@@ -1,0 +1,164 @@
+//! Counters the admin server renders as Prometheus text.
+//!
+//! Written by hand rather than with a metrics crate: a handful of families, and the request path
+//! only touches atomics plus one short mutex for the labelled request counter.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds: sub-millisecond for loopback, up to the
+/// tens of seconds a slow backend with a long timeout can take.
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+/// Labels of `weft_requests_total`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub route: String,
+    pub backend: String,
+    pub code: u16,
+}
+
+/// Why a request never got a response from a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UpstreamFailure {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+impl UpstreamFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<RequestLabels, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    upstream_failures: Mutex<BTreeMap<UpstreamFailure, u64>>,
+    pub config_version: AtomicU64,
+    pub config_nacks: AtomicU64,
+    pub config_errors: AtomicU64,
+    pub active_connections: AtomicI64,
+    pub refused_requests: AtomicU64,
+}
+
+impl Metrics {
+    pub fn record_request(&self, labels: RequestLabels, elapsed: Duration) {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests.entry(labels).or_default() += 1;
+        }
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn record_upstream_failure(&self, failure: UpstreamFailure) {
+        if let Ok(mut failures) = self.upstream_failures.lock() {
+            *failures.entry(failure).or_default() += 1;
+        }
+    }
+
+    pub fn upstream_failures(&self, failure: UpstreamFailure) -> u64 {
+        self.upstream_failures.lock().map(|f| f.get(&failure).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP weft_requests_total HTTP requests answered, by listener, route, backend and status code.\n");
+        out.push_str("# TYPE weft_requests_total counter\n");
+        if let Ok(requests) = self.requests.lock() {
+            for (l, n) in requests.iter() {
+                let _ = writeln!(
+                    out,
+                    "weft_requests_total{{listener=\"{}\",route=\"{}\",backend=\"{}\",code=\"{}\"}} {n}",
+                    escape(&l.listener),
+                    escape(&l.route),
+                    escape(&l.backend),
+                    l.code
+                );
+            }
+        }
+        out.push_str("# HELP weft_request_duration_seconds Time from request received to response headers sent.\n");
+        out.push_str("# TYPE weft_request_duration_seconds histogram\n");
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "weft_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "weft_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "weft_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "weft_request_duration_seconds_count {count}");
+
+        out.push_str("# HELP weft_upstream_failures_total Requests that got no response from a backend.\n");
+        out.push_str("# TYPE weft_upstream_failures_total counter\n");
+        if let Ok(failures) = self.upstream_failures.lock() {
+            for (kind, n) in failures.iter() {
+                let _ = writeln!(out, "weft_upstream_failures_total{{kind=\"{}\"}} {n}", kind.as_str());
+            }
+        }
+        let gauges: [(&str, &str, &str, i128); 5] = [
+            (
+                "weft_config_version",
+                "gauge",
+                "Version of the config being served (0: none yet).",
+                self.config_version.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "weft_config_nacks_total",
+                "counter",
+                "Config updates refused; the last good config was kept.",
+                self.config_nacks.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "weft_config_errors_total",
+                "counter",
+                "Config sources (files, folders) that failed to load; the last good config was kept.",
+                self.config_errors.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "weft_active_connections",
+                "gauge",
+                "Client connections open on the listeners.",
+                self.active_connections.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "weft_refused_requests_total",
+                "counter",
+                "Requests refused before routing (ambiguous framing).",
+                self.refused_requests.load(Ordering::Relaxed).into(),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}
+
+/// Label values are user-controlled names; Prometheus needs `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

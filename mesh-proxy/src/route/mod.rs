@@ -1,0 +1,217 @@
+//! HTTP routing: which rule of which route answers a request on a listener.
+//!
+//! Everything a request needs is compiled when a config snapshot is built (regexes, header
+//! names, the precedence order, backend endpoint sets), so the request path only compares.
+
+pub mod filters;
+pub mod matching;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_api::model::{self, BackendRef, Config, Filter, ListenerProtocol, ParentTarget, RouteKind};
+use mesh_api::precedence::{MatchOrder, hostname_rank};
+use rand::Rng;
+
+use crate::balance::{EndpointSet, Registry};
+use crate::listener::bind_addresses;
+use matching::{Matcher, RequestView};
+
+/// Routes of every HTTP bind address of one config snapshot.
+#[derive(Default)]
+pub struct RoutingTable {
+    listeners: HashMap<SocketAddr, ListenerRoutes>,
+}
+
+impl RoutingTable {
+    pub fn build(config: &Config, registry: &Registry) -> Self {
+        let backends: HashMap<&str, Arc<EndpointSet>> =
+            config.backends.iter().map(|(key, b)| (key.as_str(), Arc::new(registry.endpoints(b)))).collect();
+
+        // Several Gateway listeners may share one address and port (told apart by hostname):
+        // their routes go into the same table.
+        let mut by_addr: HashMap<SocketAddr, ListenerRoutes> = HashMap::new();
+        let mut addr_of: HashMap<String, (Vec<SocketAddr>, Option<String>)> = HashMap::new();
+        for listener in config.listeners.values().filter(|l| l.protocol == ListenerProtocol::Http) {
+            let addrs = bind_addresses(listener);
+            for addr in &addrs {
+                by_addr.entry(*addr).or_insert_with(|| ListenerRoutes { port: listener.port, hosts: Vec::new() });
+            }
+            addr_of.insert(listener.key.to_string(), (addrs, listener.hostname.clone()));
+        }
+
+        let mut buckets: HashMap<SocketAddr, BTreeMap<Option<String>, Vec<Entry>>> = HashMap::new();
+        for route in config.routes.values() {
+            if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc) {
+                continue;
+            }
+            let rules: Vec<Arc<CompiledRule>> =
+                route.rules.iter().map(|rule| Arc::new(CompiledRule::build(route, rule, &backends))).collect();
+            for parent in &route.parents {
+                let ParentTarget::Listener(listener_key) = &parent.target else { continue };
+                let listener_name = listener_key.to_string();
+                let Some((addrs, listener_hostname)) = addr_of.get(&listener_name) else { continue };
+                let listener_name: Arc<str> = listener_name.into();
+                let hostnames: Vec<Option<String>> = if parent.hostnames.is_empty() {
+                    vec![listener_hostname.as_ref().map(|h| h.to_ascii_lowercase())]
+                } else {
+                    parent.hostnames.iter().map(|h| Some(h.to_ascii_lowercase())).collect()
+                };
+                for (rule_index, (rule, compiled)) in route.rules.iter().zip(&rules).enumerate() {
+                    for (match_index, m) in rule.matches.iter().enumerate() {
+                        let matcher = match Matcher::compile(m) {
+                            Ok(matcher) => matcher,
+                            Err(error) => {
+                                tracing::warn!(route = %route.key, rule = rule_index, %error, "match skipped");
+                                continue;
+                            }
+                        };
+                        let order = MatchOrder::new(route, rule_index, match_index, m);
+                        for addr in addrs {
+                            for hostname in &hostnames {
+                                buckets.entry(*addr).or_default().entry(hostname.clone()).or_default().push(Entry {
+                                    order: order.clone(),
+                                    matcher: matcher.clone(),
+                                    rule: compiled.clone(),
+                                    listener: listener_name.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (addr, hosts) in buckets {
+            let Some(routes) = by_addr.get_mut(&addr) else { continue };
+            for (pattern, mut entries) in hosts {
+                entries.sort_by(|a, b| a.order.cmp(&b.order));
+                routes.hosts.push(HostBucket { pattern, entries });
+            }
+        }
+        RoutingTable { listeners: by_addr }
+    }
+
+    pub fn listener(&self, addr: &SocketAddr) -> Option<&ListenerRoutes> {
+        self.listeners.get(addr)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.listeners.keys()
+    }
+}
+
+/// The routes reachable through one bound address.
+pub struct ListenerRoutes {
+    pub port: u16,
+    hosts: Vec<HostBucket>,
+}
+
+struct HostBucket {
+    /// Lower-cased hostname or `*.` wildcard; `None` is any host.
+    pattern: Option<String>,
+    /// In precedence order.
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    order: MatchOrder,
+    matcher: Matcher,
+    rule: Arc<CompiledRule>,
+    listener: Arc<str>,
+}
+
+/// The rule that answers a request, and how it was matched.
+pub struct Selected<'a> {
+    pub rule: &'a Arc<CompiledRule>,
+    pub matched_prefix: Option<&'a str>,
+    pub listener: &'a str,
+}
+
+impl ListenerRoutes {
+    /// Only the most specific hostname that matches `host` is considered; within it, the first
+    /// match in precedence order wins.
+    pub fn select(&self, host: &str, req: &RequestView<'_>) -> Option<Selected<'_>> {
+        let bucket = self
+            .hosts
+            .iter()
+            .filter_map(|b| hostname_rank(b.pattern.as_deref(), host).map(|rank| (rank, b)))
+            .min_by(|a, b| a.0.cmp(&b.0))?
+            .1;
+        bucket.entries.iter().find(|e| e.matcher.is_match(req)).map(|e| Selected {
+            rule: &e.rule,
+            matched_prefix: e.matcher.matched_prefix(),
+            listener: &e.listener,
+        })
+    }
+}
+
+/// A rule with its backends resolved to endpoint sets.
+pub struct CompiledRule {
+    /// `kind/namespace/name`, for metrics and logs.
+    pub route: String,
+    pub filters: Vec<Filter>,
+    pub timeouts: model::Timeouts,
+    pub backends: Vec<CompiledBackend>,
+    total_weight: u64,
+}
+
+pub struct CompiledBackend {
+    pub weight: u32,
+    pub target: BackendTarget,
+    pub filters: Vec<Filter>,
+    /// The backend key, or `invalid`, for metrics.
+    pub label: String,
+}
+
+pub enum BackendTarget {
+    Service(Arc<EndpointSet>),
+    /// The backendRef did not resolve, or names a backend the config does not carry: the
+    /// spec's 500.
+    Invalid(String),
+}
+
+impl CompiledRule {
+    fn build(route: &model::Route, rule: &model::Rule, backends: &HashMap<&str, Arc<EndpointSet>>) -> Self {
+        let compiled: Vec<CompiledBackend> = rule
+            .backends
+            .iter()
+            .map(|b| {
+                let (target, label) = match &b.backend {
+                    BackendRef::Service(key) => {
+                        let key = key.to_string();
+                        match backends.get(key.as_str()) {
+                            Some(set) => (BackendTarget::Service(set.clone()), key),
+                            None => (BackendTarget::Invalid(format!("backend {key} is not in the config")), key),
+                        }
+                    }
+                    BackendRef::Invalid { reason } => (BackendTarget::Invalid(reason.clone()), "invalid".into()),
+                };
+                CompiledBackend { weight: b.weight, target, filters: b.filters.clone(), label }
+            })
+            .collect();
+        CompiledRule {
+            route: route.key.to_string(),
+            filters: rule.filters.clone(),
+            timeouts: rule.timeouts.clone(),
+            total_weight: compiled.iter().map(|b| u64::from(b.weight)).sum(),
+            backends: compiled,
+        }
+    }
+
+    /// A backend drawn by weight; `None` when the rule has no backend with a weight above 0.
+    pub fn pick_backend(&self) -> Option<&CompiledBackend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut ticket = rand::rng().random_range(0..self.total_weight);
+        for backend in &self.backends {
+            let weight = u64::from(backend.weight);
+            if ticket < weight {
+                return Some(backend);
+            }
+            ticket -= weight;
+        }
+        None
+    }
+}
