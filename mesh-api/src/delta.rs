@@ -244,7 +244,8 @@ mod tests {
         let mut b = Config::default();
         b.insert_service(service("default", "real", 80));
         let mut lying = b.to_full_update(2);
-        lying.upserts[0].id = Some(proto::ResourceId { kind: ResourceKind::Service as i32, key: "default/other".into() });
+        lying.upserts[0].id =
+            Some(proto::ResourceId { kind: ResourceKind::Service as i32, key: "default/other".into() });
         assert!(matches!(a.apply(&lying), Err(DeltaError::KeyMismatch { .. })));
 
         let removal = proto::ConfigUpdate {

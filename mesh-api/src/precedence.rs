@@ -192,6 +192,9 @@ mod tests {
         assert!(exact < long_wild && long_wild < short_wild && short_wild < any);
         assert_eq!(hostname_rank(Some("*.example.com"), "example.com"), None);
         assert_eq!(hostname_rank(Some("other.com"), host), None);
-        assert!(hostname_rank(Some("A.B.EXAMPLE.COM"), host).is_some(), "hostnames compare case-insensitively");
+        assert!(
+            hostname_rank(Some("A.B.EXAMPLE.COM"), host).is_some(),
+            "hostnames compare case-insensitively"
+        );
     }
 }

@@ -1,8 +1,12 @@
 //! The controller's modes, wired from the library's parts.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use crate::config_server::Publisher;
+use crate::manifest_source::ManifestSource;
 
 use crate::manifests;
 use crate::resolve::{self, Resolution, Settings};
@@ -38,15 +42,61 @@ pub fn summary(r: &Resolution, files: usize, objects: usize, skipped: &[String])
         c.certificates.len(),
     );
     if !skipped.is_empty() {
-        out.push_str(&format!("; skipped {} objects of kinds Weft does not read ({})", skipped.len(), skipped.join(", ")));
+        out.push_str(&format!(
+            "; skipped {} objects of kinds Weft does not read ({})",
+            skipped.len(),
+            skipped.join(", ")
+        ));
     }
     out
 }
 
-pub fn serve_manifests(
-    _dir: std::path::PathBuf,
-    _settings: Settings,
-    _addr: std::net::SocketAddr,
+/// `--manifests DIR`: resolve the folder, serve the config stream, re-resolve on change.
+pub fn serve_manifests(dir: PathBuf, settings: Settings, addr: SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let publisher = Publisher::new();
+        let mut source = ManifestSource::new(dir.clone(), settings, publisher.clone());
+        // The first read must succeed: there is no last good state to fall back on yet.
+        source.reload().with_context(|| format!("cannot start from {}", dir.display()))?;
+        tokio::spawn(source.watch());
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, "serving the config stream");
+        serve(publisher, listener, shutdown_signal()).await
+    })
+}
+
+/// Serves the config stream on `listener` until `shutdown` completes.
+pub async fn serve(
+    publisher: Publisher,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("serving the config stream is not wired yet")
+    tonic::transport::Server::builder()
+        .add_service(publisher.service())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("config server failed")
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down");
 }

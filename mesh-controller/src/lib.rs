@@ -2,6 +2,8 @@
 //! it into the node proxies' config and every status, and serves the config stream.
 
 pub mod app;
+pub mod config_server;
+pub mod manifest_source;
 pub mod manifests;
 pub mod resolve;
 pub mod status;

@@ -40,8 +40,8 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
     files.sort();
     let mut loaded = Loaded::default();
     for path in files {
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
         loaded.files += 1;
         load_text(&text, &path, &mut loaded)?;
     }
@@ -77,7 +77,8 @@ fn load_text(text: &str, path: &Path, loaded: &mut Loaded) -> Result<(), Manifes
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ManifestError::Io { path: dir.to_path_buf(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ManifestError::Io { path: dir.to_path_buf(), source })?;
     for entry in entries {
         let entry = entry.map_err(|source| ManifestError::Io { path: dir.to_path_buf(), source })?;
         let path = entry.path();
@@ -145,7 +146,10 @@ fn parse_document(doc: &str) -> Result<Parsed, DocumentError> {
     let meta: TypeMeta = serde_yaml::from_value(value)
         .map_err(|e| DocumentError { line: 1, message: format!("not a Kubernetes object: {e}") })?;
     let (Some(api_version), Some(kind)) = (meta.api_version, meta.kind) else {
-        return Err(DocumentError { line: 1, message: "a Kubernetes object needs apiVersion and kind".into() });
+        return Err(DocumentError {
+            line: 1,
+            message: "a Kubernetes object needs apiVersion and kind".into(),
+        });
     };
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
     let object = match (group, kind.as_str()) {

@@ -24,7 +24,13 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Self {
+    pub fn new(
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+        generation: Option<i64>,
+    ) -> Self {
         Condition {
             type_: type_.to_string(),
             status: if ok { "True" } else { "False" }.to_string(),

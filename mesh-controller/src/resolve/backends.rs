@@ -17,7 +17,12 @@ pub struct RefProblem {
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Resolves one backendRef of a route of kind `kind` in namespace `route_namespace`.
-pub fn resolve(store: &Store, kind: RouteKind, route_namespace: &str, r: &BackendReference) -> Result<BackendKey, RefProblem> {
+pub fn resolve(
+    store: &Store,
+    kind: RouteKind,
+    route_namespace: &str,
+    r: &BackendReference,
+) -> Result<BackendKey, RefProblem> {
     let group = r.group.as_deref().unwrap_or("");
     let target_kind = r.kind.as_deref().unwrap_or("Service");
     let namespace = r.namespace.as_deref().unwrap_or(route_namespace);
@@ -47,7 +52,10 @@ pub fn resolve(store: &Store, kind: RouteKind, route_namespace: &str, r: &Backen
     }
     let service_key = ObjectKey::new(namespace, &r.name);
     let Some(service) = store.services.get(&service_key) else {
-        return Err(RefProblem { reason: "BackendNotFound", message: format!("Service {service_key} does not exist") });
+        return Err(RefProblem {
+            reason: "BackendNotFound",
+            message: format!("Service {service_key} does not exist"),
+        });
     };
     let Some(port) = r.port else {
         return Err(RefProblem {
@@ -55,7 +63,11 @@ pub fn resolve(store: &Store, kind: RouteKind, route_namespace: &str, r: &Backen
             message: format!("backendRef to Service {service_key} needs a port"),
         });
     };
-    let has_port = service.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ports| ports.iter().any(|p| p.port == port));
+    let has_port = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .is_some_and(|ports| ports.iter().any(|p| p.port == port));
     if !has_port {
         return Err(RefProblem {
             reason: "BackendNotFound",

@@ -4,10 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use gateway_api::experimental::gateways::{Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode};
+use gateway_api::experimental::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsMode,
+};
 use k8s_openapi::api::core::v1::Secret;
 use mesh_api::CONTROLLER_NAME;
-use mesh_api::model::{Certificate, Listener, ListenerKey, ListenerProtocol, ListenerTls, ObjectKey, RouteKind, TlsMode};
+use mesh_api::model::{
+    Certificate, Listener, ListenerKey, ListenerProtocol, ListenerTls, ObjectKey, RouteKind, TlsMode,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -15,7 +19,9 @@ use super::Settings;
 use super::backends::GATEWAY_GROUP;
 use super::reference_grants::{self, From, To};
 use super::selector::LabelSelector;
-use crate::status::{Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, RouteGroupKind};
+use crate::status::{
+    Condition, GatewayAddress, GatewayClassStatus, GatewayStatus, ListenerStatus, RouteGroupKind,
+};
 use crate::store::Store;
 
 /// GatewayClasses whose controllerName is Weft's, with their status. Others are not touched.
@@ -32,12 +38,21 @@ pub fn classes(store: &Store) -> (BTreeSet<String>, BTreeMap<String, GatewayClas
                 "Accepted",
                 false,
                 "InvalidParameters",
-                format!("parametersRef {}/{} {} is not supported by this version of Weft; remove it", p.group, p.kind, p.name),
+                format!(
+                    "parametersRef {}/{} {} is not supported by this version of Weft; remove it",
+                    p.group, p.kind, p.name
+                ),
                 generation,
             ),
             None => {
                 accepted.insert(key.name.clone());
-                Condition::new("Accepted", true, "Accepted", "Weft manages Gateways of this class", generation)
+                Condition::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "Weft manages Gateways of this class",
+                    generation,
+                )
             }
         };
         statuses.insert(
@@ -115,7 +130,11 @@ impl GatewayState {
     }
 }
 
-pub fn gateways(store: &Store, settings: &Settings, classes: &BTreeSet<String>) -> BTreeMap<ObjectKey, GatewayState> {
+pub fn gateways(
+    store: &Store,
+    settings: &Settings,
+    classes: &BTreeSet<String>,
+) -> BTreeMap<ObjectKey, GatewayState> {
     store
         .gateways
         .iter()
@@ -132,16 +151,27 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
         let value = a.value.as_deref().unwrap_or_default();
         match (kind, value.parse::<IpAddr>()) {
             ("IPAddress", Ok(ip)) => addresses.push(ip),
-            ("IPAddress", Err(_)) => address_problem = Some(format!("address {value:?} is not an IP address")),
-            (other, _) => address_problem = Some(format!("address type {other:?} is not supported; use IPAddress")),
+            ("IPAddress", Err(_)) => {
+                address_problem = Some(format!("address {value:?} is not an IP address"))
+            }
+            (other, _) => {
+                address_problem = Some(format!("address type {other:?} is not supported; use IPAddress"))
+            }
         }
     }
     if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty) {
         addresses = settings.default_gateway_addresses.clone();
     }
-    let mut listeners: Vec<ListenerState> = gw.spec.listeners.iter().map(|l| listener(store, key, l)).collect();
+    let mut listeners: Vec<ListenerState> =
+        gw.spec.listeners.iter().map(|l| listener(store, key, l)).collect();
     mark_conflicts(&mut listeners);
-    GatewayState { key: key.clone(), generation: gw.metadata.generation, listeners, addresses, address_problem }
+    GatewayState {
+        key: key.clone(),
+        generation: gw.metadata.generation,
+        listeners,
+        addresses,
+        address_problem,
+    }
 }
 
 fn protocol(name: &str) -> Option<ListenerProtocol> {
@@ -192,9 +222,9 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
         Some(n) => match n.from.as_ref().unwrap_or(&GatewayListenersAllowedRoutesNamespacesFrom::Same) {
             GatewayListenersAllowedRoutesNamespacesFrom::Same => AllowedNamespaces::Same,
             GatewayListenersAllowedRoutesNamespacesFrom::All => AllowedNamespaces::All,
-            GatewayListenersAllowedRoutesNamespacesFrom::Selector => {
-                AllowedNamespaces::Selector(n.selector.as_ref().and_then(super::routes::reshape).unwrap_or_default())
-            }
+            GatewayListenersAllowedRoutesNamespacesFrom::Selector => AllowedNamespaces::Selector(
+                n.selector.as_ref().and_then(super::routes::reshape).unwrap_or_default(),
+            ),
         },
     };
     let mut state = ListenerState {
@@ -249,7 +279,11 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
     let needs_certificates = match protocol {
         ListenerProtocol::Https => {
             if tls_mode == TlsMode::Passthrough {
-                state.accepted = (false, "UnsupportedValue", "an HTTPS listener cannot use TLS mode Passthrough; use a TLS listener".into());
+                state.accepted = (
+                    false,
+                    "UnsupportedValue",
+                    "an HTTPS listener cannot use TLS mode Passthrough; use a TLS listener".into(),
+                );
                 return state;
             }
             true
@@ -262,14 +296,21 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
         if needs_certificates {
             let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.as_deref()).unwrap_or_default();
             if refs.is_empty() {
-                state.resolved_refs = (false, "InvalidCertificateRef", "a terminating TLS listener needs at least one certificateRef".into());
+                state.resolved_refs = (
+                    false,
+                    "InvalidCertificateRef",
+                    "a terminating TLS listener needs at least one certificateRef".into(),
+                );
             }
             for r in refs {
                 let group = r.group.as_deref().unwrap_or("");
                 let kind = r.kind.as_deref().unwrap_or("Secret");
                 let namespace = r.namespace.as_deref().unwrap_or(&gateway.namespace);
                 let result = if group != "" || kind != "Secret" {
-                    Err(("InvalidCertificateRef", format!("certificateRef {group}/{kind} {}: only core Secrets are supported", r.name)))
+                    Err((
+                        "InvalidCertificateRef",
+                        format!("certificateRef {group}/{kind} {}: only core Secrets are supported", r.name),
+                    ))
                 } else if !reference_grants::permits(
                     store,
                     From { group: GATEWAY_GROUP, kind: "Gateway", namespace: &gateway.namespace },
@@ -277,13 +318,17 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
                 ) {
                     Err((
                         "RefNotPermitted",
-                        format!("certificateRef to Secret {namespace}/{} needs a ReferenceGrant in {namespace}", r.name),
+                        format!(
+                            "certificateRef to Secret {namespace}/{} needs a ReferenceGrant in {namespace}",
+                            r.name
+                        ),
                     ))
                 } else {
                     let key = ObjectKey::new(namespace, &r.name);
                     match store.secrets.get(&key) {
                         None => Err(("InvalidCertificateRef", format!("Secret {key} does not exist"))),
-                        Some(secret) => certificate(&key, secret).map_err(|why| ("InvalidCertificateRef", format!("Secret {key}: {why}"))),
+                        Some(secret) => certificate(&key, secret)
+                            .map_err(|why| ("InvalidCertificateRef", format!("Secret {key}: {why}"))),
                     }
                 };
                 match result {
@@ -324,7 +369,8 @@ fn certificate(key: &ObjectKey, secret: &Secret) -> Result<Certificate, String> 
     if certs.is_empty() {
         return Err("tls.crt holds no certificate".into());
     }
-    PrivateKeyDer::from_pem_slice(&private).map_err(|e| format!("tls.key is not a valid PEM private key: {e}"))?;
+    PrivateKeyDer::from_pem_slice(&private)
+        .map_err(|e| format!("tls.key is not a valid PEM private key: {e}"))?;
     Ok(Certificate {
         key: key.clone(),
         chain_pem: String::from_utf8(chain).map_err(|_| "tls.crt is not text")?,
@@ -339,16 +385,32 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
     let mut conflicts: Vec<Option<(&'static str, String)>> = vec![None; listeners.len()];
     for i in 0..listeners.len() {
         for j in 0..listeners.len() {
-            if i == j || !listeners[i].accepted.0 || !listeners[j].accepted.0 || listeners[i].port != listeners[j].port {
+            if i == j
+                || !listeners[i].accepted.0
+                || !listeners[j].accepted.0
+                || listeners[i].port != listeners[j].port
+            {
                 continue;
             }
             let (Some(a), Some(b)) = (listeners[i].protocol, listeners[j].protocol) else { continue };
             use ListenerProtocol::*;
-            let compatible = matches!((a, b), (Http, Http) | (Https, Https) | (Tls, Tls) | (Https, Tls) | (Tls, Https) | (Tcp, Udp) | (Udp, Tcp));
+            let compatible = matches!(
+                (a, b),
+                (Http, Http)
+                    | (Https, Https)
+                    | (Tls, Tls)
+                    | (Https, Tls)
+                    | (Tls, Https)
+                    | (Tcp, Udp)
+                    | (Udp, Tcp)
+            );
             if !compatible || matches!((a, b), (Tcp, Tcp) | (Udp, Udp)) {
                 conflicts[i] = Some((
                     "ProtocolConflict",
-                    format!("port {} is also used by listener {:?} with a protocol that cannot share it", listeners[i].port, listeners[j].name),
+                    format!(
+                        "port {} is also used by listener {:?} with a protocol that cannot share it",
+                        listeners[i].port, listeners[j].name
+                    ),
                 ));
             } else if matches!((a, b), (Tcp, Udp) | (Udp, Tcp)) {
                 continue;
@@ -396,33 +458,81 @@ pub fn status(gw: &GatewayState) -> GatewayStatus {
         .listeners
         .iter()
         .map(|l| {
-            let supported_kinds =
-                l.kinds.iter().map(|k| RouteGroupKind { group: GATEWAY_GROUP.to_string(), kind: k.as_str().to_string() }).collect();
-            let mut conditions = vec![Condition::new("Accepted", l.accepted.0, l.accepted.1, l.accepted.2.clone(), generation)];
+            let supported_kinds = l
+                .kinds
+                .iter()
+                .map(|k| RouteGroupKind { group: GATEWAY_GROUP.to_string(), kind: k.as_str().to_string() })
+                .collect();
+            let mut conditions = vec![Condition::new(
+                "Accepted",
+                l.accepted.0,
+                l.accepted.1,
+                l.accepted.2.clone(),
+                generation,
+            )];
             conditions.push(match &l.conflicted {
-                Some((reason, message)) => Condition::new("Conflicted", true, reason, message.clone(), generation),
-                None => Condition::new("Conflicted", false, "NoConflicts", "no conflicts with other listeners", generation),
+                Some((reason, message)) => {
+                    Condition::new("Conflicted", true, reason, message.clone(), generation)
+                }
+                None => Condition::new(
+                    "Conflicted",
+                    false,
+                    "NoConflicts",
+                    "no conflicts with other listeners",
+                    generation,
+                ),
             });
-            conditions.push(Condition::new("ResolvedRefs", l.resolved_refs.0, l.resolved_refs.1, l.resolved_refs.2.clone(), generation));
+            conditions.push(Condition::new(
+                "ResolvedRefs",
+                l.resolved_refs.0,
+                l.resolved_refs.1,
+                l.resolved_refs.2.clone(),
+                generation,
+            ));
             conditions.push(if l.programmed() && gw.accepted() {
-                Condition::new("Programmed", true, "Programmed", "the node proxies serve this listener", generation)
+                Condition::new(
+                    "Programmed",
+                    true,
+                    "Programmed",
+                    "the node proxies serve this listener",
+                    generation,
+                )
             } else {
-                Condition::new("Programmed", false, "Invalid", "the listener is not valid; see its other conditions", generation)
+                Condition::new(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the listener is not valid; see its other conditions",
+                    generation,
+                )
             });
-            ListenerStatus { name: l.name.clone(), supported_kinds, attached_routes: l.attached_routes, conditions }
+            ListenerStatus {
+                name: l.name.clone(),
+                supported_kinds,
+                attached_routes: l.attached_routes,
+                conditions,
+            }
         })
         .collect();
     let valid = gw.listeners.iter().filter(|l| l.usable()).count();
     let accepted = match &gw.address_problem {
         Some(problem) => Condition::new("Accepted", false, "UnsupportedAddress", problem.clone(), generation),
-        None if !gw.listeners.is_empty() && valid == 0 => {
-            Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid; see the listeners' conditions", generation)
-        }
+        None if !gw.listeners.is_empty() && valid == 0 => Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid; see the listeners' conditions",
+            generation,
+        ),
         None if valid < gw.listeners.len() => Condition::new(
             "Accepted",
             true,
             "ListenersNotValid",
-            format!("{} of {} listeners are not valid; see their conditions", gw.listeners.len() - valid, gw.listeners.len()),
+            format!(
+                "{} of {} listeners are not valid; see their conditions",
+                gw.listeners.len() - valid,
+                gw.listeners.len()
+            ),
             generation,
         ),
         None => Condition::new("Accepted", true, "Accepted", "the Gateway is valid", generation),
@@ -431,14 +541,24 @@ pub fn status(gw: &GatewayState) -> GatewayStatus {
     let programmed = if !accepted.is_true() {
         Condition::new("Programmed", false, "Invalid", "the Gateway is not accepted", generation)
     } else if gw.addresses.is_empty() {
-        Condition::new("Programmed", false, "AddressNotAssigned", "no address is available for this Gateway", generation)
+        Condition::new(
+            "Programmed",
+            false,
+            "AddressNotAssigned",
+            "no address is available for this Gateway",
+            generation,
+        )
     } else if programmed_listeners == 0 {
         Condition::new("Programmed", false, "Invalid", "no listener could be programmed", generation)
     } else {
         Condition::new("Programmed", true, "Programmed", "the node proxies serve this Gateway", generation)
     };
     GatewayStatus {
-        addresses: gw.addresses.iter().map(|ip| GatewayAddress { type_: "IPAddress".into(), value: ip.to_string() }).collect(),
+        addresses: gw
+            .addresses
+            .iter()
+            .map(|ip| GatewayAddress { type_: "IPAddress".into(), value: ip.to_string() })
+            .collect(),
         conditions: vec![accepted, programmed],
         listeners,
     }

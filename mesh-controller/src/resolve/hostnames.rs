@@ -66,16 +66,31 @@ mod tests {
     fn the_spec_examples() {
         // A listener for test.example.com takes routes with no hostnames, test.example.com or *.example.com.
         assert_eq!(intersect(Some("test.example.com"), &[]), Some(v(&["test.example.com"])));
-        assert_eq!(intersect(Some("test.example.com"), &v(&["test.example.com"])), Some(v(&["test.example.com"])));
-        assert_eq!(intersect(Some("test.example.com"), &v(&["*.example.com"])), Some(v(&["test.example.com"])));
+        assert_eq!(
+            intersect(Some("test.example.com"), &v(&["test.example.com"])),
+            Some(v(&["test.example.com"]))
+        );
+        assert_eq!(
+            intersect(Some("test.example.com"), &v(&["*.example.com"])),
+            Some(v(&["test.example.com"]))
+        );
         assert_eq!(intersect(Some("test.example.com"), &v(&["other.example.com"])), None);
         // A listener for *.example.com takes routes with no hostnames, or any name under it.
         assert_eq!(
-            intersect(Some("*.example.com"), &v(&["foo.example.com", "bar.test.example.com", "example.com", "foo.org"])),
+            intersect(
+                Some("*.example.com"),
+                &v(&["foo.example.com", "bar.test.example.com", "example.com", "foo.org"])
+            ),
             Some(v(&["foo.example.com", "bar.test.example.com"]))
         );
-        assert_eq!(intersect(Some("*.example.com"), &v(&["*.test.example.com"])), Some(v(&["*.test.example.com"])));
-        assert_eq!(intersect(Some("*.test.example.com"), &v(&["*.example.com"])), Some(v(&["*.test.example.com"])));
+        assert_eq!(
+            intersect(Some("*.example.com"), &v(&["*.test.example.com"])),
+            Some(v(&["*.test.example.com"]))
+        );
+        assert_eq!(
+            intersect(Some("*.test.example.com"), &v(&["*.example.com"])),
+            Some(v(&["*.test.example.com"]))
+        );
         assert_eq!(intersect(None, &v(&["a.com"])), Some(v(&["a.com"])));
         assert_eq!(intersect(None, &[]), Some(vec![]));
     }

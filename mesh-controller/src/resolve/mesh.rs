@@ -6,8 +6,10 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService, ServicePort as KubeServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use mesh_api::model::{AppProtocol, Backend, BackendKey, Config, Endpoint, ObjectKey, Service, ServicePort, Transport, Workload};
 use mesh_api::MESH_LABEL;
+use mesh_api::model::{
+    AppProtocol, Backend, BackendKey, Config, Endpoint, ObjectKey, Service, ServicePort, Transport, Workload,
+};
 
 use super::Settings;
 use crate::store::Store;
@@ -16,7 +18,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 pub fn add_services(store: &Store, settings: &Settings, config: &mut Config) {
     // EndpointSlices by the Service they belong to, so each Service reads only its own.
-    let mut slices: BTreeMap<ObjectKey, Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> = BTreeMap::new();
+    let mut slices: BTreeMap<ObjectKey, Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> =
+        BTreeMap::new();
     for (key, slice) in &store.endpoint_slices {
         if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
             slices.entry(ObjectKey::new(&key.namespace, service)).or_default().push(slice);
@@ -38,7 +41,8 @@ pub fn add_services(store: &Store, settings: &Settings, config: &mut Config) {
             });
         let ports: Vec<ServicePort> = spec.ports.iter().flatten().filter_map(service_port).collect();
         for (kube_port, port) in spec.ports.iter().flatten().zip(ports.iter()) {
-            let endpoints = endpoints_for(slices.get(key).map(Vec::as_slice).unwrap_or_default(), store, kube_port);
+            let endpoints =
+                endpoints_for(slices.get(key).map(Vec::as_slice).unwrap_or_default(), store, kube_port);
             config.insert_backend(Backend {
                 key: BackendKey { service: key.clone(), port: port.port },
                 app_protocol: port.app_protocol,
@@ -95,11 +99,16 @@ pub fn app_protocol(p: &KubeServicePort) -> AppProtocol {
 
 /// Endpoints of one Service port: EndpointSlice ports match by name (the Service port's name,
 /// or "" for an unnamed single port), as kube-proxy does.
-fn endpoints_for(slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice], store: &Store, port: &KubeServicePort) -> Vec<Endpoint> {
+fn endpoints_for(
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    store: &Store,
+    port: &KubeServicePort,
+) -> Vec<Endpoint> {
     let want_name = port.name.clone().unwrap_or_default();
     let mut out = Vec::new();
     for slice in slices {
-        let slice_port = slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == want_name);
+        let slice_port =
+            slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == want_name);
         let target = match (slice_port.and_then(|p| p.port), &port.target_port) {
             (Some(p), _) => p,
             (None, Some(IntOrString::Int(p))) => *p,
@@ -114,11 +123,20 @@ fn endpoints_for(slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice], sto
                 .filter(|t| t.kind.as_deref() == Some("Pod"))
                 .and_then(|t| Some(ObjectKey::new(t.namespace.clone()?, t.name.clone()?)));
             let node = ep.node_name.clone().or_else(|| {
-                workload.as_ref().and_then(|w| store.pods.get(w)).and_then(|p| p.spec.as_ref()?.node_name.clone())
+                workload
+                    .as_ref()
+                    .and_then(|w| store.pods.get(w))
+                    .and_then(|p| p.spec.as_ref()?.node_name.clone())
             });
             for address in &ep.addresses {
                 if let Ok(address) = address.parse() {
-                    out.push(Endpoint { address, port: target, ready, workload: workload.clone(), node: node.clone() });
+                    out.push(Endpoint {
+                        address,
+                        port: target,
+                        ready,
+                        workload: workload.clone(),
+                        node: node.clone(),
+                    });
                 }
             }
         }
@@ -149,7 +167,10 @@ pub fn add_workloads(store: &Store, settings: &Settings, config: &mut Config) {
             key: key.clone(),
             ips,
             node: spec.node_name.clone().unwrap_or_default(),
-            identity: format!("spiffe://{}/ns/{}/sa/{}", settings.trust_domain, key.namespace, service_account),
+            identity: format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                settings.trust_domain, key.namespace, service_account
+            ),
             service_account,
             meshed: is_meshed(store, &key.namespace, pod),
             ready: is_ready(pod),
@@ -160,8 +181,10 @@ pub fn add_workloads(store: &Store, settings: &Settings, config: &mut Config) {
 /// In the mesh: the namespace is labelled `weft.dev/mesh=enabled`, the pod has not opted out
 /// with `weft.dev/mesh=disabled`, and it does not share the node's network.
 pub fn is_meshed(store: &Store, namespace: &str, pod: &Pod) -> bool {
-    let namespace_enrolled = store.namespace_labels(namespace).and_then(|l| l.get(MESH_LABEL)).is_some_and(|v| v == "enabled");
-    let opted_out = pod.metadata.labels.as_ref().and_then(|l| l.get(MESH_LABEL)).is_some_and(|v| v == "disabled");
+    let namespace_enrolled =
+        store.namespace_labels(namespace).and_then(|l| l.get(MESH_LABEL)).is_some_and(|v| v == "enabled");
+    let opted_out =
+        pod.metadata.labels.as_ref().and_then(|l| l.get(MESH_LABEL)).is_some_and(|v| v == "disabled");
     let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     namespace_enrolled && !opted_out && !host_network
 }
@@ -175,5 +198,9 @@ fn is_ready(pod: &Pod) -> bool {
 
 /// A Service's frontend as the store has it (for GAMMA parentRefs).
 pub fn service_has_port(service: &KubeService, port: i32) -> bool {
-    service.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ports| ports.iter().any(|p| p.port == port))
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .is_some_and(|ports| ports.iter().any(|p| p.port == port))
 }

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use mesh_api::CONTROLLER_NAME;
-use mesh_api::model::{Config, Consumers, ListenerKey, ObjectKey, ParentTarget, Route, RouteKind, RouteParent};
+use mesh_api::model::{
+    Config, Consumers, ListenerKey, ObjectKey, ParentTarget, Route, RouteKind, RouteParent,
+};
 
 use self::gateways::{AllowedNamespaces, GatewayState};
 use self::routes::RouteSpec;
@@ -83,7 +85,10 @@ enum Attachment {
     /// Not a parent this controller manages (another implementation's Gateway, a kind Weft
     /// does not serve): no status entry, no config.
     NotOurs,
-    Rejected { reason: &'static str, message: String },
+    Rejected {
+        reason: &'static str,
+        message: String,
+    },
     Attached(Vec<RouteParent>),
 }
 
@@ -102,7 +107,9 @@ fn resolve_route(
         let attachment = attach(store, route, parent_ref, gateway_states);
         let accepted = match attachment {
             Attachment::NotOurs => continue,
-            Attachment::Rejected { reason, message } => Condition::new("Accepted", false, reason, message, generation),
+            Attachment::Rejected { reason, message } => {
+                Condition::new("Accepted", false, reason, message, generation)
+            }
             Attachment::Attached(targets) => {
                 if converted.rules.is_empty() && !converted.dropped.is_empty() {
                     Condition::new(
@@ -120,7 +127,9 @@ fn resolve_route(
         };
         let mut conditions = vec![accepted];
         conditions.push(match converted.ref_problems.first() {
-            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", generation),
+            None => {
+                Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", generation)
+            }
             Some(first) => Condition::new(
                 "ResolvedRefs",
                 false,
@@ -148,7 +157,12 @@ fn resolve_route(
         statuses.routes.insert(route.key.clone(), RouteStatus { parents: parent_statuses });
     }
     if !parents.is_empty() {
-        config.insert_route(Route { key: route.key.clone(), created: route.created, parents, rules: converted.rules });
+        config.insert_route(Route {
+            key: route.key.clone(),
+            created: route.created,
+            parents,
+            rules: converted.rules,
+        });
     }
 }
 
@@ -174,9 +188,17 @@ fn attach(
     }
 }
 
-fn attach_to_gateway(store: &Store, route: &RouteSpec<'_>, parent: &ParentReference, gw: &mut GatewayState) -> Attachment {
+fn attach_to_gateway(
+    store: &Store,
+    route: &RouteSpec<'_>,
+    parent: &ParentReference,
+    gw: &mut GatewayState,
+) -> Attachment {
     if !gw.accepted() {
-        return Attachment::Rejected { reason: "NoMatchingParent", message: format!("Gateway {} is not accepted", gw.key) };
+        return Attachment::Rejected {
+            reason: "NoMatchingParent",
+            message: format!("Gateway {} is not accepted", gw.key),
+        };
     }
     let route_namespace = &route.key.object.namespace;
     let namespace_labels = store.namespace_labels(route_namespace);
@@ -206,7 +228,10 @@ fn attach_to_gateway(store: &Store, route: &RouteSpec<'_>, parent: &ParentRefere
             AllowedNamespaces::Selector(selector) => selector.matches(namespace_labels).unwrap_or(false),
         };
         if !namespace_allowed {
-            refusals.push(format!("listener {:?} does not allow routes from namespace {route_namespace}", listener.name));
+            refusals.push(format!(
+                "listener {:?} does not allow routes from namespace {route_namespace}",
+                listener.name
+            ));
             continue;
         }
         let hostnames = if matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc | RouteKind::Tls) {
@@ -222,7 +247,10 @@ fn attach_to_gateway(store: &Store, route: &RouteSpec<'_>, parent: &ParentRefere
         };
         listener.attached_routes += 1;
         targets.push(RouteParent {
-            target: ParentTarget::Listener(ListenerKey { gateway: gw.key.clone(), section: listener.name.clone() }),
+            target: ParentTarget::Listener(ListenerKey {
+                gateway: gw.key.clone(),
+                section: listener.name.clone(),
+            }),
             hostnames,
         });
     }
@@ -256,7 +284,12 @@ fn attach_to_gateway(store: &Store, route: &RouteSpec<'_>, parent: &ParentRefere
 /// GAMMA: a route whose parent is a Service shapes traffic sent to that Service. In the
 /// Service's namespace it is a producer route (every client); elsewhere a consumer route
 /// (clients in the route's namespace only).
-fn attach_to_service(store: &Store, route: &RouteSpec<'_>, parent: &ParentReference, namespace: String) -> Attachment {
+fn attach_to_service(
+    store: &Store,
+    route: &RouteSpec<'_>,
+    parent: &ParentReference,
+    namespace: String,
+) -> Attachment {
     if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc | RouteKind::Tcp | RouteKind::Tls) {
         return Attachment::Rejected {
             reason: "NotAllowedByListeners",
@@ -265,13 +298,19 @@ fn attach_to_service(store: &Store, route: &RouteSpec<'_>, parent: &ParentRefere
     }
     let key = ObjectKey::new(namespace, &parent.name);
     let Some(service) = store.services.get(&key) else {
-        return Attachment::Rejected { reason: "NoMatchingParent", message: format!("Service {key} does not exist") };
+        return Attachment::Rejected {
+            reason: "NoMatchingParent",
+            message: format!("Service {key} does not exist"),
+        };
     };
     let port = match parent.port {
         None => None,
         Some(p) if mesh::service_has_port(service, p) => u16::try_from(p).ok(),
         Some(p) => {
-            return Attachment::Rejected { reason: "NoMatchingParent", message: format!("Service {key} has no port {p}") };
+            return Attachment::Rejected {
+                reason: "NoMatchingParent",
+                message: format!("Service {key} has no port {p}"),
+            };
         }
     };
     let consumers = if route.key.object.namespace == key.namespace {
@@ -279,7 +318,10 @@ fn attach_to_service(store: &Store, route: &RouteSpec<'_>, parent: &ParentRefere
     } else {
         Consumers::Namespace(route.key.object.namespace.clone())
     };
-    Attachment::Attached(vec![RouteParent { target: ParentTarget::Service { service: key, port, consumers }, hostnames: vec![] }])
+    Attachment::Attached(vec![RouteParent {
+        target: ParentTarget::Service { service: key, port, consumers },
+        hostnames: vec![],
+    }])
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@ pub fn permits(store: &Store, from: From<'_>, to: To<'_>) -> bool {
         return true;
     }
     store.reference_grants.iter().filter(|(key, _)| key.namespace == to.namespace).any(|(_, grant)| {
-        let from_ok = grant.spec.from.iter().any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace);
+        let from_ok = grant
+            .spec
+            .from
+            .iter()
+            .any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace);
         let to_ok = grant.spec.to.iter().any(|t| {
             t.group == to.group && t.kind == to.kind && t.name.as_deref().is_none_or(|n| n == to.name)
         });

@@ -74,7 +74,14 @@ fn created(meta: &ObjectMeta) -> i64 {
     meta.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
 }
 
-fn spec<'a>(kind: RouteKind, key: &ObjectKey, meta: &ObjectMeta, parents: Vec<ParentReference>, hostnames: Vec<String>, rules: Rules<'a>) -> RouteSpec<'a> {
+fn spec<'a>(
+    kind: RouteKind,
+    key: &ObjectKey,
+    meta: &ObjectMeta,
+    parents: Vec<ParentReference>,
+    hostnames: Vec<String>,
+    rules: Rules<'a>,
+) -> RouteSpec<'a> {
     RouteSpec {
         key: RouteKey { kind, object: key.clone() },
         generation: meta.generation,
@@ -98,7 +105,11 @@ fn l4_rules<A: Serialize>(rules: &[A]) -> Rules<'static> {
 /// Every route in the store, by kind then `namespace/name`.
 pub fn all_routes(store: &Store) -> Vec<RouteSpec<'_>> {
     let mut out = Vec::with_capacity(
-        store.http_routes.len() + store.grpc_routes.len() + store.tls_routes.len() + store.tcp_routes.len() + store.udp_routes.len(),
+        store.http_routes.len()
+            + store.grpc_routes.len()
+            + store.tls_routes.len()
+            + store.tcp_routes.len()
+            + store.udp_routes.len(),
     );
     for (key, r) in &store.http_routes {
         let s = &r.spec;
@@ -124,15 +135,36 @@ pub fn all_routes(store: &Store) -> Vec<RouteSpec<'_>> {
     }
     for (key, r) in &store.tls_routes {
         let s = &r.spec;
-        out.push(spec(RouteKind::Tls, key, &r.metadata, reshape_all(s.parent_refs.as_ref()), s.hostnames.clone(), l4_rules(&s.rules)));
+        out.push(spec(
+            RouteKind::Tls,
+            key,
+            &r.metadata,
+            reshape_all(s.parent_refs.as_ref()),
+            s.hostnames.clone(),
+            l4_rules(&s.rules),
+        ));
     }
     for (key, r) in &store.tcp_routes {
         let s = &r.spec;
-        out.push(spec(RouteKind::Tcp, key, &r.metadata, reshape_all(s.parent_refs.as_ref()), vec![], l4_rules(&s.rules)));
+        out.push(spec(
+            RouteKind::Tcp,
+            key,
+            &r.metadata,
+            reshape_all(s.parent_refs.as_ref()),
+            vec![],
+            l4_rules(&s.rules),
+        ));
     }
     for (key, r) in &store.udp_routes {
         let s = &r.spec;
-        out.push(spec(RouteKind::Udp, key, &r.metadata, reshape_all(s.parent_refs.as_ref()), vec![], l4_rules(&s.rules)));
+        out.push(spec(
+            RouteKind::Udp,
+            key,
+            &r.metadata,
+            reshape_all(s.parent_refs.as_ref()),
+            vec![],
+            l4_rules(&s.rules),
+        ));
     }
     out
 }

@@ -5,17 +5,20 @@
 
 use std::str::FromStr;
 
-use gateway_api::experimental::grpcroutes::{GrpcRouteRules, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRouteRules, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+};
 use gateway_api::experimental::httproutes::{
-    HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
-    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesSessionPersistenceCookieConfigLifetimeType,
-    HttpRouteRulesSessionPersistenceType,
+    HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+    HttpRouteRulesSessionPersistenceCookieConfigLifetimeType, HttpRouteRulesSessionPersistenceType,
 };
 use mesh_api::model::{
-    BackendRef, Cors, Filter, GrpcMatch, GrpcMethodMatch, HeaderMatch, HeaderModifier, HttpMatch, Mirror, PathMatch, PathModifier,
-    QueryParamMatch, Redirect, Retry, RouteKind, RouteMatch, Rule, SessionPersistence, SessionPersistenceKind, StringMatch, Timeouts,
-    UrlRewrite, WeightedBackend,
+    BackendRef, Cors, Filter, GrpcMatch, GrpcMethodMatch, HeaderMatch, HeaderModifier, HttpMatch, Mirror,
+    PathMatch, PathModifier, QueryParamMatch, Redirect, Retry, RouteKind, RouteMatch, Rule,
+    SessionPersistence, SessionPersistenceKind, StringMatch, Timeouts, UrlRewrite, WeightedBackend,
 };
 
 use super::backends::{self, RefProblem};
@@ -36,12 +39,16 @@ pub fn convert(store: &Store, route: &RouteSpec<'_>) -> ConvertedRules {
     let mut out = ConvertedRules::default();
     let ctx = Context { store, kind: route.key.kind, namespace: &route.key.object.namespace };
     let results: Vec<(usize, Option<&str>, Result<Rule, String>)> = match &route.rules {
-        Rules::Http(rules) => {
-            rules.iter().enumerate().map(|(i, r)| (i, r.name.as_deref(), http_rule(&ctx, r, &mut out.ref_problems))).collect()
-        }
-        Rules::Grpc(rules) => {
-            rules.iter().enumerate().map(|(i, r)| (i, r.name.as_deref(), grpc_rule(&ctx, r, &mut out.ref_problems))).collect()
-        }
+        Rules::Http(rules) => rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.name.as_deref(), http_rule(&ctx, r, &mut out.ref_problems)))
+            .collect(),
+        Rules::Grpc(rules) => rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.name.as_deref(), grpc_rule(&ctx, r, &mut out.ref_problems)))
+            .collect(),
         Rules::L4(rules) => rules
             .iter()
             .enumerate()
@@ -87,17 +94,26 @@ fn l4_rule(ctx: &Context<'_>, rule: &L4Rule, problems: &mut Vec<RefProblem>) -> 
     let backends = rule
         .backend_refs
         .iter()
-        .map(|r| WeightedBackend { weight: weighted(r).unwrap_or(0), backend: ctx.backend(r, problems), filters: vec![] })
+        .map(|r| WeightedBackend {
+            weight: weighted(r).unwrap_or(0),
+            backend: ctx.backend(r, problems),
+            filters: vec![],
+        })
         .collect();
     Rule { name: rule.name.clone(), backends, ..Rule::default() }
 }
 
-fn http_rule(ctx: &Context<'_>, rule: &HttpRouteRules, problems: &mut Vec<RefProblem>) -> Result<Rule, String> {
+fn http_rule(
+    ctx: &Context<'_>,
+    rule: &HttpRouteRules,
+    problems: &mut Vec<RefProblem>,
+) -> Result<Rule, String> {
     let matches: Vec<RouteMatch> = match rule.matches.as_deref() {
         None | Some([]) => vec![RouteMatch::Http(HttpMatch::default())],
         Some(matches) => matches.iter().map(http_match).collect::<Result<_, _>>()?,
     };
-    let has_prefix_match = matches.iter().all(|m| matches!(m, RouteMatch::Http(HttpMatch { path: PathMatch::Prefix(_), .. })));
+    let has_prefix_match =
+        matches.iter().all(|m| matches!(m, RouteMatch::Http(HttpMatch { path: PathMatch::Prefix(_), .. })));
     let rule_filters = filters(ctx, rule.filters.as_deref().unwrap_or_default(), has_prefix_match, problems)?;
     let mut unsupported = rule_filters.unsupported;
     let mut backends = Vec::new();
@@ -122,7 +138,9 @@ fn http_rule(ctx: &Context<'_>, rule: &HttpRouteRules, problems: &mut Vec<RefPro
                 && request != 0
                 && backend > request
             {
-                return Err(format!("timeouts.backendRequest ({backend} ms) is longer than timeouts.request ({request} ms)"));
+                return Err(format!(
+                    "timeouts.backendRequest ({backend} ms) is longer than timeouts.request ({request} ms)"
+                ));
             }
             Timeouts { request_ms, backend_request_ms }
         }
@@ -134,9 +152,15 @@ fn http_rule(ctx: &Context<'_>, rule: &HttpRouteRules, problems: &mut Vec<RefPro
                 .codes
                 .iter()
                 .flatten()
-                .map(|c| u16::try_from(*c).ok().filter(|c| (400..600).contains(c)).ok_or(format!("retry code {c} is not a 4xx or 5xx status")))
+                .map(|c| {
+                    u16::try_from(*c)
+                        .ok()
+                        .filter(|c| (400..600).contains(c))
+                        .ok_or(format!("retry code {c} is not a 4xx or 5xx status"))
+                })
                 .collect::<Result<_, _>>()?,
-            attempts: u32::try_from(r.attempts.unwrap_or(1)).map_err(|_| "retry.attempts is negative".to_string())?,
+            attempts: u32::try_from(r.attempts.unwrap_or(1))
+                .map_err(|_| "retry.attempts is negative".to_string())?,
             backoff_ms: r.backoff.as_deref().map(duration_ms).transpose()?,
         }),
     };
@@ -156,15 +180,26 @@ fn http_rule(ctx: &Context<'_>, rule: &HttpRouteRules, problems: &mut Vec<RefPro
             ),
         }),
     };
-    let mut out =
-        Rule { name: rule.name.clone(), matches, filters: rule_filters.list, backends, timeouts, retry, session_persistence };
+    let mut out = Rule {
+        name: rule.name.clone(),
+        matches,
+        filters: rule_filters.list,
+        backends,
+        timeouts,
+        retry,
+        session_persistence,
+    };
     if let Some(reason) = unsupported {
         fail_closed(&mut out, reason);
     }
     Ok(out)
 }
 
-fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefProblem>) -> Result<Rule, String> {
+fn grpc_rule(
+    ctx: &Context<'_>,
+    rule: &GrpcRouteRules,
+    problems: &mut Vec<RefProblem>,
+) -> Result<Rule, String> {
     let matches = match rule.matches.as_deref() {
         None | Some([]) => vec![RouteMatch::Grpc(GrpcMatch::default())],
         Some(matches) => matches
@@ -173,7 +208,8 @@ fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefPro
                 let method = match &m.method {
                     None => None,
                     Some(method) => {
-                        let regex = matches!(method.r#type, Some(GrpcRouteRulesMatchesMethodType::RegularExpression));
+                        let regex =
+                            matches!(method.r#type, Some(GrpcRouteRulesMatchesMethodType::RegularExpression));
                         if method.service.is_none() && method.method.is_none() {
                             return Err("a gRPC method match needs a service or a method".to_string());
                         }
@@ -182,7 +218,11 @@ fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefPro
                                 compile(pattern)?;
                             }
                         }
-                        Some(GrpcMethodMatch { service: method.service.clone(), method: method.method.clone(), regex })
+                        Some(GrpcMethodMatch {
+                            service: method.service.clone(),
+                            method: method.method.clone(),
+                            regex,
+                        })
                     }
                 };
                 let headers = m
@@ -190,7 +230,8 @@ fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefPro
                     .iter()
                     .flatten()
                     .map(|h| {
-                        let regex = matches!(h.r#type, Some(GrpcRouteRulesMatchesHeadersType::RegularExpression));
+                        let regex =
+                            matches!(h.r#type, Some(GrpcRouteRulesMatchesHeadersType::RegularExpression));
                         header_match(&h.name, &h.value, regex)
                     })
                     .collect::<Result<_, _>>()?;
@@ -204,7 +245,8 @@ fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefPro
     for r in rule.backend_refs.iter().flatten() {
         let reference: BackendReference =
             routes::reshape(r).ok_or_else(|| format!("backendRef {} is not a valid reference", r.name))?;
-        let backend_filters = self::filters(ctx, &routes::grpc_filters_as_http(r.filters.as_ref()), false, problems)?;
+        let backend_filters =
+            self::filters(ctx, &routes::grpc_filters_as_http(r.filters.as_ref()), false, problems)?;
         unsupported = unsupported.or(backend_filters.unsupported);
         backends.push(WeightedBackend {
             weight: weighted(&reference)?,
@@ -212,7 +254,8 @@ fn grpc_rule(ctx: &Context<'_>, rule: &GrpcRouteRules, problems: &mut Vec<RefPro
             filters: backend_filters.list,
         });
     }
-    let mut out = Rule { name: rule.name.clone(), matches, filters: rule_filters.list, backends, ..Rule::default() };
+    let mut out =
+        Rule { name: rule.name.clone(), matches, filters: rule_filters.list, backends, ..Rule::default() };
     if let Some(reason) = unsupported {
         fail_closed(&mut out, reason);
     }
@@ -246,7 +289,9 @@ fn http_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
         Some(p) => {
             let value = p.value.clone().unwrap_or_else(|| "/".to_string());
             match p.r#type.as_ref().unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix) {
-                HttpRouteRulesMatchesPathType::Exact | HttpRouteRulesMatchesPathType::PathPrefix if !value.starts_with('/') => {
+                HttpRouteRulesMatchesPathType::Exact | HttpRouteRulesMatchesPathType::PathPrefix
+                    if !value.starts_with('/') =>
+                {
                     return Err(format!("path {value:?} must start with '/'"));
                 }
                 HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
@@ -262,7 +307,13 @@ fn http_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
         .headers
         .iter()
         .flatten()
-        .map(|h| header_match(&h.name, &h.value, matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression))))
+        .map(|h| {
+            header_match(
+                &h.name,
+                &h.value,
+                matches!(h.r#type, Some(HttpRouteRulesMatchesHeadersType::RegularExpression)),
+            )
+        })
         .collect::<Result<_, _>>()?;
     let query_params = m
         .query_params
@@ -278,10 +329,9 @@ fn http_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
             Ok(QueryParamMatch { name: q.name.clone(), value })
         })
         .collect::<Result<_, String>>()?;
-    let method = m
-        .method
-        .as_ref()
-        .map(|method| serde_json::to_value(method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+    let method = m.method.as_ref().map(|method| {
+        serde_json::to_value(method).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    });
     Ok(RouteMatch::Http(HttpMatch { path, headers, query_params, method }))
 }
 
@@ -308,7 +358,8 @@ fn filters(
                 )?)
             }
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
-                let m = f.response_header_modifier.as_ref().ok_or_else(|| missing("ResponseHeaderModifier"))?;
+                let m =
+                    f.response_header_modifier.as_ref().ok_or_else(|| missing("ResponseHeaderModifier"))?;
                 Filter::ResponseHeaderModifier(header_modifier(
                     m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
                     m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
@@ -326,15 +377,22 @@ fn filters(
                         }
                         HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
                             if !has_prefix_match {
-                                return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into());
+                                return Err(
+                                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
+                                        .into(),
+                                );
                             }
-                            PathModifier::ReplacePrefixMatch(p.replace_prefix_match.clone().unwrap_or_default())
+                            PathModifier::ReplacePrefixMatch(
+                                p.replace_prefix_match.clone().unwrap_or_default(),
+                            )
                         }
                     }),
                 };
                 let status_code = match r.status_code.unwrap_or(302) {
                     c @ (301 | 302 | 303 | 307 | 308) => c as u16,
-                    c => return Err(format!("redirect status code {c} is not one of 301, 302, 303, 307, 308")),
+                    c => {
+                        return Err(format!("redirect status code {c} is not one of 301, 302, 303, 307, 308"));
+                    }
                 };
                 Filter::RequestRedirect(Redirect {
                     scheme: r.scheme.as_ref().map(|s| {
@@ -346,7 +404,10 @@ fn filters(
                     }),
                     hostname: r.hostname.clone(),
                     path,
-                    port: r.port.map(|p| u16::try_from(p).map_err(|_| format!("redirect port {p} is out of range"))).transpose()?,
+                    port: r
+                        .port
+                        .map(|p| u16::try_from(p).map_err(|_| format!("redirect port {p} is out of range")))
+                        .transpose()?,
                     status_code,
                 })
             }
@@ -361,9 +422,14 @@ fn filters(
                         }
                         HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
                             if !has_prefix_match {
-                                return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into());
+                                return Err(
+                                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
+                                        .into(),
+                                );
                             }
-                            PathModifier::ReplacePrefixMatch(p.replace_prefix_match.clone().unwrap_or_default())
+                            PathModifier::ReplacePrefixMatch(
+                                p.replace_prefix_match.clone().unwrap_or_default(),
+                            )
                         }
                     }),
                 };
@@ -371,14 +437,18 @@ fn filters(
             }
             HttpRouteRulesFiltersType::RequestMirror => {
                 let m = f.request_mirror.as_ref().ok_or_else(|| missing("RequestMirror"))?;
-                let reference: BackendReference =
-                    routes::reshape(&m.backend_ref).ok_or_else(|| "mirror backendRef is not a valid reference".to_string())?;
+                let reference: BackendReference = routes::reshape(&m.backend_ref)
+                    .ok_or_else(|| "mirror backendRef is not a valid reference".to_string())?;
                 let fraction = match (&m.percent, &m.fraction) {
                     (Some(_), Some(_)) => return Err("a mirror takes percent or fraction, not both".into()),
-                    (Some(p), None) => Some((u32::try_from(*p).map_err(|_| "mirror percent is negative")?, 100)),
+                    (Some(p), None) => {
+                        Some((u32::try_from(*p).map_err(|_| "mirror percent is negative")?, 100))
+                    }
                     (None, Some(f)) => {
-                        let n = u32::try_from(f.numerator).map_err(|_| "mirror fraction numerator is negative")?;
-                        let d = u32::try_from(f.denominator.unwrap_or(100)).map_err(|_| "mirror fraction denominator is negative")?;
+                        let n = u32::try_from(f.numerator)
+                            .map_err(|_| "mirror fraction numerator is negative")?;
+                        let d = u32::try_from(f.denominator.unwrap_or(100))
+                            .map_err(|_| "mirror fraction denominator is negative")?;
                         if d == 0 || n > d {
                             return Err(format!("mirror fraction {n}/{d} is not between 0 and 1"));
                         }
@@ -407,7 +477,9 @@ fn filters(
                     (Some(e), false) => format!("ExtensionRef {}/{} {}", e.group, e.kind, e.name),
                     (None, false) => "ExtensionRef".to_string(),
                 };
-                let message = format!("{what} filters are not supported by Weft; requests matching this rule get HTTP 500");
+                let message = format!(
+                    "{what} filters are not supported by Weft; requests matching this rule get HTTP 500"
+                );
                 problems.push(RefProblem { reason: "InvalidKind", message: message.clone() });
                 return Ok(Filters { list: Vec::new(), unsupported: Some(message) });
             }
@@ -429,7 +501,8 @@ struct Filters {
 /// A rule whose filters cannot be honoured keeps its matches but sends everything to a 500.
 fn fail_closed(rule: &mut Rule, reason: String) {
     rule.filters.clear();
-    rule.backends = vec![WeightedBackend { weight: 1, backend: BackendRef::Invalid { reason }, filters: vec![] }];
+    rule.backends =
+        vec![WeightedBackend { weight: 1, backend: BackendRef::Invalid { reason }, filters: vec![] }];
 }
 
 fn header_modifier<'a>(
@@ -438,10 +511,16 @@ fn header_modifier<'a>(
     remove: &[String],
 ) -> Result<HeaderModifier, String> {
     let check = |name: &str| {
-        if http_header_name_invalid(name) { Err(format!("{name:?} is not a valid header name")) } else { Ok(name.to_ascii_lowercase()) }
+        if http_header_name_invalid(name) {
+            Err(format!("{name:?} is not a valid header name"))
+        } else {
+            Ok(name.to_ascii_lowercase())
+        }
     };
-    let set: Vec<(String, String)> = set.map(|(n, v)| Ok((check(n)?, v.to_string()))).collect::<Result<_, String>>()?;
-    let add: Vec<(String, String)> = add.map(|(n, v)| Ok((check(n)?, v.to_string()))).collect::<Result<_, String>>()?;
+    let set: Vec<(String, String)> =
+        set.map(|(n, v)| Ok((check(n)?, v.to_string()))).collect::<Result<_, String>>()?;
+    let add: Vec<(String, String)> =
+        add.map(|(n, v)| Ok((check(n)?, v.to_string()))).collect::<Result<_, String>>()?;
     let remove: Vec<String> = remove.iter().map(|n| check(n)).collect::<Result<_, _>>()?;
     for (i, (name, _)) in set.iter().enumerate() {
         if set[..i].iter().any(|(n, _)| n == name) {
@@ -453,7 +532,8 @@ fn header_modifier<'a>(
 
 /// A Gateway API duration (GEP-2257: `1h`, `30s`, `500ms`, combinations) in milliseconds.
 pub fn duration_ms(text: &str) -> Result<u64, String> {
-    let d = gateway_api::Duration::from_str(text).map_err(|e| format!("{text:?} is not a valid duration: {e}"))?;
+    let d = gateway_api::Duration::from_str(text)
+        .map_err(|e| format!("{text:?} is not a valid duration: {e}"))?;
     u64::try_from(d.as_millis()).map_err(|_| format!("duration {text:?} is too long"))
 }
 

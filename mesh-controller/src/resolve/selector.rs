@@ -72,23 +72,34 @@ mod tests {
     fn match_labels_and_expressions_all_must_hold() {
         let selector = LabelSelector {
             match_labels: Some(labels(&[("team", "a")])),
-            match_expressions: Some(vec![expr("env", "In", &["prod", "stage"]), expr("legacy", "DoesNotExist", &[])]),
+            match_expressions: Some(vec![
+                expr("env", "In", &["prod", "stage"]),
+                expr("legacy", "DoesNotExist", &[]),
+            ]),
         };
         assert_eq!(selector.matches(Some(&labels(&[("team", "a"), ("env", "prod")]))), Ok(true));
         assert_eq!(selector.matches(Some(&labels(&[("team", "a"), ("env", "dev")]))), Ok(false));
-        assert_eq!(selector.matches(Some(&labels(&[("team", "a"), ("env", "prod"), ("legacy", "")]))), Ok(false));
+        assert_eq!(
+            selector.matches(Some(&labels(&[("team", "a"), ("env", "prod"), ("legacy", "")]))),
+            Ok(false)
+        );
         assert_eq!(selector.matches(None), Ok(false));
         assert_eq!(LabelSelector::default().matches(None), Ok(true), "empty selects all");
     }
 
     #[test]
     fn not_in_and_exists() {
-        let not_in = LabelSelector { match_expressions: Some(vec![expr("env", "NotIn", &["prod"])]), ..Default::default() };
+        let not_in = LabelSelector {
+            match_expressions: Some(vec![expr("env", "NotIn", &["prod"])]),
+            ..Default::default()
+        };
         assert_eq!(not_in.matches(Some(&labels(&[]))), Ok(true), "NotIn holds when the label is absent");
         assert_eq!(not_in.matches(Some(&labels(&[("env", "prod")]))), Ok(false));
-        let exists = LabelSelector { match_expressions: Some(vec![expr("env", "Exists", &[])]), ..Default::default() };
+        let exists =
+            LabelSelector { match_expressions: Some(vec![expr("env", "Exists", &[])]), ..Default::default() };
         assert_eq!(exists.matches(Some(&labels(&[("env", "")]))), Ok(true));
-        let bad = LabelSelector { match_expressions: Some(vec![expr("env", "Near", &[])]), ..Default::default() };
+        let bad =
+            LabelSelector { match_expressions: Some(vec![expr("env", "Near", &[])]), ..Default::default() };
         assert!(bad.matches(None).is_err());
     }
 }

@@ -15,7 +15,10 @@ fn resolve_yaml(yaml: &str) -> Resolution {
 }
 
 fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
-    conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition in {conditions:#?}"))
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions:#?}"))
 }
 
 fn assert_condition(conditions: &[Condition], type_: &str, status: &str, reason: &str) {
@@ -24,7 +27,10 @@ fn assert_condition(conditions: &[Condition], type_: &str, status: &str, reason:
 }
 
 fn gateway<'a>(r: &'a Resolution, ns: &str, name: &str) -> &'a GatewayStatus {
-    r.statuses.gateways.get(&ObjectKey::new(ns, name)).unwrap_or_else(|| panic!("no status for Gateway {ns}/{name}"))
+    r.statuses
+        .gateways
+        .get(&ObjectKey::new(ns, name))
+        .unwrap_or_else(|| panic!("no status for Gateway {ns}/{name}"))
 }
 
 fn listener<'a>(gw: &'a GatewayStatus, name: &str) -> &'a ListenerStatus {
@@ -36,7 +42,11 @@ fn http_route_key(ns: &str, name: &str) -> RouteKey {
 }
 
 fn route_parent<'a>(r: &'a Resolution, ns: &str, name: &str, index: usize) -> &'a RouteParentStatus {
-    let status = r.statuses.routes.get(&http_route_key(ns, name)).unwrap_or_else(|| panic!("no status for HTTPRoute {ns}/{name}"));
+    let status = r
+        .statuses
+        .routes
+        .get(&http_route_key(ns, name))
+        .unwrap_or_else(|| panic!("no status for HTTPRoute {ns}/{name}"));
     &status.parents[index]
 }
 
@@ -127,20 +137,33 @@ fn only_our_gateway_classes_are_accepted_and_others_untouched() {
     assert_condition(&weft.conditions, "Accepted", "True", "Accepted");
     assert_condition(&weft.conditions, "SupportedVersion", "True", "SupportedVersion");
     assert_eq!(condition(&weft.conditions, "Accepted").observed_generation, Some(1));
-    assert!(!r.statuses.gateway_classes.contains_key("other"), "another controller's class is not ours to touch");
-    assert_condition(&r.statuses.gateway_classes["params"].conditions, "Accepted", "False", "InvalidParameters");
+    assert!(
+        !r.statuses.gateway_classes.contains_key("other"),
+        "another controller's class is not ours to touch"
+    );
+    assert_condition(
+        &r.statuses.gateway_classes["params"].conditions,
+        "Accepted",
+        "False",
+        "InvalidParameters",
+    );
 }
 
 #[test]
 fn a_route_in_the_gateways_namespace_attaches_and_resolves() {
-    let r = resolve_yaml(&with_class(&(simple_gateway("{}") + &route_to("infra", "infra", "") + GRANT_ROUTES_TO_APPS)));
+    let r = resolve_yaml(&with_class(
+        &(simple_gateway("{}") + &route_to("infra", "infra", "") + GRANT_ROUTES_TO_APPS),
+    ));
     let gw = gateway(&r, "infra", "gw");
     assert_condition(&gw.conditions, "Accepted", "True", "Accepted");
     assert_condition(&gw.conditions, "Programmed", "True", "Programmed");
     assert_eq!(gw.addresses[0].value, "127.0.0.1", "standalone default address");
     let http = listener(gw, "http");
     assert_eq!(http.attached_routes, 1);
-    assert_eq!(http.supported_kinds.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>(), vec!["HTTPRoute", "GRPCRoute"]);
+    assert_eq!(
+        http.supported_kinds.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>(),
+        vec!["HTTPRoute", "GRPCRoute"]
+    );
     for t in ["Accepted", "ResolvedRefs", "Programmed"] {
         assert_condition(&http.conditions, t, "True", t);
     }
@@ -154,7 +177,10 @@ fn a_route_in_the_gateways_namespace_attaches_and_resolves() {
     let route = &r.config.routes["HTTPRoute/infra/r"];
     assert_eq!(
         route.parents[0].target,
-        ParentTarget::Listener(ListenerKey { gateway: ObjectKey::new("infra", "gw"), section: "http".into() })
+        ParentTarget::Listener(ListenerKey {
+            gateway: ObjectKey::new("infra", "gw"),
+            section: "http".into()
+        })
     );
     let BackendRef::Service(key) = &route.rules[0].backends[0].backend else { panic!("backend resolved") };
     let backend = &r.config.backends[&key.to_string()];
@@ -167,27 +193,47 @@ fn a_route_in_the_gateways_namespace_attaches_and_resolves() {
 fn allowed_routes_same_all_and_selector() {
     // Same (the default): a route from another namespace is refused.
     let r = resolve_yaml(&with_class(&(simple_gateway("{}") + &route_to("infra", "apps", ""))));
-    assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "False", "NotAllowedByListeners");
+    assert_condition(
+        &route_parent(&r, "apps", "r", 0).conditions,
+        "Accepted",
+        "False",
+        "NotAllowedByListeners",
+    );
     assert_eq!(listener(gateway(&r, "infra", "gw"), "http").attached_routes, 0);
     assert!(r.config.routes.is_empty());
 
     // All.
-    let r = resolve_yaml(&with_class(&(simple_gateway("{namespaces: {from: All}}") + &route_to("infra", "apps", ""))));
+    let r = resolve_yaml(&with_class(
+        &(simple_gateway("{namespaces: {from: All}}") + &route_to("infra", "apps", "")),
+    ));
     assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "True", "Accepted");
 
     // Selector: only namespaces whose labels match.
     let selector = "{namespaces: {from: Selector, selector: {matchLabels: {expose: \"yes\"}}}}";
-    let ns = |labels: &str| format!("\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: apps, labels: {labels}}}\n");
-    let r = resolve_yaml(&with_class(&(simple_gateway(selector) + &route_to("infra", "apps", "") + &ns("{expose: \"yes\"}"))));
+    let ns = |labels: &str| {
+        format!("\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: apps, labels: {labels}}}\n")
+    };
+    let r = resolve_yaml(&with_class(
+        &(simple_gateway(selector) + &route_to("infra", "apps", "") + &ns("{expose: \"yes\"}")),
+    ));
     assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "True", "Accepted");
-    let r = resolve_yaml(&with_class(&(simple_gateway(selector) + &route_to("infra", "apps", "") + &ns("{expose: \"no\"}"))));
-    assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "False", "NotAllowedByListeners");
+    let r = resolve_yaml(&with_class(
+        &(simple_gateway(selector) + &route_to("infra", "apps", "") + &ns("{expose: \"no\"}")),
+    ));
+    assert_condition(
+        &route_parent(&r, "apps", "r", 0).conditions,
+        "Accepted",
+        "False",
+        "NotAllowedByListeners",
+    );
 }
 
 #[test]
 fn section_name_and_port_must_name_a_listener() {
-    let yaml = with_class(&simple_gateway("{}"))
-        .replace("allowedRoutes: {}\n", "allowedRoutes: {}\n  - name: other\n    port: 81\n    protocol: HTTP\n");
+    let yaml = with_class(&simple_gateway("{}")).replace(
+        "allowedRoutes: {}\n",
+        "allowedRoutes: {}\n  - name: other\n    port: 81\n    protocol: HTTP\n",
+    );
     for (parent, accepted, reason, attached) in [
         ("{name: gw, namespace: infra, sectionName: nope}", "False", "NoMatchingParent", (0, 0)),
         ("{name: gw, namespace: infra, port: 9999}", "False", "NoMatchingParent", (0, 0)),
@@ -195,23 +241,39 @@ fn section_name_and_port_must_name_a_listener() {
         ("{name: gw, namespace: infra, port: 80}", "True", "Accepted", (1, 0)),
         ("{name: gw, namespace: infra}", "True", "Accepted", (1, 1)),
     ] {
-        let route = route_to("infra", "infra", "").replace("[{name: gw, namespace: infra}]", &format!("[{parent}]"));
+        let route =
+            route_to("infra", "infra", "").replace("[{name: gw, namespace: infra}]", &format!("[{parent}]"));
         let r = resolve_yaml(&(yaml.clone() + &route));
         assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "Accepted", accepted, reason);
         let gw = gateway(&r, "infra", "gw");
-        assert_eq!((listener(gw, "http").attached_routes, listener(gw, "other").attached_routes), attached, "{parent}");
+        assert_eq!(
+            (listener(gw, "http").attached_routes, listener(gw, "other").attached_routes),
+            attached,
+            "{parent}"
+        );
     }
 }
 
 #[test]
 fn hostnames_intersect_or_the_route_is_refused() {
-    let gw = simple_gateway("{}").replace("protocol: HTTP\n", "protocol: HTTP\n    hostname: \"*.example.com\"\n");
-    let r = resolve_yaml(&with_class(&(gw.clone() + &route_to("infra", "infra", "  hostnames: [foo.example.com, foo.org]"))));
+    let gw =
+        simple_gateway("{}").replace("protocol: HTTP\n", "protocol: HTTP\n    hostname: \"*.example.com\"\n");
+    let r = resolve_yaml(&with_class(
+        &(gw.clone() + &route_to("infra", "infra", "  hostnames: [foo.example.com, foo.org]")),
+    ));
     assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "Accepted", "True", "Accepted");
-    assert_eq!(r.config.routes["HTTPRoute/infra/r"].parents[0].hostnames, vec!["foo.example.com".to_string()]);
+    assert_eq!(
+        r.config.routes["HTTPRoute/infra/r"].parents[0].hostnames,
+        vec!["foo.example.com".to_string()]
+    );
 
     let r = resolve_yaml(&with_class(&(gw + &route_to("infra", "infra", "  hostnames: [foo.org]"))));
-    assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "Accepted", "False", "NoMatchingListenerHostname");
+    assert_condition(
+        &route_parent(&r, "infra", "r", 0).conditions,
+        "Accepted",
+        "False",
+        "NoMatchingListenerHostname",
+    );
 }
 
 #[test]
@@ -221,14 +283,30 @@ fn cross_namespace_backends_need_a_reference_grant() {
     let parent = route_parent(&r, "infra", "r", 0);
     assert_condition(&parent.conditions, "Accepted", "True", "Accepted");
     assert_condition(&parent.conditions, "ResolvedRefs", "False", "RefNotPermitted");
-    assert!(matches!(r.config.routes["HTTPRoute/infra/r"].rules[0].backends[0].backend, BackendRef::Invalid { .. }));
+    assert!(matches!(
+        r.config.routes["HTTPRoute/infra/r"].rules[0].backends[0].backend,
+        BackendRef::Invalid { .. }
+    ));
 
     // A grant for another kind does not help.
-    let r = resolve_yaml(&(base.clone() + &GRANT_ROUTES_TO_APPS.replace("kind: HTTPRoute", "kind: GRPCRoute")));
-    assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "ResolvedRefs", "False", "RefNotPermitted");
+    let r =
+        resolve_yaml(&(base.clone() + &GRANT_ROUTES_TO_APPS.replace("kind: HTTPRoute", "kind: GRPCRoute")));
+    assert_condition(
+        &route_parent(&r, "infra", "r", 0).conditions,
+        "ResolvedRefs",
+        "False",
+        "RefNotPermitted",
+    );
     // A grant naming another Service does not help either.
-    let r = resolve_yaml(&(base.clone() + &GRANT_ROUTES_TO_APPS.replace("kind: Service}", "kind: Service, name: other}")));
-    assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "ResolvedRefs", "False", "RefNotPermitted");
+    let r = resolve_yaml(
+        &(base.clone() + &GRANT_ROUTES_TO_APPS.replace("kind: Service}", "kind: Service, name: other}")),
+    );
+    assert_condition(
+        &route_parent(&r, "infra", "r", 0).conditions,
+        "ResolvedRefs",
+        "False",
+        "RefNotPermitted",
+    );
 
     let r = resolve_yaml(&(base + GRANT_ROUTES_TO_APPS));
     assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "ResolvedRefs", "True", "ResolvedRefs");
@@ -242,7 +320,8 @@ fn unresolvable_backends_have_their_own_reasons() {
         ("{name: web, namespace: apps}", "BackendNotFound"),
         ("{group: example.com, kind: Bucket, name: b}", "InvalidKind"),
     ] {
-        let route = route_to("infra", "infra", "").replace("[{name: web, namespace: apps, port: 8080}]", &format!("[{backend}]"));
+        let route = route_to("infra", "infra", "")
+            .replace("[{name: web, namespace: apps, port: 8080}]", &format!("[{backend}]"));
         let r = resolve_yaml(&(with_class(&(simple_gateway("{}") + &route)) + GRANT_ROUTES_TO_APPS));
         let parent = route_parent(&r, "infra", "r", 0);
         assert_condition(&parent.conditions, "Accepted", "True", "Accepted");
@@ -308,28 +387,52 @@ fn https_certificates_resolve_by_secret_and_reference_grant() {
     let https = listener(gateway(&r, "infra", "gw"), "https");
     assert_condition(&https.conditions, "ResolvedRefs", "True", "ResolvedRefs");
     assert!(r.config.certificates.contains_key("infra/cert"));
-    assert_eq!(r.config.listeners["infra/gw/https"].tls.as_ref().map(|t| t.certificates.clone()), Some(vec!["infra/cert".into()]));
+    assert_eq!(
+        r.config.listeners["infra/gw/https"].tls.as_ref().map(|t| t.certificates.clone()),
+        Some(vec!["infra/cert".into()])
+    );
 
     let r = resolve_yaml(&with_class(&gw("{name: nope}")));
-    assert_condition(&listener(gateway(&r, "infra", "gw"), "https").conditions, "ResolvedRefs", "False", "InvalidCertificateRef");
+    assert_condition(
+        &listener(gateway(&r, "infra", "gw"), "https").conditions,
+        "ResolvedRefs",
+        "False",
+        "InvalidCertificateRef",
+    );
     assert!(r.config.listeners.is_empty(), "a listener without its certificate is not programmed");
 
     let broken = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: infra}\nstringData: {tls.crt: garbage, tls.key: garbage}\n";
     let r = resolve_yaml(&(with_class(&gw("{name: cert}")) + broken));
-    assert_condition(&listener(gateway(&r, "infra", "gw"), "https").conditions, "ResolvedRefs", "False", "InvalidCertificateRef");
+    assert_condition(
+        &listener(gateway(&r, "infra", "gw"), "https").conditions,
+        "ResolvedRefs",
+        "False",
+        "InvalidCertificateRef",
+    );
 
     let cross = gw("{name: cert, namespace: certs}");
     let r = resolve_yaml(&(with_class(&cross) + &tls_secret("certs", "cert")));
-    assert_condition(&listener(gateway(&r, "infra", "gw"), "https").conditions, "ResolvedRefs", "False", "RefNotPermitted");
+    assert_condition(
+        &listener(gateway(&r, "infra", "gw"), "https").conditions,
+        "ResolvedRefs",
+        "False",
+        "RefNotPermitted",
+    );
     let grant = "\n---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: certs}\n\
                  spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]\n  to: [{group: \"\", kind: Secret}]\n";
     let r = resolve_yaml(&(with_class(&cross) + &tls_secret("certs", "cert") + grant));
-    assert_condition(&listener(gateway(&r, "infra", "gw"), "https").conditions, "ResolvedRefs", "True", "ResolvedRefs");
+    assert_condition(
+        &listener(gateway(&r, "infra", "gw"), "https").conditions,
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    );
 }
 
 #[test]
 fn invalid_route_kinds_are_reported_and_dropped() {
-    let gw = simple_gateway("{kinds: [{kind: HTTPRoute}, {kind: TCPRoute}, {group: example.com, kind: Foo}]}");
+    let gw =
+        simple_gateway("{kinds: [{kind: HTTPRoute}, {kind: TCPRoute}, {group: example.com, kind: Foo}]}");
     let r = resolve_yaml(&with_class(&gw));
     let http = listener(gateway(&r, "infra", "gw"), "http");
     assert_condition(&http.conditions, "ResolvedRefs", "False", "InvalidRouteKinds");
@@ -356,7 +459,8 @@ fn invalid_rules_are_dropped_and_the_route_is_partially_invalid() {
     assert!(condition(&parent.conditions, "PartiallyInvalid").message.contains("rule 0"));
     assert_eq!(r.config.routes["HTTPRoute/infra/r"].rules.len(), 1);
 
-    let all_bad = route.replace("value: /ok", "value: \"[\"").replace("type: PathPrefix", "type: RegularExpression");
+    let all_bad =
+        route.replace("value: /ok", "value: \"[\"").replace("type: PathPrefix", "type: RegularExpression");
     let r = resolve_yaml(&(with_class(&simple_gateway("{}")) + &all_bad + GRANT_ROUTES_TO_APPS));
     assert_condition(&route_parent(&r, "infra", "r", 0).conditions, "Accepted", "False", "UnsupportedValue");
     assert!(r.config.routes.is_empty());
@@ -380,23 +484,36 @@ fn mesh_route(route_ns: &str, parent: &str) -> String {
 
 #[test]
 fn gamma_producer_and_consumer_routes() {
-    let r = resolve_yaml(&with_class(&mesh_route("apps", "{group: \"\", kind: Service, name: web, port: 8080}")));
+    let r =
+        resolve_yaml(&with_class(&mesh_route("apps", "{group: \"\", kind: Service, name: web, port: 8080}")));
     assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "True", "Accepted");
     let route = &r.config.routes["HTTPRoute/apps/r"];
     assert_eq!(
         route.parents[0].target,
-        ParentTarget::Service { service: ObjectKey::new("apps", "web"), port: Some(8080), consumers: Consumers::All }
+        ParentTarget::Service {
+            service: ObjectKey::new("apps", "web"),
+            port: Some(8080),
+            consumers: Consumers::All
+        }
     );
 
     let grant = GRANT_ROUTES_TO_APPS.replace("namespace: infra", "namespace: client");
-    let r = resolve_yaml(&(with_class(&mesh_route("client", "{group: \"\", kind: Service, name: web, namespace: apps}")) + &grant));
+    let r = resolve_yaml(
+        &(with_class(&mesh_route("client", "{group: \"\", kind: Service, name: web, namespace: apps}"))
+            + &grant),
+    );
     let route = &r.config.routes["HTTPRoute/client/r"];
     assert_eq!(
         route.parents[0].target,
-        ParentTarget::Service { service: ObjectKey::new("apps", "web"), port: None, consumers: Consumers::Namespace("client".into()) }
+        ParentTarget::Service {
+            service: ObjectKey::new("apps", "web"),
+            port: None,
+            consumers: Consumers::Namespace("client".into())
+        }
     );
 
-    let r = resolve_yaml(&with_class(&mesh_route("apps", "{group: \"\", kind: Service, name: web, port: 1}")));
+    let r =
+        resolve_yaml(&with_class(&mesh_route("apps", "{group: \"\", kind: Service, name: web, port: 1}")));
     assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "False", "NoMatchingParent");
     let r = resolve_yaml(&with_class(&mesh_route("apps", "{group: \"\", kind: Service, name: gone}")));
     assert_condition(&route_parent(&r, "apps", "r", 0).conditions, "Accepted", "False", "NoMatchingParent");
@@ -465,5 +582,8 @@ fn filters_convert_with_their_defaults() {
     let mesh_api::model::Filter::RequestRedirect(redirect) = &rules[0].filters[0] else { panic!("redirect") };
     assert_eq!(redirect.status_code, 302, "the spec's default");
     assert!(rules[1].filters.is_empty(), "an unsupported filter is not skipped silently");
-    assert!(matches!(rules[1].backends[..], [mesh_api::model::WeightedBackend { backend: BackendRef::Invalid { .. }, .. }]));
+    assert!(matches!(
+        rules[1].backends[..],
+        [mesh_api::model::WeightedBackend { backend: BackendRef::Invalid { .. }, .. }]
+    ));
 }
