@@ -1,1 +1,86 @@
-//! The per-node data plane.
+//! weft-proxy: the per-node data plane.
+//!
+//! Config comes in ([`config`]) as immutable snapshots; [`listener`] keeps the sockets in step
+//! with it; each request goes [`proxy`] → [`route`] → [`balance`] → [`upstream`]; [`admin`]
+//! exposes readiness, [`metrics`] and the config.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mesh_api::model::Config;
+use tokio::task::JoinHandle;
+
+use config::ConfigStore;
+use config::controller::Subscription;
+use metrics::Metrics;
+use proxy::Proxy;
+
+/// Where config comes from.
+pub enum Source {
+    /// A folder of Kubernetes YAML, resolved in-process and watched.
+    Manifests(PathBuf),
+    /// A JSON `Config`, read once.
+    File(PathBuf),
+    /// The controller's config stream.
+    Controller(Subscription),
+    /// A config given by the embedding program (tests); more can be installed through
+    /// [`Running::store`].
+    Fixed(Config),
+}
+
+pub struct Options {
+    pub source: Source,
+    /// Port 0 picks a free port; see [`Running::admin`].
+    pub admin: SocketAddr,
+    pub access_log: bool,
+}
+
+/// A started proxy. Dropping it stops every task it started (connections in flight included).
+pub struct Running {
+    pub admin: SocketAddr,
+    pub store: Arc<ConfigStore>,
+    pub metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub async fn start(options: Options) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(ConfigStore::new(metrics.clone()));
+    let proxy = Arc::new(Proxy::new(store.clone(), metrics.clone(), options.access_log));
+    let admin_socket = admin::bind(options.admin)
+        .await
+        .with_context(|| format!("cannot bind admin on {}", options.admin))?;
+    let admin = admin_socket.local_addr()?;
+    tracing::info!(%admin, "admin listening");
+
+    let mut tasks = vec![
+        tokio::spawn(admin::serve(admin_socket, store.clone())),
+        tokio::spawn(listener::run(store.clone(), proxy)),
+    ];
+    match options.source {
+        Source::Manifests(dir) => tasks.push(tokio::spawn(config::manifests::watch(dir, store.clone()))),
+        Source::File(path) => store.install(1, config::file::load(&path)?),
+        Source::Controller(sub) => tasks.push(tokio::spawn(config::controller::follow(sub, store.clone()))),
+        Source::Fixed(config) => store.install(1, config),
+    }
+    Ok(Running { admin, store, metrics, tasks })
+}

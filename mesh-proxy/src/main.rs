@@ -1,1 +1,73 @@
-fn main() {}
+//! weft-proxy: the per-node data plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use mesh_proxy::config::controller::Subscription;
+use mesh_proxy::{Options, Source};
+
+#[derive(Parser)]
+#[command(name = "weft-proxy", version, about = "Weft's per-node data plane")]
+struct Args {
+    /// Serve a folder of Gateway API manifests (standalone gateway), re-read when it changes.
+    #[arg(long, conflicts_with_all = ["config", "controller"])]
+    manifests: Option<PathBuf>,
+    /// Serve a JSON config file (mesh_api::model::Config).
+    #[arg(long, conflicts_with = "controller")]
+    config: Option<PathBuf>,
+    /// Follow weft-controller's config stream, e.g. http://127.0.0.1:15010.
+    #[arg(long, requires = "node")]
+    controller: Option<String>,
+    /// The node this proxy serves (with --controller).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Admin server: /ready, /metrics, /config_dump.
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    admin: SocketAddr,
+    /// Log one line per request (target weft::access).
+    #[arg(long)]
+    access_log: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let source = match (args.manifests, args.config, args.controller, args.node) {
+        (Some(dir), _, _, _) => Source::Manifests(dir),
+        (_, Some(file), _, _) => Source::File(file),
+        (_, _, Some(url), Some(node)) => Source::Controller(Subscription { url, node }),
+        _ => anyhow::bail!("one of --manifests, --config or --controller (with --node) is required"),
+    };
+    let _running =
+        mesh_proxy::start(Options { source, admin: args.admin, access_log: args.access_log }).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

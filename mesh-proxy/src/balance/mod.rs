@@ -89,7 +89,11 @@ impl EndpointSet {
                 // A second index distinct from the first, uniformly.
                 let b = (a + rng.random_range(1..n)) % n;
                 let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) { eb } else { ea }
+                if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) {
+                    eb
+                } else {
+                    ea
+                }
             }
         };
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 /// Upper bounds of the latency histogram, in seconds: sub-millisecond for loopback, up to the
 /// tens of seconds a slow backend with a long timeout can take.
-const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+const LATENCY_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
 
 /// Labels of `weft_requests_total`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,7 +98,9 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP weft_request_duration_seconds Time from request received to response headers sent.\n");
+        out.push_str(
+            "# HELP weft_request_duration_seconds Time from request received to response headers sent.\n",
+        );
         out.push_str("# TYPE weft_request_duration_seconds histogram\n");
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
             let _ = writeln!(

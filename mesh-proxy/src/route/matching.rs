@@ -1,7 +1,9 @@
 //! One route match, compiled once per config snapshot and tested against each request.
 
 use http::{HeaderMap, Method};
-use mesh_api::model::{GrpcMatch, HeaderMatch, HttpMatch, PathMatch, QueryParamMatch, RouteMatch, StringMatch};
+use mesh_api::model::{
+    GrpcMatch, HeaderMatch, HttpMatch, PathMatch, QueryParamMatch, RouteMatch, StringMatch,
+};
 use regex::Regex;
 
 /// A regular expression the whole input must match, as the Gateway API means it.
@@ -138,7 +140,9 @@ impl Matcher {
             Kind::Http { path, query, method } => {
                 path.is_match(req.path)
                     && method.as_ref().is_none_or(|m| m == req.method)
-                    && query.iter().all(|q| query_value(req.query, &q.name).is_some_and(|v| q.value.is_match(v)))
+                    && query
+                        .iter()
+                        .all(|q| query_value(req.query, &q.name).is_some_and(|v| q.value.is_match(v)))
             }
             Kind::Grpc { service, method } => grpc_matches(req.path, service.as_ref(), method.as_ref()),
         };
@@ -167,7 +171,9 @@ fn compile_http(m: &HttpMatch) -> Result<Matcher, CompileError> {
     let query = m
         .query_params
         .iter()
-        .map(|q: &QueryParamMatch| Ok(QueryMatcher { name: q.name.clone(), value: ValueMatcher::compile(&q.value)? }))
+        .map(|q: &QueryParamMatch| {
+            Ok(QueryMatcher { name: q.name.clone(), value: ValueMatcher::compile(&q.value)? })
+        })
         .collect::<Result<_, CompileError>>()?;
     Ok(Matcher {
         kind: Kind::Http { path: PathMatcher::compile(&m.path)?, query, method },
@@ -235,7 +241,12 @@ mod tests {
     use super::*;
     use mesh_api::model::GrpcMethodMatch;
 
-    fn view<'a>(method: &'a Method, path: &'a str, query: Option<&'a str>, headers: &'a HeaderMap) -> RequestView<'a> {
+    fn view<'a>(
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
         RequestView { method, path, query, headers }
     }
 
@@ -261,7 +272,8 @@ mod tests {
         let exact = http(HttpMatch { path: PathMatch::Exact("/a".into()), ..Default::default() });
         assert!(exact.is_match(&view(&get, "/a", None, &h)));
         assert!(!exact.is_match(&view(&get, "/a/", None, &h)));
-        let regex = http(HttpMatch { path: PathMatch::RegularExpression("/v[0-9]+".into()), ..Default::default() });
+        let regex =
+            http(HttpMatch { path: PathMatch::RegularExpression("/v[0-9]+".into()), ..Default::default() });
         assert!(regex.is_match(&view(&get, "/v12", None, &h)));
         assert!(!regex.is_match(&view(&get, "/v12/x", None, &h)), "a regex must match the whole path");
     }
@@ -281,7 +293,10 @@ mod tests {
         h.insert("x-canary", "1".parse().expect("value"));
         assert!(m.is_match(&view(&Method::POST, "/x", Some("a=b&tier=gold"), &h)));
         assert!(!m.is_match(&view(&Method::GET, "/x", Some("tier=gold"), &h)), "method");
-        assert!(!m.is_match(&view(&Method::POST, "/x", Some("Tier=gold"), &h)), "query names are case-sensitive");
+        assert!(
+            !m.is_match(&view(&Method::POST, "/x", Some("Tier=gold"), &h)),
+            "query names are case-sensitive"
+        );
         assert!(!m.is_match(&view(&Method::POST, "/x", Some("tier=bronze"), &h)));
         assert!(!m.is_match(&view(&Method::POST, "/x", Some("tier=gold"), &HeaderMap::new())), "header");
     }

@@ -36,7 +36,9 @@ impl RoutingTable {
         for listener in config.listeners.values().filter(|l| l.protocol == ListenerProtocol::Http) {
             let addrs = bind_addresses(listener);
             for addr in &addrs {
-                by_addr.entry(*addr).or_insert_with(|| ListenerRoutes { port: listener.port, hosts: Vec::new() });
+                by_addr
+                    .entry(*addr)
+                    .or_insert_with(|| ListenerRoutes { port: listener.port, hosts: Vec::new() });
             }
             addr_of.insert(listener.key.to_string(), (addrs, listener.hostname.clone()));
         }
@@ -46,8 +48,11 @@ impl RoutingTable {
             if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc) {
                 continue;
             }
-            let rules: Vec<Arc<CompiledRule>> =
-                route.rules.iter().map(|rule| Arc::new(CompiledRule::build(route, rule, &backends))).collect();
+            let rules: Vec<Arc<CompiledRule>> = route
+                .rules
+                .iter()
+                .map(|rule| Arc::new(CompiledRule::build(route, rule, &backends)))
+                .collect();
             for parent in &route.parents {
                 let ParentTarget::Listener(listener_key) = &parent.target else { continue };
                 let listener_name = listener_key.to_string();
@@ -70,12 +75,14 @@ impl RoutingTable {
                         let order = MatchOrder::new(route, rule_index, match_index, m);
                         for addr in addrs {
                             for hostname in &hostnames {
-                                buckets.entry(*addr).or_default().entry(hostname.clone()).or_default().push(Entry {
-                                    order: order.clone(),
-                                    matcher: matcher.clone(),
-                                    rule: compiled.clone(),
-                                    listener: listener_name.clone(),
-                                });
+                                buckets.entry(*addr).or_default().entry(hostname.clone()).or_default().push(
+                                    Entry {
+                                        order: order.clone(),
+                                        matcher: matcher.clone(),
+                                        rule: compiled.clone(),
+                                        listener: listener_name.clone(),
+                                    },
+                                );
                             }
                         }
                     }
@@ -182,10 +189,14 @@ impl CompiledRule {
                         let key = key.to_string();
                         match backends.get(key.as_str()) {
                             Some(set) => (BackendTarget::Service(set.clone()), key),
-                            None => (BackendTarget::Invalid(format!("backend {key} is not in the config")), key),
+                            None => {
+                                (BackendTarget::Invalid(format!("backend {key} is not in the config")), key)
+                            }
                         }
                     }
-                    BackendRef::Invalid { reason } => (BackendTarget::Invalid(reason.clone()), "invalid".into()),
+                    BackendRef::Invalid { reason } => {
+                        (BackendTarget::Invalid(reason.clone()), "invalid".into())
+                    }
                 };
                 CompiledBackend { weight: b.weight, target, filters: b.filters.clone(), label }
             })

@@ -1,0 +1,98 @@
+//! The admin server: readiness, Prometheus metrics and the config being served.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mesh_api::model::Config;
+use tokio::net::TcpListener;
+
+use crate::config::ConfigStore;
+
+/// Serves admin requests on `socket` until the task is dropped.
+pub async fn serve(socket: TcpListener, store: Arc<ConfigStore>) {
+    let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, _)) = socket.accept().await else { continue };
+        let store = store.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let store = store.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &store)) }
+            });
+            let _ = server.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, store: &ConfigStore) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), "text/plain");
+    }
+    match req.uri().path() {
+        "/ready" if store.is_ready() => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n".into(), "text/plain"),
+        "/metrics" => text(StatusCode::OK, store.metrics().render(), "text/plain; version=0.0.4"),
+        "/config_dump" => {
+            let snapshot = store.load();
+            let body = config_dump(snapshot.version, &snapshot.config);
+            text(StatusCode::OK, body, "application/json")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}
+
+/// The config as JSON with every private key replaced: the dump is for people and bug
+/// reports, and must be safe to paste.
+pub fn config_dump(version: u64, config: &Config) -> String {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(certificates) = value.get_mut("certificates").and_then(|c| c.as_object_mut()) {
+        for certificate in certificates.values_mut() {
+            if let Some(key) = certificate.get_mut("key_pem") {
+                *key = serde_json::Value::String("[redacted]".into());
+            }
+        }
+    }
+    let dump = serde_json::json!({ "version": version, "config": value });
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Binds the admin address (port 0 picks one; the bound address is returned).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::model::{Certificate, ObjectKey};
+
+    #[test]
+    fn private_keys_never_reach_the_dump() {
+        let mut config = Config::default();
+        config.insert_certificate(Certificate {
+            key: ObjectKey::new("ns", "tls"),
+            chain_pem: "CHAIN".into(),
+            key_pem: "-----BEGIN PRIVATE KEY----- SECRET".into(),
+        });
+        let dump = config_dump(3, &config);
+        assert!(!dump.contains("SECRET"), "{dump}");
+        assert!(dump.contains("CHAIN") && dump.contains("[redacted]"));
+    }
+}

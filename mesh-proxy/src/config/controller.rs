@@ -1,0 +1,119 @@
+//! `--controller URL --node NAME`: the config stream from weft-controller.
+//!
+//! Each update is applied to the last good config as a whole; it is ACKed once it is serving,
+//! or NACKed with the reason while the last good config keeps serving. When the stream breaks,
+//! the proxy reconnects with capped exponential backoff and serves what it has meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mesh_api::proto::config_discovery_client::ConfigDiscoveryClient;
+use mesh_api::proto::{Ack, ConfigUpdate, Nack, ProxyMessage, Subscribe, proxy_message};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::ConfigStore;
+
+/// First wait after a failure: short, so a controller restart costs little.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait: a few proxies per node times thousands of nodes must not hammer a controller
+/// that is coming back, yet a proxy should not wait long once it is up.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A controller that does not answer a connect within this is treated as away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outgoing ACK/NACKs queued while the stream is busy; one per update, so a few suffice.
+const OUTGOING_QUEUE: usize = 16;
+
+pub struct Subscription {
+    pub url: String,
+    pub node: String,
+}
+
+/// Follows the controller until the task is dropped.
+pub async fn follow(sub: Subscription, store: Arc<ConfigStore>) {
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        match session(&sub, &store).await {
+            Ok(received) => {
+                tracing::warn!(url = %sub.url, "config stream ended; reconnecting");
+                if received {
+                    backoff = INITIAL_BACKOFF;
+                }
+            }
+            Err(SessionError { received, error }) => {
+                tracing::warn!(url = %sub.url, %error, "config stream failed; serving the last good config");
+                if received {
+                    backoff = INITIAL_BACKOFF;
+                }
+            }
+        }
+        // Jitter spreads the reconnects of many proxies that lost the controller together.
+        let jitter = rand::rng().random_range(0.5..1.0);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+struct SessionError {
+    /// The session got at least one update before failing: the controller was healthy.
+    received: bool,
+    error: anyhow::Error,
+}
+
+/// One connection: subscribe, then apply updates until the stream ends. Returns whether any
+/// update arrived.
+async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, SessionError> {
+    let mut received = false;
+    let fail = |received, error: anyhow::Error| SessionError { received, error };
+    let endpoint = tonic::transport::Endpoint::from_shared(sub.url.clone())
+        .map_err(|e| fail(false, e.into()))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| fail(false, e.into()))?;
+    let mut client = ConfigDiscoveryClient::new(channel);
+
+    let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+    let subscribe = proxy_message::Message::Subscribe(Subscribe {
+        node: sub.node.clone(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    tx.send(ProxyMessage { message: Some(subscribe) }).await.map_err(|e| fail(false, e.into()))?;
+    let mut updates =
+        client.stream(ReceiverStream::new(rx)).await.map_err(|e| fail(false, e.into()))?.into_inner();
+    tracing::info!(url = %sub.url, node = %sub.node, "subscribed to the controller");
+
+    loop {
+        let update = match updates.message().await {
+            Ok(Some(update)) => update,
+            Ok(None) => return Ok(received),
+            Err(status) => return Err(fail(received, status.into())),
+        };
+        received = true;
+        let reply = apply(&update, store);
+        if tx.send(ProxyMessage { message: Some(reply) }).await.is_err() {
+            return Err(fail(received, anyhow::anyhow!("the controller closed its side of the stream")));
+        }
+    }
+}
+
+/// Installs `update` on top of the config being served, or says why not.
+fn apply(update: &ConfigUpdate, store: &ConfigStore) -> proxy_message::Message {
+    let current = store.load();
+    match current.config.apply(update) {
+        Ok(next) => {
+            store.install(update.version, next);
+            proxy_message::Message::Ack(Ack { version: update.version })
+        }
+        Err(error) => {
+            store.metrics().config_nacks.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                version = update.version,
+                serving = current.version,
+                %error,
+                "config update refused; keeping the last good config"
+            );
+            proxy_message::Message::Nack(Nack { version: update.version, reason: error.to_string() })
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The sockets of the Gateway listeners, kept in step with the config: a listener that stays
+//! keeps its socket, a new one is bound, a removed one stops accepting.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use mesh_api::model::{Listener, ListenerProtocol};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::ConfigStore;
+use crate::proxy::{Inbound, Proxy};
+
+/// Largest request head accepted: generous for cookies and tokens, small enough that a client
+/// cannot make the proxy buffer much. Beyond it HTTP/1 gets 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields in one HTTP/1 request; hyper's default of 100 is too tight for some
+/// browsers behind several proxies.
+const MAX_HEADERS: usize = 128;
+/// A client must send its whole request head within this (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a listener binds: its addresses, or loopback when it names none.
+pub fn bind_addresses(listener: &Listener) -> Vec<SocketAddr> {
+    if listener.addresses.is_empty() {
+        vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listener.port)]
+    } else {
+        listener.addresses.iter().map(|ip| SocketAddr::new(*ip, listener.port)).collect()
+    }
+}
+
+fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
+    let snapshot = store.load();
+    snapshot
+        .config
+        .listeners
+        .values()
+        .filter(|l| l.protocol == ListenerProtocol::Http)
+        .flat_map(bind_addresses)
+        .collect()
+}
+
+/// Reconciles the bound sockets with every config change, until the task is dropped.
+pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+    let mut changes = store.subscribe();
+    let mut bound: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
+    loop {
+        let wanted = wanted(&store);
+        bound.retain(|addr, _| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(%addr, "listener closed");
+            }
+            keep
+        });
+        for addr in wanted {
+            if bound.contains_key(&addr) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(socket) => {
+                    tracing::info!(%addr, "listening");
+                    let task = tokio::spawn(accept(socket, addr, store.clone(), proxy.clone()));
+                    bound.insert(addr, AbortOnDrop(task));
+                }
+                // Tried again on the next config change.
+                Err(error) => tracing::error!(%addr, %error, "cannot bind listener"),
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted proxy must rebind at once, not after TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // Backlog: enough for bursts of new connections while the accept loop is busy.
+    socket.listen(1024)
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    server.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    let server = Arc::new(server);
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(%bind, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let proxy = proxy.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let metrics = store.metrics();
+            metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+            let inbound = Inbound { bind, peer };
+            let service = service_fn(move |req| proxy.clone().handle(inbound, req));
+            if let Err(error) = server.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

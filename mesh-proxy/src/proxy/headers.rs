@@ -1,0 +1,91 @@
+//! Headers that belong to one connection (RFC 9110 §7.6.1) and the `x-forwarded-*` headers a
+//! proxy adds.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+/// Hop-by-hop fields a proxy must not forward, in addition to those `Connection` names.
+/// `proxy-connection` and `keep-alive` are not in HTTP/1.1 proper but are sent by old clients.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes the connection-specific headers. gRPC needs `te: trailers` end to end, so that one
+/// value of `TE` survives.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the client to `x-forwarded-for` and says which scheme it used.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client = client.to_string();
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
+        _ => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(xff, value);
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+}
+
+/// Both `Content-Length` and `Transfer-Encoding` on one HTTP/1 message: the framing is
+/// ambiguous and the classic request-smuggling vector (RFC 9112 §6.1), so it is refused.
+pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).expect("trailers kept"), "trailers");
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        assert_eq!(h.get("x-forwarded-for").expect("set"), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").expect("set"), "http");
+    }
+}

@@ -1,0 +1,294 @@
+//! One HTTP request through the proxy: route, filter, pick a backend and an endpoint, forward,
+//! and turn every failure into the status the Gateway API asks for.
+
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use mesh_api::model::{Filter, HeaderModifier};
+
+use crate::config::{ConfigStore, Snapshot};
+use crate::metrics::{Metrics, RequestLabels, UpstreamFailure};
+use crate::route::filters::{self, RedirectSource};
+use crate::route::matching::RequestView;
+use crate::route::{BackendTarget, Selected};
+use crate::upstream::Upstream;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The scheme clients use on the listeners this module serves (TLS comes later).
+const SCHEME: &str = "http";
+
+/// Where a request came in.
+#[derive(Clone, Copy, Debug)]
+pub struct Inbound {
+    /// The configured address the listener is bound to (its key in the routing table).
+    pub bind: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+pub struct Proxy {
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    upstream: Upstream,
+    access_log: bool,
+}
+
+/// What the request turned into, for metrics and the access log.
+struct Outcome {
+    listener: String,
+    route: String,
+    backend: String,
+}
+
+impl Proxy {
+    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, access_log: bool) -> Self {
+        Proxy { store, metrics, upstream: Upstream::default(), access_log }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        inbound: Inbound,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        // The snapshot of this request, from its first byte to its last.
+        let snapshot = self.store.load();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let mut outcome =
+            Outcome { listener: inbound.bind.to_string(), route: "-".into(), backend: "-".into() };
+        let response = self.route(&snapshot, inbound, req, &mut outcome).await;
+        let elapsed = started.elapsed();
+        let code = response.status().as_u16();
+        if self.access_log {
+            tracing::info!(
+                target: "weft::access",
+                client = %inbound.peer,
+                %method,
+                %uri,
+                code,
+                listener = %outcome.listener,
+                route = %outcome.route,
+                backend = %outcome.backend,
+                micros = elapsed.as_micros() as u64,
+            );
+        }
+        self.metrics.record_request(
+            RequestLabels {
+                listener: outcome.listener,
+                route: outcome.route,
+                backend: outcome.backend,
+                code,
+            },
+            elapsed,
+        );
+        Ok(response)
+    }
+
+    async fn route(
+        &self,
+        snapshot: &Snapshot,
+        inbound: Inbound,
+        mut req: Request<Incoming>,
+        outcome: &mut Outcome,
+    ) -> Response<ProxyBody> {
+        if req.version() <= Version::HTTP_11 && headers::has_ambiguous_framing(req.headers()) {
+            self.metrics.refused_requests.fetch_add(1, Ordering::Relaxed);
+            let mut response = local(StatusCode::BAD_REQUEST, "ambiguous message framing");
+            // The rest of the connection cannot be trusted to be framed as we think.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        let Some(routes) = snapshot.routes.listener(&inbound.bind) else {
+            return local(StatusCode::NOT_FOUND, "no listener");
+        };
+        let authority = request_authority(&req);
+        let host = authority.as_ref().map_or("", Authority::host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
+        let selected = {
+            let view = RequestView {
+                method: req.method(),
+                path: &path,
+                query: query.as_deref(),
+                headers: req.headers(),
+            };
+            routes.select(host, &view)
+        };
+        let Some(Selected { rule, matched_prefix, listener }) = selected else {
+            return local(StatusCode::NOT_FOUND, "no route");
+        };
+        outcome.listener = listener.to_string();
+        outcome.route = rule.route.clone();
+
+        let mut plan = Plan { path: None, host: None, response_headers: Vec::new() };
+        for filter in &rule.filters {
+            match filter {
+                Filter::RequestRedirect(redirect) => {
+                    let src = RedirectSource {
+                        scheme: SCHEME,
+                        host,
+                        listener_port: routes.port,
+                        path: &path,
+                        query: query.as_deref(),
+                        matched_prefix,
+                    };
+                    let location = filters::redirect_location(redirect, &src);
+                    let status =
+                        StatusCode::from_u16(filters::redirect_status(redirect)).unwrap_or(StatusCode::FOUND);
+                    let mut response = local(status, "");
+                    match HeaderValue::from_str(&location) {
+                        Ok(value) => response.headers_mut().insert(header::LOCATION, value),
+                        Err(_) => {
+                            return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable redirect");
+                        }
+                    };
+                    return response;
+                }
+                other => plan.add(other, req.headers_mut(), &path, matched_prefix),
+            }
+        }
+
+        let Some(backend) = rule.pick_backend() else {
+            return local(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
+        };
+        outcome.backend = backend.label.clone();
+        let endpoints = match &backend.target {
+            BackendTarget::Service(endpoints) => endpoints,
+            BackendTarget::Invalid(reason) => {
+                tracing::debug!(route = %rule.route, %reason, "invalid backend");
+                return local(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend");
+            }
+        };
+        for filter in &backend.filters {
+            plan.add(filter, req.headers_mut(), &path, matched_prefix);
+        }
+        let Some(endpoint) = endpoints.pick() else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
+        };
+
+        // The upstream request: same method, headers and body; the endpoint in the URI (so
+        // connections pool per endpoint) and the client's host in `Host`.
+        let host_header = match &plan.host {
+            Some(rewritten) => HeaderValue::from_str(rewritten).ok(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .cloned()
+                .or_else(|| authority.as_ref().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
+        };
+        let new_path = plan.path.as_deref().unwrap_or(&path);
+        let path_and_query = match &query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path.to_string(),
+        };
+        let uri = PathAndQuery::try_from(path_and_query).ok().and_then(|pq| {
+            Uri::builder().scheme("http").authority(endpoint.addr.to_string()).path_and_query(pq).build().ok()
+        });
+        let Some(uri) = uri else {
+            return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
+        };
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        headers::strip_hop_by_hop(headers);
+        headers::add_forwarded(headers, inbound.peer.ip(), SCHEME);
+        match host_header {
+            Some(host) => headers.insert(header::HOST, host),
+            None => headers.remove(header::HOST),
+        };
+
+        let timeout =
+            [rule.timeouts.request_ms, rule.timeouts.backend_request_ms].into_iter().flatten().min();
+        let send = self.upstream.send(req, endpoints.app_protocol);
+        let result = match timeout {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), send).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.metrics.record_upstream_failure(UpstreamFailure::Timeout);
+                    return local(StatusCode::GATEWAY_TIMEOUT, "backend timed out");
+                }
+            },
+            None => send.await,
+        };
+        drop(endpoint);
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.record_upstream_failure(error.kind);
+                tracing::debug!(backend = %outcome.backend, %error, "upstream failed");
+                let status = match error.kind {
+                    UpstreamFailure::Connect => StatusCode::SERVICE_UNAVAILABLE,
+                    UpstreamFailure::Reset | UpstreamFailure::Timeout => StatusCode::BAD_GATEWAY,
+                };
+                return local(status, "backend failed");
+            }
+        };
+        let headers = response.headers_mut();
+        headers::strip_hop_by_hop(headers);
+        for modifier in &plan.response_headers {
+            filters::modify_headers(headers, modifier);
+        }
+        response.map(BodyExt::boxed)
+    }
+}
+
+/// Filters that change the upstream request or the response, gathered from the rule and the
+/// chosen backend.
+struct Plan<'a> {
+    path: Option<String>,
+    host: Option<String>,
+    response_headers: Vec<&'a HeaderModifier>,
+}
+
+impl<'a> Plan<'a> {
+    fn add(&mut self, filter: &'a Filter, request: &mut HeaderMap, path: &str, matched_prefix: Option<&str>) {
+        match filter {
+            Filter::RequestHeaderModifier(m) => filters::modify_headers(request, m),
+            Filter::ResponseHeaderModifier(m) => self.response_headers.push(m),
+            Filter::UrlRewrite(rewrite) => {
+                if let Some(host) = &rewrite.hostname {
+                    self.host = Some(host.clone());
+                }
+                if let Some(modifier) = &rewrite.path {
+                    let base = self.path.as_deref().unwrap_or(path);
+                    self.path = Some(filters::rewrite_path(base, modifier, matched_prefix));
+                }
+            }
+            // Redirects are handled by the caller; mirrors and CORS are not implemented yet.
+            Filter::RequestRedirect(_) | Filter::RequestMirror(_) | Filter::Cors(_) => {}
+        }
+    }
+}
+
+/// The host the client asked for: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.clone());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
+/// A response the proxy writes itself.
+pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed());
+    *response.status_mut() = status;
+    if !body.is_empty() {
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}

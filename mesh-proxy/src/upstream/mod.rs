@@ -1,0 +1,80 @@
+//! Connections to backends: one pooled client for HTTP/1.1 keep-alive and one for HTTP/2 with
+//! prior knowledge (h2c), both keyed by endpoint address so each endpoint has its own pool.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_api::model::AppProtocol;
+
+use crate::metrics::UpstreamFailure;
+
+/// A backend that does not accept a connection within this is treated as down (503) rather
+/// than left to the request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Idle keep-alive connections are closed after this: long enough to reuse across bursts,
+/// short enough not to hold sockets to endpoints that went away.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+#[derive(Clone)]
+pub struct Upstream {
+    http1: Client<HttpConnector, Incoming>,
+    h2c: Client<HttpConnector, Incoming>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct UpstreamError {
+    pub kind: UpstreamFailure,
+    pub message: String,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            // Requests are only retried when no byte was written (a pooled connection the
+            // backend had just closed), which is safe for any method.
+            .retry_canceled_requests(true);
+        let http1 = builder.build(connector.clone());
+        let h2c = builder.clone().http2_only(true).build(connector);
+        Upstream { http1, h2c }
+    }
+}
+
+impl Upstream {
+    /// Sends `req`, whose URI already names the endpoint, with the protocol the backend speaks.
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        protocol: AppProtocol,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let client = if protocol == AppProtocol::H2c {
+            *req.version_mut() = Version::HTTP_2;
+            &self.h2c
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            &self.http1
+        };
+        client.request(req).await.map_err(|error| {
+            let kind = if error.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Reset };
+            let message = match error.source() {
+                Some(source) => format!("{error}: {source}"),
+                None => error.to_string(),
+            };
+            UpstreamError { kind, message }
+        })
+    }
+}
