@@ -13,8 +13,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use mesh_api::model::ObjectKey;
 
-/// One object of any kind the controller reads.
+/// One object of any kind the controller reads. Objects pass through this type once on their
+/// way into the store, so the size of the largest variant costs nothing worth boxing for.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Object {
     GatewayClass(GatewayClass),
     Gateway(Gateway),

@@ -26,7 +26,7 @@ pub fn resolve(
     let group = r.group.as_deref().unwrap_or("");
     let target_kind = r.kind.as_deref().unwrap_or("Service");
     let namespace = r.namespace.as_deref().unwrap_or(route_namespace);
-    if group != "" || target_kind != "Service" {
+    if !group.is_empty() || target_kind != "Service" {
         return Err(RefProblem {
             reason: "InvalidKind",
             message: format!(

@@ -164,6 +164,15 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
     }
     let mut listeners: Vec<ListenerState> =
         gw.spec.listeners.iter().map(|l| listener(store, key, l)).collect();
+    // The API server refuses repeated names (listeners are a map keyed by name); a manifest
+    // folder does not, so the repeats are refused here and only the first stands.
+    for i in 1..listeners.len() {
+        if listeners[..i].iter().any(|earlier| earlier.name == listeners[i].name) {
+            let message =
+                format!("listener name {:?} is used more than once; names must be unique", listeners[i].name);
+            listeners[i].accepted = (false, "UnsupportedValue", message);
+        }
+    }
     mark_conflicts(&mut listeners);
     GatewayState {
         key: key.clone(),
@@ -306,7 +315,7 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
                 let group = r.group.as_deref().unwrap_or("");
                 let kind = r.kind.as_deref().unwrap_or("Secret");
                 let namespace = r.namespace.as_deref().unwrap_or(&gateway.namespace);
-                let result = if group != "" || kind != "Secret" {
+                let result = if !group.is_empty() || kind != "Secret" {
                     Err((
                         "InvalidCertificateRef",
                         format!("certificateRef {group}/{kind} {}: only core Secrets are supported", r.name),

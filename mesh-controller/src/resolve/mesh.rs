@@ -141,7 +141,7 @@ fn endpoints_for(
             }
         }
     }
-    out.sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+    out.sort_by_key(|e| (e.address, e.port));
     out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     out
 }

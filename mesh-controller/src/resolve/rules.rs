@@ -263,7 +263,13 @@ fn grpc_rule(
 }
 
 fn compile(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(pattern).map(drop).map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
+    // The regex crate's message draws a caret under the error over several lines; status
+    // messages are one line, so keep its last line ("error: unclosed group").
+    regex::Regex::new(pattern).map(drop).map_err(|e| {
+        let text = e.to_string();
+        let why = text.lines().last().unwrap_or(&text).trim_start_matches("error: ").to_string();
+        format!("invalid regular expression {pattern:?}: {why}")
+    })
 }
 
 fn header_match(name: &str, value: &str, regex: bool) -> Result<HeaderMatch, String> {
@@ -391,7 +397,9 @@ fn filters(
                 let status_code = match r.status_code.unwrap_or(302) {
                     c @ (301 | 302 | 303 | 307 | 308) => c as u16,
                     c => {
-                        return Err(format!("redirect status code {c} is not one of 301, 302, 303, 307, 308"));
+                        return Err(format!(
+                            "redirect status code {c} is not one of 301, 302, 303, 307, 308"
+                        ));
                     }
                 };
                 Filter::RequestRedirect(Redirect {
