@@ -1,6 +1,8 @@
 //! The sockets of the Gateway listeners, kept in step with the config: a listener that stays
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
+pub mod framing;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -126,8 +128,10 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
         tokio::spawn(async move {
             let metrics = store.metrics();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-            let inbound = Inbound { bind, peer };
-            let service = service_fn(move |req| proxy.clone().handle(inbound, req));
+            let verdicts = framing::Verdicts::default();
+            let inbound = Inbound { bind, peer, framing: verdicts.clone() };
+            let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
+            let stream = framing::Scanned::new(stream, verdicts);
             if let Err(error) = server.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

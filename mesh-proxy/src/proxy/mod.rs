@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use mesh_api::model::{Filter, HeaderModifier};
 
 use crate::config::{ConfigStore, Snapshot};
+use crate::listener::framing::Verdicts;
 use crate::metrics::{Metrics, RequestLabels, UpstreamFailure};
 use crate::route::filters::{self, RedirectSource};
 use crate::route::matching::RequestView;
@@ -31,11 +32,13 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const SCHEME: &str = "http";
 
 /// Where a request came in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Inbound {
     /// The configured address the listener is bound to (its key in the routing table).
     pub bind: SocketAddr,
     pub peer: SocketAddr,
+    /// Which of the connection's HTTP/1 requests had ambiguous framing.
+    pub framing: Verdicts,
 }
 
 pub struct Proxy {
@@ -69,13 +72,14 @@ impl Proxy {
         let uri = req.uri().clone();
         let mut outcome =
             Outcome { listener: inbound.bind.to_string(), route: "-".into(), backend: "-".into() };
+        let peer = inbound.peer;
         let response = self.route(&snapshot, inbound, req, &mut outcome).await;
         let elapsed = started.elapsed();
         let code = response.status().as_u16();
         if self.access_log {
             tracing::info!(
                 target: "weft::access",
-                client = %inbound.peer,
+                client = %peer,
                 %method,
                 %uri,
                 code,
@@ -104,7 +108,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
     ) -> Response<ProxyBody> {
-        if req.version() <= Version::HTTP_11 && headers::has_ambiguous_framing(req.headers()) {
+        let http1 = req.version() <= Version::HTTP_11;
+        // Both checks: hyper hides `Content-Length` when `Transfer-Encoding` is present, so the
+        // byte scanner sees what the headers no longer show.
+        if http1 && (inbound.framing.next_is_ambiguous() || headers::has_ambiguous_framing(req.headers())) {
             self.metrics.refused_requests.fetch_add(1, Ordering::Relaxed);
             let mut response = local(StatusCode::BAD_REQUEST, "ambiguous message framing");
             // The rest of the connection cannot be trusted to be framed as we think.
