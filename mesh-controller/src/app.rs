@@ -80,6 +80,44 @@ pub async fn serve(
         .context("config server failed")
 }
 
+/// Where the controller runs in a cluster, for leader election.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub namespace: String,
+    pub identity: String,
+}
+
+/// In a cluster: watch the API, serve config on every replica, write status while leader.
+pub fn serve_cluster(settings: Settings, cluster: ClusterSettings, addr: SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let publisher = Publisher::new();
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), &cluster.namespace);
+        let leader = crate::leader::spawn(
+            leases,
+            crate::leader::LeaseConfig {
+                namespace: cluster.namespace.clone(),
+                name: "weft-controller".into(),
+                identity: cluster.identity.clone(),
+                duration: std::time::Duration::from_secs(15),
+            },
+        );
+        let writer = crate::status_writer::StatusWriter::new(client.clone());
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, identity = %cluster.identity, "serving the config stream");
+        let watch = crate::kube_source::run(client, settings, publisher.clone(), writer, leader);
+        tokio::select! {
+            result = watch => result,
+            result = serve(publisher, listener, shutdown_signal()) => result,
+        }
+    })
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

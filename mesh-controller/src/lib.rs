@@ -3,8 +3,11 @@
 
 pub mod app;
 pub mod config_server;
+pub mod kube_source;
+pub mod leader;
 pub mod manifest_source;
 pub mod manifests;
 pub mod resolve;
 pub mod status;
+pub mod status_writer;
 pub mod store;

@@ -22,6 +22,12 @@ struct Args {
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Namespace of the leader-election Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+    namespace: String,
+    /// This replica's name in leader election.
+    #[arg(long, env = "POD_NAME", default_value = "weft-controller")]
+    identity: String,
     /// DNS suffix of Service hostnames.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -38,9 +44,11 @@ fn main() -> ExitCode {
     let result = match (&args.manifests, args.once) {
         (Some(dir), true) => app::once(dir, &settings),
         (Some(dir), false) => app::serve_manifests(dir.clone(), settings, args.config_addr),
-        (None, _) => Err(anyhow::anyhow!(
-            "no source: pass --manifests DIR (the Kubernetes source is tracked in the cluster issue)"
-        )),
+        (None, _) => app::serve_cluster(
+            settings,
+            app::ClusterSettings { namespace: args.namespace, identity: args.identity },
+            args.config_addr,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,44 @@ pub fn key_of<K: Resource>(object: &K) -> ObjectKey {
     ObjectKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
+/// The kinds of object in a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
+    TlsRoute,
+    TcpRoute,
+    UdpRoute,
+    ReferenceGrant,
+    Service,
+    EndpointSlice,
+    Pod,
+    Namespace,
+    Secret,
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+}
+
 fn put<K: Resource>(map: &mut Objects<K>, object: K) {
     map.insert(key_of(&object), Arc::new(object));
 }
@@ -79,6 +117,46 @@ impl Store {
             Object::Pod(o) => put(&mut self.pods, o),
             Object::Namespace(o) => put(&mut self.namespaces, o),
             Object::Secret(o) => put(&mut self.secrets, o),
+        }
+    }
+
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) {
+        match kind {
+            Kind::GatewayClass => drop(self.gateway_classes.remove(key)),
+            Kind::Gateway => drop(self.gateways.remove(key)),
+            Kind::HttpRoute => drop(self.http_routes.remove(key)),
+            Kind::GrpcRoute => drop(self.grpc_routes.remove(key)),
+            Kind::TlsRoute => drop(self.tls_routes.remove(key)),
+            Kind::TcpRoute => drop(self.tcp_routes.remove(key)),
+            Kind::UdpRoute => drop(self.udp_routes.remove(key)),
+            Kind::ReferenceGrant => drop(self.reference_grants.remove(key)),
+            Kind::Service => drop(self.services.remove(key)),
+            Kind::EndpointSlice => drop(self.endpoint_slices.remove(key)),
+            Kind::Pod => drop(self.pods.remove(key)),
+            Kind::Namespace => drop(self.namespaces.remove(key)),
+            Kind::Secret => drop(self.secrets.remove(key)),
+        }
+    }
+
+    /// Replaces every object of `kind` (after a watch relist).
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) {
+        match kind {
+            Kind::GatewayClass => self.gateway_classes.clear(),
+            Kind::Gateway => self.gateways.clear(),
+            Kind::HttpRoute => self.http_routes.clear(),
+            Kind::GrpcRoute => self.grpc_routes.clear(),
+            Kind::TlsRoute => self.tls_routes.clear(),
+            Kind::TcpRoute => self.tcp_routes.clear(),
+            Kind::UdpRoute => self.udp_routes.clear(),
+            Kind::ReferenceGrant => self.reference_grants.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.endpoint_slices.clear(),
+            Kind::Pod => self.pods.clear(),
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Secret => self.secrets.clear(),
+        }
+        for object in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.insert(object);
         }
     }
 
