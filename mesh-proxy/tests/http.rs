@@ -386,3 +386,62 @@ async fn h2c_clients_and_h2c_backends() {
         assert_eq!(json["version"], version);
     }
 }
+
+#[tokio::test]
+async fn grpc_routes_match_service_and_method_over_h2c() {
+    let echo = backend("echo", Behaviour::Echo).await;
+    let other = backend("other", Behaviour::Echo).await;
+    let l = gateway_listener(free_port());
+    let grpc = |service: Option<&str>, method: Option<&str>| {
+        RouteMatch::Grpc(GrpcMatch {
+            method: Some(GrpcMethodMatch {
+                service: service.map(str::to_string),
+                method: method.map(str::to_string),
+                regex: false,
+            }),
+            headers: vec![],
+        })
+    };
+    let mut echo_backend = service_backend("echo", &[echo]);
+    echo_backend.app_protocol = AppProtocol::H2c;
+    let mut other_backend = service_backend("other", &[other]);
+    other_backend.app_protocol = AppProtocol::H2c;
+    let mut r = route(
+        "g",
+        1,
+        &[],
+        &l,
+        vec![
+            rule(vec![grpc(Some("pkg.Echo"), Some("Say"))], vec![to("echo", 1)]),
+            rule(vec![grpc(Some("pkg.Echo"), None)], vec![to("other", 1)]),
+        ],
+    );
+    r.key.kind = RouteKind::Grpc;
+    let _proxy = start(config(&l, vec![echo_backend, other_backend], vec![r])).await;
+    wait_listening(l.port).await;
+    let h2_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for (path, expected) in
+        [("/pkg.Echo/Say", Some("echo")), ("/pkg.Echo/Shout", Some("other")), ("/pkg.Nope/Say", None)]
+    {
+        let req = http::Request::post(format!("http://127.0.0.1:{}{path}", l.port))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let response = h2_client.request(req).await.expect("answer");
+        match expected {
+            Some(backend) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                let body =
+                    http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+                let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                assert_eq!(json["backend"], backend);
+                assert_eq!(json["version"], "HTTP/2.0");
+                assert_eq!(json["headers"]["te"], "trailers", "gRPC needs te: trailers end to end");
+            }
+            None => assert_eq!(response.status(), StatusCode::NOT_FOUND),
+        }
+    }
+}

@@ -314,6 +314,44 @@ mod tests {
         assert!(!m.is_match(&view(&Method::POST, "/pkg.Echo", None, &h)));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn matching_never_panics(
+            path in "\\PC*",
+            query in proptest::option::of("\\PC*"),
+            header_value in "[ -~]*",
+            pattern in "\\PC{0,12}",
+            prefix in "\\PC*",
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&header_value) {
+                h.append("x-h", v.clone());
+                h.append("x-h", v);
+            }
+            let string = |s: &str| [StringMatch::Exact(s.to_string()), StringMatch::RegularExpression(s.to_string())];
+            for value in string(&pattern) {
+                for path_match in [PathMatch::Exact(prefix.clone()), PathMatch::Prefix(prefix.clone()), PathMatch::RegularExpression(pattern.clone())] {
+                    let m = RouteMatch::Http(HttpMatch {
+                        path: path_match,
+                        headers: vec![HeaderMatch { name: "x-h".into(), value: value.clone() }],
+                        query_params: vec![QueryParamMatch { name: pattern.clone(), value: value.clone() }],
+                        method: None,
+                    });
+                    if let Ok(m) = Matcher::compile(&m) {
+                        let _ = m.is_match(&view(&Method::GET, &path, query.as_deref(), &h));
+                    }
+                }
+                let g = RouteMatch::Grpc(GrpcMatch {
+                    method: Some(GrpcMethodMatch { service: Some(pattern.clone()), method: Some(pattern.clone()), regex: matches!(value, StringMatch::RegularExpression(_)) }),
+                    headers: vec![],
+                });
+                if let Ok(m) = Matcher::compile(&g) {
+                    let _ = m.is_match(&view(&Method::POST, &path, None, &h));
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_regex_is_a_compile_error() {
         let r = Matcher::compile(&RouteMatch::Http(HttpMatch {
