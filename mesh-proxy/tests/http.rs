@@ -288,14 +288,29 @@ async fn invalid_and_missing_backends_are_500_and_a_dead_one_is_503() {
 #[tokio::test]
 async fn a_backend_that_resets_gives_502_and_a_slow_one_504() {
     let reset = backend("reset", Behaviour::Reset).await;
+    let truncate = backend("truncate", Behaviour::Truncate).await;
     let slow = backend("slow", Behaviour::Slow(Duration::from_secs(5))).await;
     let l = gateway_listener(free_port());
     let mut slow_rule = rule(vec![prefix("/slow")], vec![to("slow", 1)]);
     slow_rule.timeouts.request_ms = Some(200);
     let cfg = config(
         &l,
-        vec![service_backend("reset", &[reset]), service_backend("slow", &[slow])],
-        vec![route("r", 1, &[], &l, vec![rule(vec![prefix("/reset")], vec![to("reset", 1)]), slow_rule])],
+        vec![
+            service_backend("reset", &[reset]),
+            service_backend("slow", &[slow]),
+            service_backend("truncate", &[truncate]),
+        ],
+        vec![route(
+            "r",
+            1,
+            &[],
+            &l,
+            vec![
+                rule(vec![prefix("/reset")], vec![to("reset", 1)]),
+                slow_rule,
+                rule(vec![prefix("/truncate")], vec![to("truncate", 1)]),
+            ],
+        )],
     );
     let proxy = start(cfg).await;
     wait_listening(l.port).await;
@@ -305,6 +320,15 @@ async fn a_backend_that_resets_gives_502_and_a_slow_one_504() {
     assert!(started.elapsed() < Duration::from_secs(2));
     use mesh_proxy::metrics::UpstreamFailure;
     assert_eq!(proxy.metrics.upstream_failures(UpstreamFailure::Reset), 1);
+
+    // Headers already sent: the client sees its body cut short, and the failure is counted.
+    let req = http::Request::get(format!("http://127.0.0.1:{}/truncate", l.port))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = client().request(req).await.expect("headers arrive");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(http_body_util::BodyExt::collect(response.into_body()).await.is_err(), "the body is cut");
+    assert_eq!(proxy.metrics.upstream_failures(UpstreamFailure::Reset), 2);
     assert_eq!(proxy.metrics.upstream_failures(UpstreamFailure::Timeout), 1);
     let metrics = admin_get(&proxy, "/metrics").await.body;
     assert!(metrics.contains(r#"backend="apps/reset:80",code="502""#), "{metrics}");

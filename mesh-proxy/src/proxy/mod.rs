@@ -248,7 +248,40 @@ impl Proxy {
         for modifier in &plan.response_headers {
             filters::modify_headers(headers, modifier);
         }
-        response.map(BodyExt::boxed)
+        let metrics = self.metrics.clone();
+        response.map(|body| WatchedBody { inner: body, metrics }.boxed())
+    }
+}
+
+/// A backend's response body that counts the backend failing after its headers were sent:
+/// the client's stream is cut (the status is already on the wire), and the failure counted.
+struct WatchedBody {
+    inner: Incoming,
+    metrics: Arc<Metrics>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(error))) = &polled {
+            tracing::debug!(%error, "backend failed mid-response");
+            self.metrics.record_upstream_failure(UpstreamFailure::Reset);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

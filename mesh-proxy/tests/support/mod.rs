@@ -26,6 +26,8 @@ pub enum Behaviour {
     Slow(Duration),
     /// Reads the request head, then closes the connection without answering.
     Reset,
+    /// Answers with headers promising 100 bytes, sends 5, then closes.
+    Truncate,
 }
 
 /// A backend on 127.0.0.1:<ephemeral>, running until the test's runtime stops.
@@ -35,11 +37,16 @@ pub async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = socket.accept().await else { return };
-            if behaviour == Behaviour::Reset {
+            if matches!(behaviour, Behaviour::Reset | Behaviour::Truncate) {
                 tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut buf = [0u8; 1024];
                     let _ = stream.read(&mut buf).await;
+                    if behaviour == Behaviour::Truncate {
+                        let _ =
+                            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort").await;
+                        let _ = stream.flush().await;
+                    }
                     // Dropping the stream closes it mid-exchange.
                 });
                 continue;
