@@ -52,7 +52,12 @@ pub fn summary(r: &Resolution, files: usize, objects: usize, skipped: &[String])
 }
 
 /// `--manifests DIR`: resolve the folder, serve the config stream, re-resolve on change.
-pub fn serve_manifests(dir: PathBuf, settings: Settings, addr: SocketAddr) -> anyhow::Result<()> {
+pub fn serve_manifests(
+    dir: PathBuf,
+    settings: Settings,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let publisher = Publisher::new();
@@ -60,6 +65,7 @@ pub fn serve_manifests(dir: PathBuf, settings: Settings, addr: SocketAddr) -> an
         // The first read must succeed: there is no last good state to fall back on yet.
         source.reload().with_context(|| format!("cannot start from {}", dir.display()))?;
         tokio::spawn(source.watch());
+        spawn_admin(publisher.clone(), admin);
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(%addr, "serving the config stream");
@@ -88,13 +94,19 @@ pub struct ClusterSettings {
 }
 
 /// In a cluster: watch the API, serve config on every replica, write status while leader.
-pub fn serve_cluster(settings: Settings, cluster: ClusterSettings, addr: SocketAddr) -> anyhow::Result<()> {
+pub fn serve_cluster(
+    settings: Settings,
+    cluster: ClusterSettings,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let client = kube::Client::try_default()
             .await
             .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
         let publisher = Publisher::new();
+        spawn_admin(publisher.clone(), admin);
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
             kube::Api::namespaced(client.clone(), &cluster.namespace);
         let leader = crate::leader::spawn(
@@ -116,6 +128,14 @@ pub fn serve_cluster(settings: Settings, cluster: ClusterSettings, addr: SocketA
             result = serve(publisher, listener, shutdown_signal()) => result,
         }
     })
+}
+
+fn spawn_admin(publisher: Publisher, addr: SocketAddr) {
+    tokio::spawn(async move {
+        if let Err(error) = crate::admin::bind_and_serve(publisher, addr).await {
+            tracing::error!(%addr, %error, "admin endpoint failed; metrics and readiness are unavailable");
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! weft-controller: reads the Gateway API (from a cluster or a folder of manifests), resolves
 //! it into the node proxies' config and every status, and serves the config stream.
 
+pub mod admin;
 pub mod app;
 pub mod config_server;
 pub mod kube_source;

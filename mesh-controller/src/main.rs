@@ -19,6 +19,9 @@ struct Args {
     /// Where the config stream (gRPC) listens for node proxies.
     #[arg(long, default_value = "127.0.0.1:15010")]
     config_addr: SocketAddr,
+    /// Where `/ready`, `/metrics` and `/config_dump` are served.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    admin_addr: SocketAddr,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -43,11 +46,12 @@ fn main() -> ExitCode {
     };
     let result = match (&args.manifests, args.once) {
         (Some(dir), true) => app::once(dir, &settings),
-        (Some(dir), false) => app::serve_manifests(dir.clone(), settings, args.config_addr),
+        (Some(dir), false) => app::serve_manifests(dir.clone(), settings, args.config_addr, args.admin_addr),
         (None, _) => app::serve_cluster(
             settings,
             app::ClusterSettings { namespace: args.namespace, identity: args.identity },
             args.config_addr,
+            args.admin_addr,
         ),
     };
     match result {

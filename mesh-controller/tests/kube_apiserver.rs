@@ -1,0 +1,261 @@
+//! The Kubernetes layer against a real kube-apiserver and etcd (`tests/cluster/control-plane.sh`,
+//! with the Gateway API CRDs installed): watchers fill the store, the leader writes status with
+//! server-side apply, other controllers' entries survive, and a restart rewrites nothing.
+//!
+//! The API server is named explicitly by `WEFT_TEST_KUBECONFIG` (never the ambient KUBECONFIG:
+//! these tests create and delete objects). Without it they are skipped, unless
+//! `WEFT_REQUIRE_APISERVER=1` (as in CI) makes that a failure.
+
+use std::time::Duration;
+
+use gateway_api::experimental::gatewayclasses::GatewayClass;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use mesh_controller::config_server::Publisher;
+use mesh_controller::leader::{self, LeaseConfig, Outcome};
+use mesh_controller::resolve::Settings;
+use mesh_controller::status_writer::StatusWriter;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// Every wait for the controller to act is bounded by this.
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn client() -> Option<Client> {
+    let Some(path) = std::env::var_os("WEFT_TEST_KUBECONFIG") else {
+        assert!(
+            std::env::var("WEFT_REQUIRE_APISERVER").is_err(),
+            "WEFT_REQUIRE_APISERVER is set but WEFT_TEST_KUBECONFIG is not"
+        );
+        eprintln!(
+            "skipped: set WEFT_TEST_KUBECONFIG (tests/cluster/control-plane.sh up) to run against an API server"
+        );
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Some(Client::try_from(config).expect("client"))
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+async fn create<K>(api: &Api<K>, value: Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).expect("valid object");
+    api.create(&PostParams::default(), &object).await.expect("create")
+}
+
+/// Polls until `check` passes on the route's status, or panics with the last status seen.
+async fn wait_for<F: Fn(&Value) -> bool>(
+    routes: &Api<HttpRoute>,
+    name: &str,
+    what: &str,
+    check: F,
+) -> HttpRoute {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let route = routes.get(name).await.expect("get route");
+        let status = serde_json::to_value(&route.status).expect("status json");
+        if check(&status) {
+            return route;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {SETTLE:?}; status: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn parent_by<'a>(status: &'a Value, controller: &str) -> Option<&'a Value> {
+    status.get("parents")?.as_array()?.iter().find(|p| p["controllerName"] == controller)
+}
+
+fn condition<'a>(parent: &'a Value, type_: &str) -> Option<&'a Value> {
+    parent["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn spawn_controller(
+    client: Client,
+    leading: bool,
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Publisher) {
+    let publisher = Publisher::new();
+    let (_tx, rx) = watch::channel(leading);
+    let writer = StatusWriter::new(client.clone());
+    let task = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            let _keep_sender = _tx;
+            mesh_controller::kube_source::run(client, Settings::default(), publisher, writer, rx).await
+        }
+    });
+    (task, publisher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_merged_with_other_controllers_and_not_rewritten_after_restart() {
+    let Some(client) = client().await else { return };
+    let ns = unique("weft-it");
+    let class = unique("weft-it");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(&namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    create(
+        &classes,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": class}, "spec": {"controllerName": "weft.dev/gateway-controller"}}),
+    )
+    .await;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    create(&gateways, json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": ns},
+        "spec": {"gatewayClassName": class, "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    create(
+        &services,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
+        "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    )
+    .await;
+    let routes: Api<HttpRoute> = Api::namespaced(client.clone(), &ns);
+    create(
+        &routes,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": ns},
+        "spec": {"parentRefs": [{"name": "gw"}, {"name": "someone-elses"}],
+                 "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    )
+    .await;
+    // Another implementation already reported on its own parent.
+    let foreign = json!({"parentRef": {"name": "someone-elses"}, "controllerName": "example.com/other",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    routes
+        .patch_status(
+            "r",
+            &PatchParams::apply("example-other").force(),
+            &Patch::Apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "r"}, "status": {"parents": [foreign.clone()]}})),
+        )
+        .await
+        .expect("foreign status");
+
+    let (controller, publisher) = spawn_controller(client.clone(), true);
+    let route = wait_for(&routes, "r", "Weft's parent status", |s| {
+        parent_by(s, "weft.dev/gateway-controller")
+            .and_then(|p| condition(p, "Accepted"))
+            .is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let status = serde_json::to_value(&route.status).expect("json");
+    assert_eq!(
+        parent_by(&status, "example.com/other"),
+        Some(&foreign),
+        "another controller's entry is untouched"
+    );
+    let ours = parent_by(&status, "weft.dev/gateway-controller").expect("ours");
+    assert_eq!(ours["parentRef"]["name"], "gw");
+    assert!(condition(ours, "Accepted").and_then(|c| c["lastTransitionTime"].as_str()).is_some());
+    assert_eq!(
+        route
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|f| f.manager.as_deref() == Some("weft-controller"))
+            .count(),
+        1,
+        "written by server-side apply under weft-controller"
+    );
+    let gw = gateways.get("gw").await.expect("gateway");
+    let gw_status = serde_json::to_value(&gw.status).expect("json");
+    assert_eq!(gw_status["listeners"][0]["attachedRoutes"], 1, "{gw_status:#}");
+    let class_status = serde_json::to_value(&classes.get(&class).await.expect("class").status).expect("json");
+    assert!(
+        class_status["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Accepted" && c["status"] == "True"))
+    );
+    assert!(publisher.current().config.routes.contains_key(&format!("HTTPRoute/{ns}/r")), "config published");
+
+    // Kill the controller and start a new one: nothing is rewritten, nothing duplicated.
+    controller.abort();
+    let before = routes.get("r").await.expect("route").metadata.resource_version;
+    let (restarted, publisher) = spawn_controller(client.clone(), true);
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !publisher.current().config.routes.contains_key(&format!("HTTPRoute/{ns}/r")) {
+        assert!(tokio::time::Instant::now() < deadline, "restarted controller never resolved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // room for a (wrong) write to land
+    let after = routes.get("r").await.expect("route");
+    assert_eq!(after.metadata.resource_version, before, "an unchanged status was rewritten after restart");
+    let after_status = serde_json::to_value(&after.status).expect("json");
+    assert_eq!(
+        after_status["parents"].as_array().map(Vec::len),
+        Some(2),
+        "no duplicated entries: {after_status:#}"
+    );
+
+    // A change: the route leaves Weft's Gateway; our entry goes, theirs stays.
+    routes
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"parentRefs": [{"name": "someone-elses"}]}})),
+        )
+        .await
+        .expect("edit route");
+    wait_for(&routes, "r", "removal of Weft's entry", |s| {
+        parent_by(s, "weft.dev/gateway-controller").is_none() && parent_by(s, "example.com/other").is_some()
+    })
+    .await;
+
+    restarted.abort();
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_holds_the_lease() {
+    let Some(client) = client().await else { return };
+    let ns = unique("weft-lease");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(&namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let config = |identity: &str| LeaseConfig {
+        namespace: ns.clone(),
+        name: "weft-controller".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(2),
+    };
+    assert_eq!(leader::try_acquire(&leases, &config("a")).await.expect("a"), Outcome::Leading);
+    assert_eq!(leader::try_acquire(&leases, &config("a")).await.expect("a renews"), Outcome::Leading);
+    assert_eq!(
+        leader::try_acquire(&leases, &config("b")).await.expect("b"),
+        Outcome::Following { holder: "a".into() }
+    );
+    // a stops renewing; once its lease has lapsed, b takes over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(leader::try_acquire(&leases, &config("b")).await.expect("b takes over"), Outcome::Leading);
+    assert_eq!(
+        leader::try_acquire(&leases, &config("a")).await.expect("a"),
+        Outcome::Following { holder: "b".into() }
+    );
+    let lease = leases.get("weft-controller").await.expect("lease");
+    assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
