@@ -2,6 +2,7 @@
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
 pub mod framing;
+pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mesh_api::model::{Listener, ListenerProtocol};
+use mesh_api::model::{Listener, ListenerProtocol, TlsMode};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -27,6 +28,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// A client must send its whole request head within this (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must finish the TLS handshake within this, for the same reason.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a listener binds: its addresses, or loopback when it names none.
 pub fn bind_addresses(listener: &Listener) -> Vec<SocketAddr> {
@@ -37,15 +40,19 @@ pub fn bind_addresses(listener: &Listener) -> Vec<SocketAddr> {
     }
 }
 
+/// HTTP listeners, and HTTPS listeners that terminate TLS (passthrough needs TLSRoute
+/// forwarding, which is not implemented yet).
+pub fn serves_http(listener: &Listener) -> bool {
+    match listener.protocol {
+        ListenerProtocol::Http => true,
+        ListenerProtocol::Https => listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Terminate),
+        ListenerProtocol::Tls | ListenerProtocol::Tcp | ListenerProtocol::Udp => false,
+    }
+}
+
 fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
     let snapshot = store.load();
-    snapshot
-        .config
-        .listeners
-        .values()
-        .filter(|l| l.protocol == ListenerProtocol::Http)
-        .flat_map(bind_addresses)
-        .collect()
+    snapshot.config.listeners.values().filter(|l| serves_http(l)).flat_map(bind_addresses).collect()
 }
 
 /// Reconciles the bound sockets with every config change, until the task is dropped.
@@ -128,11 +135,30 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
         tokio::spawn(async move {
             let metrics = store.metrics();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+            // The snapshot current at accept time says whether this address terminates TLS.
+            let tls = store.load().routes.tls(&bind);
             let verdicts = framing::Verdicts::default();
-            let inbound = Inbound { bind, peer, framing: verdicts.clone() };
+            let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone() };
             let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
-            let stream = framing::Scanned::new(stream, verdicts);
-            if let Err(error) = server.serve_connection(TokioIo::new(stream), service).await {
+            let result = match tls {
+                None => {
+                    let stream = framing::Scanned::new(stream, verdicts);
+                    server.serve_connection(TokioIo::new(stream), service).await
+                }
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let stream = framing::Scanned::new(stream, verdicts);
+                            server.serve_connection(TokioIo::new(stream), service).await
+                        }
+                        // Garbage or a client that gives up: only this connection closes.
+                        Ok(Err(error)) => Err(error.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             metrics.active_connections.fetch_sub(1, Ordering::Relaxed);

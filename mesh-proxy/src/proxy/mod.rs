@@ -28,15 +28,14 @@ use crate::upstream::Upstream;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// The scheme clients use on the listeners this module serves (TLS comes later).
-const SCHEME: &str = "http";
-
 /// Where a request came in.
 #[derive(Clone)]
 pub struct Inbound {
     /// The configured address the listener is bound to (its key in the routing table).
     pub bind: SocketAddr,
     pub peer: SocketAddr,
+    /// The client spoke TLS to us (an HTTPS listener).
+    pub tls: bool,
     /// Which of the connection's HTTP/1 requests had ambiguous framing.
     pub framing: Verdicts,
 }
@@ -118,6 +117,7 @@ impl Proxy {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
+        let scheme = if inbound.tls { "https" } else { "http" };
         let Some(routes) = snapshot.routes.listener(&inbound.bind) else {
             return local(StatusCode::NOT_FOUND, "no listener");
         };
@@ -146,7 +146,7 @@ impl Proxy {
             match filter {
                 Filter::RequestRedirect(redirect) => {
                     let src = RedirectSource {
-                        scheme: SCHEME,
+                        scheme,
                         host,
                         listener_port: routes.port,
                         path: &path,
@@ -211,7 +211,7 @@ impl Proxy {
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         headers::strip_hop_by_hop(headers);
-        headers::add_forwarded(headers, inbound.peer.ip(), SCHEME);
+        headers::add_forwarded(headers, inbound.peer.ip(), scheme);
         match host_header {
             Some(host) => headers.insert(header::HOST, host),
             None => headers.remove(header::HOST),

@@ -13,15 +13,17 @@ use std::sync::Arc;
 use mesh_api::model::{self, BackendRef, Config, Filter, ListenerProtocol, ParentTarget, RouteKind};
 use mesh_api::precedence::{MatchOrder, hostname_rank};
 use rand::Rng;
+use rustls::ServerConfig;
 
 use crate::balance::{EndpointSet, Registry};
-use crate::listener::bind_addresses;
+use crate::listener::{bind_addresses, serves_http, tls};
 use matching::{Matcher, RequestView};
 
 /// Routes of every HTTP bind address of one config snapshot.
 #[derive(Default)]
 pub struct RoutingTable {
     listeners: HashMap<SocketAddr, ListenerRoutes>,
+    tls: HashMap<SocketAddr, Arc<ServerConfig>>,
 }
 
 impl RoutingTable {
@@ -33,12 +35,16 @@ impl RoutingTable {
         // their routes go into the same table.
         let mut by_addr: HashMap<SocketAddr, ListenerRoutes> = HashMap::new();
         let mut addr_of: HashMap<String, (Vec<SocketAddr>, Option<String>)> = HashMap::new();
-        for listener in config.listeners.values().filter(|l| l.protocol == ListenerProtocol::Http) {
+        let mut https: HashMap<SocketAddr, Vec<&model::Listener>> = HashMap::new();
+        for listener in config.listeners.values().filter(|l| serves_http(l)) {
             let addrs = bind_addresses(listener);
             for addr in &addrs {
                 by_addr
                     .entry(*addr)
                     .or_insert_with(|| ListenerRoutes { port: listener.port, hosts: Vec::new() });
+                if listener.protocol == ListenerProtocol::Https {
+                    https.entry(*addr).or_default().push(listener);
+                }
             }
             addr_of.insert(listener.key.to_string(), (addrs, listener.hostname.clone()));
         }
@@ -96,7 +102,16 @@ impl RoutingTable {
                 routes.hosts.push(HostBucket { pattern, entries });
             }
         }
-        RoutingTable { listeners: by_addr }
+        let tls = https
+            .into_iter()
+            .filter_map(|(addr, ls)| Some((addr, tls::server_config(&ls, config)?)))
+            .collect();
+        RoutingTable { listeners: by_addr, tls }
+    }
+
+    /// The TLS config of an HTTPS address; `None` for plain HTTP.
+    pub fn tls(&self, addr: &SocketAddr) -> Option<Arc<ServerConfig>> {
+        self.tls.get(addr).cloned()
     }
 
     pub fn listener(&self, addr: &SocketAddr) -> Option<&ListenerRoutes> {
