@@ -293,3 +293,25 @@ async fn admin_endpoints_report_readiness_metrics_and_a_redacted_dump() {
     assert_eq!(dump.json()["config"]["certificates"]["infra/tls"]["key_pem"], "[redacted]");
     assert_eq!(admin_get(&proxy, "/nope").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_json_config_file_is_served() {
+    let v1 = backend("v1", Behaviour::Echo).await;
+    let l = gateway_listener(free_port());
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let cfg = simple(&l, vec![service_backend("v1", &[v1])], "v1");
+    std::fs::write(file.path(), serde_json::to_vec(&cfg).expect("json")).expect("write");
+    let proxy = start_with(Source::File(file.path().to_path_buf())).await;
+    wait_listening(l.port).await;
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v1");
+    assert_eq!(admin_get(&proxy, "/ready").await.status, StatusCode::OK);
+
+    std::fs::write(file.path(), b"{ not json").expect("write");
+    let refused = mesh_proxy::start(mesh_proxy::Options {
+        source: Source::File(file.path().to_path_buf()),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        access_log: false,
+    })
+    .await;
+    assert!(refused.is_err(), "a broken file is an error at start");
+}

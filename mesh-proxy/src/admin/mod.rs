@@ -21,7 +21,11 @@ use crate::config::ConfigStore;
 pub async fn serve(socket: TcpListener, store: Arc<ConfigStore>) {
     let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
-        let Ok((stream, _)) = socket.accept().await else { continue };
+        let Ok((stream, _)) = socket.accept().await else {
+            // Usually out of file descriptors: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         let store = store.clone();
         let server = server.clone();
         tokio::spawn(async move {
