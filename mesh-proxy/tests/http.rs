@@ -469,3 +469,33 @@ async fn grpc_routes_match_service_and_method_over_h2c() {
         }
     }
 }
+
+#[tokio::test]
+async fn retries_bodyless_requests_on_the_listed_codes() {
+    let flaky = backend("flaky", Behaviour::FailFirst(2)).await;
+    let still_flaky = backend("still", Behaviour::FailFirst(1)).await;
+    let l = gateway_listener(free_port());
+    let retry = Retry { codes: vec![503], attempts: 2, backoff_ms: Some(10) };
+    let mut retried = rule(vec![prefix("/get")], vec![to("flaky", 1)]);
+    retried.retry = Some(retry.clone());
+    let mut with_body = rule(vec![prefix("/post")], vec![to("still", 1)]);
+    with_body.retry = Some(retry);
+    let cfg = config(
+        &l,
+        vec![service_backend("flaky", &[flaky]), service_backend("still", &[still_flaky])],
+        vec![route("r", 1, &[], &l, vec![retried, with_body])],
+    );
+    let _proxy = start(cfg).await;
+    wait_listening(l.port).await;
+    let reply = get(l.port, "h", "/get", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "two 503s then success within 1 + 2 attempts");
+    assert_eq!(reply.backend(), "flaky");
+
+    // A request with a body is streamed, not kept, so it is not retried.
+    let req = http::Request::post(format!("http://127.0.0.1:{}/post", l.port))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))
+        .expect("request");
+    let reply = send(req).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["body"], "payload");
+}

@@ -14,7 +14,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use mesh_api::model::{Filter, HeaderModifier};
 
@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestLabels, UpstreamFailure};
 use crate::route::filters::{self, RedirectSource};
 use crate::route::matching::RequestView;
 use crate::route::{BackendTarget, Selected};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -183,10 +183,6 @@ impl Proxy {
         for filter in &backend.filters {
             plan.add(filter, req.headers_mut(), &path, matched_prefix);
         }
-        let Some(endpoint) = endpoints.pick() else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
-        };
-
         // The upstream request: same method, headers and body; the endpoint in the URI (so
         // connections pool per endpoint) and the client's host in `Host`.
         let host_header = match &plan.host {
@@ -202,45 +198,83 @@ impl Proxy {
             Some(q) => format!("{new_path}?{q}"),
             None => new_path.to_string(),
         };
-        let uri = PathAndQuery::try_from(path_and_query).ok().and_then(|pq| {
-            Uri::builder().scheme("http").authority(endpoint.addr.to_string()).path_and_query(pq).build().ok()
-        });
-        let Some(uri) = uri else {
+        let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
             return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
         };
-        *req.uri_mut() = uri;
-        let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers);
-        headers::add_forwarded(headers, inbound.peer.ip(), scheme);
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarded(&mut parts.headers, inbound.peer.ip(), scheme);
         match host_header {
-            Some(host) => headers.insert(header::HOST, host),
-            None => headers.remove(header::HOST),
+            Some(host) => parts.headers.insert(header::HOST, host),
+            None => parts.headers.remove(header::HOST),
         };
 
-        let timeout =
-            [rule.timeouts.request_ms, rule.timeouts.backend_request_ms].into_iter().flatten().min();
-        let send = self.upstream.send(req, endpoints.app_protocol);
-        let result = match timeout {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), send).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.metrics.record_upstream_failure(UpstreamFailure::Timeout);
-                    return local(StatusCode::GATEWAY_TIMEOUT, "backend timed out");
+        // Only a request without a body can be sent again: bodies are streamed, not kept.
+        let retry = rule.retry.as_ref().filter(|_| hyper::body::Body::is_end_stream(&body));
+        let attempts = 1 + retry.map_or(0, |r| r.attempts);
+        let request_timeout = rule.timeouts.request_ms.map(Duration::from_millis);
+        let attempt_timeout = rule.timeouts.backend_request_ms.map(Duration::from_millis);
+        let started = Instant::now();
+        let mut body = Some(body.boxed());
+        let mut attempt = 0;
+        let mut response = loop {
+            attempt += 1;
+            let last = attempt >= attempts;
+            let Some(endpoint) = endpoints.pick() else {
+                return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
+            };
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(endpoint.addr.to_string())
+                .path_and_query(path_and_query.clone())
+                .build();
+            let Ok(uri) = uri else {
+                return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable upstream URI");
+            };
+            let mut upstream_req = Request::new(body.take().unwrap_or_else(empty_body));
+            *upstream_req.method_mut() = parts.method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.headers_mut() = parts.headers.clone();
+
+            // The request timeout covers every attempt; the backend timeout each one.
+            let budget = [request_timeout.map(|t| t.saturating_sub(started.elapsed())), attempt_timeout]
+                .into_iter()
+                .flatten()
+                .min();
+            let send = self.upstream.send(upstream_req, endpoints.app_protocol);
+            let result = match budget {
+                Some(budget) => tokio::time::timeout(budget, send).await.unwrap_or_else(|_| {
+                    Err(UpstreamError { kind: UpstreamFailure::Timeout, message: "timed out".into() })
+                }),
+                None => send.await,
+            };
+            drop(endpoint);
+            match result {
+                Ok(response)
+                    if !last && retry.is_some_and(|r| r.codes.contains(&response.status().as_u16())) =>
+                {
+                    tracing::debug!(status = %response.status(), attempt, "retrying");
                 }
-            },
-            None => send.await,
-        };
-        drop(endpoint);
-        let mut response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                self.metrics.record_upstream_failure(error.kind);
-                tracing::debug!(backend = %outcome.backend, %error, "upstream failed");
-                let status = match error.kind {
-                    UpstreamFailure::Connect => StatusCode::SERVICE_UNAVAILABLE,
-                    UpstreamFailure::Reset | UpstreamFailure::Timeout => StatusCode::BAD_GATEWAY,
-                };
-                return local(status, "backend failed");
+                Ok(response) => break response,
+                Err(error) => {
+                    self.metrics.record_upstream_failure(error.kind);
+                    tracing::debug!(backend = %outcome.backend, %error, attempt, "upstream failed");
+                    let expired = request_timeout.is_some_and(|t| started.elapsed() >= t);
+                    if last || expired {
+                        return match error.kind {
+                            UpstreamFailure::Connect => {
+                                local(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
+                            }
+                            UpstreamFailure::Reset => local(StatusCode::BAD_GATEWAY, "backend failed"),
+                            UpstreamFailure::Timeout => {
+                                local(StatusCode::GATEWAY_TIMEOUT, "backend timed out")
+                            }
+                        };
+                    }
+                }
+            }
+            if let Some(backoff) = retry.and_then(|r| r.backoff_ms) {
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
         };
         let headers = response.headers_mut();
@@ -320,6 +354,10 @@ fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
     }
     let host = req.headers().get(header::HOST)?.to_str().ok()?;
     host.parse().ok()
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|n| match n {}).boxed()
 }
 
 /// A response the proxy writes itself.

@@ -174,6 +174,7 @@ pub struct CompiledRule {
     pub route: String,
     pub filters: Vec<Filter>,
     pub timeouts: model::Timeouts,
+    pub retry: Option<model::Retry>,
     pub backends: Vec<CompiledBackend>,
     total_weight: u64,
 }
@@ -220,6 +221,7 @@ impl CompiledRule {
             route: route.key.to_string(),
             filters: rule.filters.clone(),
             timeouts: rule.timeouts.clone(),
+            retry: rule.retry.clone(),
             total_weight: compiled.iter().map(|b| u64::from(b.weight)).sum(),
             backends: compiled,
         }

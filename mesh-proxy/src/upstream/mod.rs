@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_api::model::AppProtocol;
 
 use crate::metrics::UpstreamFailure;
+use crate::proxy::ProxyBody;
 
 /// A backend that does not accept a connection within this is treated as down (503) rather
 /// than left to the request timeout.
@@ -24,8 +25,8 @@ const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
 #[derive(Clone)]
 pub struct Upstream {
-    http1: Client<HttpConnector, Incoming>,
-    h2c: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, ProxyBody>,
+    h2c: Client<HttpConnector, ProxyBody>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ impl Upstream {
     /// Sends `req`, whose URI already names the endpoint, with the protocol the backend speaks.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ProxyBody>,
         protocol: AppProtocol,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let client = if protocol == AppProtocol::H2c {

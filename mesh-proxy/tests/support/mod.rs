@@ -28,12 +28,15 @@ pub enum Behaviour {
     Reset,
     /// Answers with headers promising 100 bytes, sends 5, then closes.
     Truncate,
+    /// Answers the first n requests with 503, then echoes.
+    FailFirst(u32),
 }
 
 /// A backend on 127.0.0.1:<ephemeral>, running until the test's runtime stops.
 pub async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = socket.local_addr().expect("addr");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = socket.accept().await else { return };
@@ -51,12 +54,22 @@ pub async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
                 });
                 continue;
             }
+            let served = served.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    if let Behaviour::Slow(d) = behaviour {
-                        tokio::time::sleep(d).await;
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let seen = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        if let Behaviour::Slow(d) = behaviour {
+                            tokio::time::sleep(d).await;
+                        }
+                        let mut response = echo(name, req).await;
+                        if let Behaviour::FailFirst(n) = behaviour
+                            && seen < n
+                        {
+                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(response)
                     }
-                    Ok::<_, Infallible>(echo(name, req).await)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
