@@ -30,6 +30,15 @@ SERVICE_IP="${WEFT_SERVICE_IP:-10.96.0.1}" # first address of SERVICE_CIDR
 CLUSTER_CIDR="${WEFT_CLUSTER_CIDR:-10.244.0.0/16}"
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 READY_TIMEOUT="${WEFT_READY_TIMEOUT:-120}"
+# Node tier (node.sh): run every component inside this network namespace, with
+# the apiserver on WEFT_BIND_IP (an address inside the namespace) instead of 127.0.0.1.
+NETNS="${WEFT_NETNS:-}"
+BIND_IP="${WEFT_BIND_IP:-127.0.0.1}"
+NSEXEC=()
+# nsenter --net, not `ip netns exec`: the latter also makes a private mount
+# namespace with a fresh /sys (no cgroup mounts), which breaks kubelet and
+# hides containerd's mounts from kubelet.
+if [[ -n "${NETNS}" ]]; then NSEXEC=(nsenter "--net=/var/run/netns/${NETNS}"); fi
 
 usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
@@ -44,7 +53,7 @@ load_ports() {
   ETCD_PEER_PORT="${ETCD_PEER_PORT:-${WEFT_ETCD_PEER_PORT:-23800}}"
   KCM_PORT="${KCM_PORT:-${WEFT_KCM_PORT:-20257}}"
   SCHEDULER_PORT="${SCHEDULER_PORT:-${WEFT_SCHEDULER_PORT:-20259}}"
-  APISERVER_URL="https://127.0.0.1:${APISERVER_PORT}"
+  APISERVER_URL="https://${BIND_IP}:${APISERVER_PORT}"
   ETCD_URL="http://127.0.0.1:${ETCD_PORT}"
 }
 
@@ -87,7 +96,7 @@ start_bg() {
   shift
   mkdir -p "${LOGS}" "${PIDS}"
   # setsid: own session, so a Ctrl-C in the calling shell does not reach it.
-  setsid "$@" >>"${LOGS}/${name}.log" 2>&1 </dev/null &
+  setsid "${NSEXEC[@]}" "$@" >>"${LOGS}/${name}.log" 2>&1 </dev/null &
   pid=$!
   echo "${pid} $(proc_starttime "${pid}")" >"${PIDS}/${name}.pid"
 }
@@ -115,7 +124,7 @@ stop_one() {
 
 port_free_or_die() {
   local port="$1" what="$2" holder
-  if holder="$(ss -Hltnp "sport = :${port}" 2>/dev/null)" && [[ -n "${holder}" ]]; then
+  if holder="$("${NSEXEC[@]}" ss -Hltnp "sport = :${port}" 2>/dev/null)" && [[ -n "${holder}" ]]; then
     die "port ${port} (for ${what}) is already in use, not by a process this script recorded:
 ${holder}
 stop it, or pick another port (WEFT_*_PORT, see --help)"
@@ -127,15 +136,15 @@ stop it, or pick another port (WEFT_*_PORT, see --help)"
 healthy() { # NAME -> 0 when the component answers its health endpoint
   local code
   case "$1" in
-    etcd) curl -fsS --max-time 3 "${ETCD_URL}/health" 2>/dev/null | grep -q '"health":"true"' ;;
+    etcd) "${NSEXEC[@]}" curl -fsS --max-time 3 "${ETCD_URL}/health" 2>/dev/null | grep -q '"health":"true"' ;;
     kube-apiserver)
-      code="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' --cacert "${PKI}/ca.crt" \
+      code="$("${NSEXEC[@]}" curl -sS --max-time 5 -o /dev/null -w '%{http_code}' --cacert "${PKI}/ca.crt" \
         --cert "${PKI}/admin.crt" --key "${PKI}/admin.key" "${APISERVER_URL}/readyz" 2>/dev/null)" || return 1
       [[ "${code}" == 200 ]]
       ;;
     # These serve self-signed certs made at start-up; /healthz is always-allowed.
-    kube-controller-manager) curl -kfsS --max-time 3 "https://127.0.0.1:${KCM_PORT}/healthz" >/dev/null 2>&1 ;;
-    kube-scheduler) curl -kfsS --max-time 3 "https://127.0.0.1:${SCHEDULER_PORT}/healthz" >/dev/null 2>&1 ;;
+    kube-controller-manager) "${NSEXEC[@]}" curl -kfsS --max-time 3 "https://127.0.0.1:${KCM_PORT}/healthz" >/dev/null 2>&1 ;;
+    kube-scheduler) "${NSEXEC[@]}" curl -kfsS --max-time 3 "https://127.0.0.1:${SCHEDULER_PORT}/healthz" >/dev/null 2>&1 ;;
   esac
 }
 
@@ -201,7 +210,7 @@ EOF
   openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -config "${PKI}/ca.cnf" \
     -keyout "${PKI}/ca.key" -days 3650 -sha256 -out "${PKI}/ca.crt" 2>/dev/null
   sign apiserver "/CN=kube-apiserver" serverAuth \
-    "IP:127.0.0.1,IP:::1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    "IP:127.0.0.1,IP:::1,IP:${BIND_IP},IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   sign admin "/O=system:masters/CN=weft-admin" clientAuth
   sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   sign controller-manager "/CN=system:kube-controller-manager" clientAuth
@@ -258,12 +267,15 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # A loopback advertise address is not a valid Endpoints address.
+  local reconciler=lease
+  [[ "${BIND_IP}" == 127.* ]] && reconciler=none
   start_bg kube-apiserver "$(need_bin kube-apiserver)" \
     --etcd-servers "${ETCD_URL}" \
-    --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 \
+    --bind-address "${BIND_IP}" \
+    --advertise-address "${BIND_IP}" \
     --secure-port "${APISERVER_PORT}" \
-    --endpoint-reconciler-type none \
+    --endpoint-reconciler-type "${reconciler}" \
     --service-cluster-ip-range "${SERVICE_CIDR}" \
     --tls-cert-file "${PKI}/apiserver.crt" \
     --tls-private-key-file "${PKI}/apiserver.key" \
@@ -272,6 +284,7 @@ start_apiserver() {
     --kubelet-client-certificate "${PKI}/apiserver-kubelet-client.crt" \
     --kubelet-client-key "${PKI}/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority "${PKI}/ca.crt" \
+    --kubelet-preferred-address-types InternalIP \
     --service-account-issuer "${SA_ISSUER}" \
     --service-account-key-file "${PKI}/sa.pub" \
     --service-account-signing-key-file "${PKI}/sa.key" \
@@ -419,15 +432,15 @@ cmd_install_crds() {
   kubectl="$(need_bin kubectl)"
   start="$(now_s)"
   # Server-side apply: the HTTPRoute CRD is too big for the last-applied annotation.
-  "${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" apply --server-side --force-conflicts \
+  "${NSEXEC[@]}" "${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" apply --server-side --force-conflicts \
     --field-manager weft-test -f "${dir}" >"${LOGS}/install-crds.log" 2>&1 || {
     cat "${LOGS}/install-crds.log" >&2
     die "applying the Gateway API CRDs from ${dir} failed"
   }
-  names="$("${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" get crd -o name |
+  names="$("${NSEXEC[@]}" "${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" get crd -o name |
     grep -E '\.gateway\.networking\.(x-)?k8s\.io$')" || die "no Gateway API CRDs found after apply"
   # shellcheck disable=SC2086  # one argument per CRD
-  "${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" wait --for condition=Established \
+  "${NSEXEC[@]}" "${kubectl}" --kubeconfig "${KUBECONFIG_PATH}" wait --for condition=Established \
     --timeout 60s ${names} >>"${LOGS}/install-crds.log" 2>&1 || {
     cat "${LOGS}/install-crds.log" >&2
     die "Gateway API CRDs not Established within 60s"
@@ -471,6 +484,10 @@ export WEFT_ADMIN_TOKEN_FILE=${WEFT_STATE}/admin.token
 export WEFT_ETCD_ENDPOINT=${ETCD_URL}
 export WEFT_KUBECTL=$(tool_bin kubectl)
 EOF
+  if [[ -n "${NETNS}" ]]; then
+    echo "# the apiserver is inside network namespace ${NETNS}: run clients with 'ip netns exec ${NETNS} ...'"
+    echo "export WEFT_NETNS=${NETNS}"
+  fi
 }
 
 main() {
@@ -490,4 +507,7 @@ main() {
   esac
 }
 
-main "$@"
+# node.sh sources this file for its functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
