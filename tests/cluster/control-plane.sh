@@ -419,7 +419,11 @@ EOF
   log "control plane up in $(elapsed "${total}")s"
   echo "kubeconfig: ${KUBECONFIG_PATH}"
   echo "apiserver:  ${APISERVER_URL}"
-  echo "use:        eval \"\$(${BASH_SOURCE[0]} env)\""
+  if [[ "${WEFT_STATE}" == /tmp/weft-cluster ]]; then
+    echo "use:        eval \"\$(${BASH_SOURCE[0]} env)\""
+  else
+    echo "use:        eval \"\$(WEFT_STATE=${WEFT_STATE} ${BASH_SOURCE[0]} env)\""
+  fi
 }
 
 cmd_install_crds() {

@@ -435,7 +435,8 @@ node_down() {
   # sandboxes (CNI DEL, pod netns) the normal way.
   if our_pid kubelet >/dev/null && our_pid containerd >/dev/null; then
     kc delete pods --all -A --grace-period 1 --wait=false >/dev/null 2>&1 || true
-    deadline=$((SECONDS + 30))
+    # Bounded: whatever still runs afterwards is killed through containerd below.
+    deadline=$((SECONDS + 10))
     while ((SECONDS < deadline)) && ctr_ tasks ls 2>/dev/null | grep -q RUNNING; do sleep 1; done
   fi
   stop_one kubelet
