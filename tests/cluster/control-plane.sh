@@ -96,7 +96,8 @@ start_bg() {
   shift
   mkdir -p "${LOGS}" "${PIDS}"
   # setsid: own session, so a Ctrl-C in the calling shell does not reach it.
-  setsid "${NSEXEC[@]}" "$@" >>"${LOGS}/${name}.log" 2>&1 </dev/null &
+  # 8>&-: the state lock must not be inherited by long-running children.
+  setsid "${NSEXEC[@]}" "$@" >>"${LOGS}/${name}.log" 2>&1 </dev/null 8>&- &
   pid=$!
   echo "${pid} $(proc_starttime "${pid}")" >"${PIDS}/${name}.pid"
 }
@@ -494,12 +495,24 @@ EOF
   fi
 }
 
+# lock_state: one up/down at a time per state dir (the lock file sits beside it).
+lock_state() {
+  exec 8>"${WEFT_STATE}.lock"
+  flock -w 300 8 || die "another up/down on ${WEFT_STATE} has held ${WEFT_STATE}.lock for 300s"
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "${cmd}" in
-    up) cmd_up "$@" ;;
-    down) cmd_down ;;
+    up)
+      lock_state
+      cmd_up "$@"
+      ;;
+    down)
+      lock_state
+      cmd_down
+      ;;
     status) cmd_status ;;
     env) cmd_env ;;
     install-crds) cmd_install_crds ;;

@@ -542,8 +542,14 @@ node_status() {
 }
 
 case "${1:-}" in
-  up) node_up ;;
-  down) node_down ;;
+  up)
+    lock_state
+    node_up
+    ;;
+  down)
+    lock_state
+    node_down
+    ;;
   status) node_status ;;
   env) cmd_env ;;
   *)
