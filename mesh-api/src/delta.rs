@@ -77,6 +77,19 @@ impl Config {
         self.len() == 0
     }
 
+    /// One resource as it goes on the wire, if the config holds it.
+    pub fn resource(&self, kind: ResourceKind, key: &str) -> Option<proto::Resource> {
+        match kind {
+            ResourceKind::Service => self.services.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Workload => self.workloads.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Backend => self.backends.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Listener => self.listeners.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Route => self.routes.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Certificate => self.certificates.get(key).map(|r| resource(kind, key, r)),
+            ResourceKind::Unspecified => None,
+        }
+    }
+
     /// The whole config as one update.
     pub fn to_full_update(&self, version: u64) -> proto::ConfigUpdate {
         let mut upserts = Vec::with_capacity(self.len());

@@ -6,18 +6,20 @@
 //! proxy disagreeing about what the proxy holds. While an update is in flight newer snapshots
 //! coalesce: a proxy that is slow to ACK gets one delta to the newest state, not a backlog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::Stream;
 use mesh_api::model::Config;
 use mesh_api::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use mesh_api::proto::{ConfigUpdate, ProxyMessage, proxy_message};
+use mesh_api::proto::{ConfigUpdate, ProxyMessage, ResourceId, ResourceKind, proxy_message};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::resolve::incremental::Changed;
 
 /// One version of the resolved config.
 #[derive(Clone, Debug, Default)]
@@ -26,10 +28,28 @@ pub struct Snapshot {
     pub config: Arc<Config>,
 }
 
-/// Publishes snapshots to every subscribed proxy.
+/// How many versions of change log are kept. A proxy whose last ACK is older than this gets
+/// the full state instead of a delta; at one version per coalesced burst of changes, 1024
+/// versions cover far longer than any healthy proxy takes to ACK.
+const LOG_WINDOW: usize = 1024;
+
+/// The published config and what each recent version changed.
+#[derive(Debug, Default)]
+struct Published {
+    version: u64,
+    config: Config,
+    /// Oldest first: each version and the resources it changed (with whether each existed
+    /// before that version).
+    log: VecDeque<(u64, Changed)>,
+}
+
+/// Publishes config versions to every subscribed proxy. The config is held once and updated
+/// in place; a proxy's delta is built from the change log since the version it ACKed, so its
+/// cost follows the size of the change, not the size of the config.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: Arc<watch::Sender<Snapshot>>,
+    state: Arc<RwLock<Published>>,
+    versions: Arc<watch::Sender<u64>>,
     pub proxies: Arc<ProxyRegistry>,
 }
 
@@ -41,29 +61,89 @@ impl Default for Publisher {
 
 impl Publisher {
     pub fn new() -> Self {
-        let (tx, _) = watch::channel(Snapshot::default());
-        Publisher { tx: Arc::new(tx), proxies: Arc::new(ProxyRegistry::default()) }
+        let (versions, _) = watch::channel(0);
+        Publisher {
+            state: Arc::new(RwLock::new(Published::default())),
+            versions: Arc::new(versions),
+            proxies: Arc::new(ProxyRegistry::default()),
+        }
     }
 
-    /// Publishes `config` as the next version if it differs from the current one; returns the
-    /// version now current.
+    /// Publishes `config` whole (standalone mode and tests): the changes are found by
+    /// comparing it with the current config. Returns the version now current.
     pub fn publish(&self, config: Config) -> u64 {
-        let mut version = 0;
-        self.tx.send_if_modified(|current| {
-            if *current.config == config && current.version != 0 {
-                version = current.version;
-                return false;
-            }
-            current.version += 1;
-            current.config = Arc::new(config);
-            version = current.version;
-            true
-        });
+        self.update(|current| {
+            let changed = changed_between(current, &config);
+            *current = config;
+            changed
+        })
+    }
+
+    /// Lets `change` edit the published config in place and report what it changed; an
+    /// empty report publishes nothing (except the very first version). Returns the version
+    /// now current.
+    pub fn update(&self, change: impl FnOnce(&mut Config) -> Changed) -> u64 {
+        let Ok(mut state) = self.state.write() else { return 0 };
+        let changed = change(&mut state.config);
+        if changed.is_empty() && state.version != 0 {
+            return state.version;
+        }
+        state.version += 1;
+        let version = state.version;
+        state.log.push_back((version, changed));
+        while state.log.len() > LOG_WINDOW {
+            state.log.pop_front();
+        }
+        drop(state);
+        self.versions.send_replace(version);
         version
     }
 
+    pub fn version(&self) -> u64 {
+        *self.versions.borrow()
+    }
+
+    /// The current version with a copy of its config (for admin and tests; proxies are sent
+    /// deltas instead).
     pub fn current(&self) -> Snapshot {
-        self.tx.borrow().clone()
+        match self.state.read() {
+            Ok(state) => Snapshot { version: state.version, config: Arc::new(state.config.clone()) },
+            Err(_) => Snapshot::default(),
+        }
+    }
+
+    /// What takes a proxy that holds version `acked` (or nothing) to the current version;
+    /// `None` when it is already there or nothing was published yet.
+    fn update_since(&self, acked: Option<u64>) -> Option<ConfigUpdate> {
+        let state = self.state.read().ok()?;
+        let latest = state.version;
+        if latest == 0 || acked == Some(latest) {
+            return None;
+        }
+        let oldest_logged = state.log.front().map_or(u64::MAX, |(v, _)| *v);
+        let Some(acked) = acked.filter(|a| a + 1 >= oldest_logged) else {
+            return Some(state.config.to_full_update(latest));
+        };
+        // Every resource changed since `acked`, with whether the proxy has it: it existed
+        // before the first change after `acked`.
+        let mut since: BTreeMap<&(ResourceKind, String), bool> = BTreeMap::new();
+        for (_, changed) in state.log.iter().filter(|(v, _)| *v > acked) {
+            for (id, existed) in changed {
+                since.entry(id).or_insert(*existed);
+            }
+        }
+        let mut update =
+            ConfigUpdate { version: latest, full_state: false, upserts: Vec::new(), removals: Vec::new() };
+        for ((kind, key), proxy_has_it) in since {
+            match state.config.resource(*kind, key) {
+                Some(resource) => update.upserts.push(resource),
+                None if proxy_has_it => {
+                    update.removals.push(ResourceId { kind: *kind as i32, key: key.clone() })
+                }
+                None => {}
+            }
+        }
+        Some(update)
     }
 
     pub fn service(&self) -> ConfigDiscoveryServer<ConfigService> {
@@ -71,6 +151,22 @@ impl Publisher {
             // A full state of 10k Services with 100k endpoints is tens of MB of JSON.
             .max_encoding_message_size(256 * 1024 * 1024)
     }
+}
+
+/// The resources that differ between two configs, each with whether it existed in `before`.
+pub fn changed_between(before: &Config, after: &Config) -> Changed {
+    let delta = before.diff(after, 0);
+    delta
+        .upserts
+        .iter()
+        .filter_map(|r| r.id.clone())
+        .chain(delta.removals)
+        .map(|id| {
+            let kind = id.kind();
+            let existed = crate::resolve::incremental::exists(before, kind, &id.key);
+            ((kind, id.key), existed)
+        })
+        .collect()
 }
 
 /// What the controller knows of each connected proxy, for logs and metrics.
@@ -160,7 +256,8 @@ impl ConfigDiscovery for ConfigService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             node,
-            snapshots: self.publisher.tx.subscribe(),
+            versions: self.publisher.versions.subscribe(),
+            publisher: self.publisher.clone(),
             registry: self.publisher.proxies.clone(),
             acked: None,
             in_flight: None,
@@ -174,12 +271,13 @@ impl ConfigDiscovery for ConfigService {
 /// One proxy's stream.
 struct Session {
     node: String,
-    snapshots: watch::Receiver<Snapshot>,
+    publisher: Publisher,
+    versions: watch::Receiver<u64>,
     registry: Arc<ProxyRegistry>,
-    /// What the proxy holds: the last snapshot it ACKed.
-    acked: Option<Snapshot>,
-    /// The update sent and not yet answered.
-    in_flight: Option<Snapshot>,
+    /// The version the proxy holds: the last one it ACKed.
+    acked: Option<u64>,
+    /// The version sent and not yet answered.
+    in_flight: Option<u64>,
     /// The last version the proxy refused; not resent until something newer exists.
     refused: Option<u64>,
 }
@@ -192,10 +290,10 @@ impl Session {
     ) {
         tracing::info!(node = %self.node, "proxy subscribed");
         self.registry.update(&self.node, |s| s.connected = true);
-        self.snapshots.mark_changed();
+        self.versions.mark_changed();
         loop {
             tokio::select! {
-                changed = self.snapshots.changed(), if self.in_flight.is_none() => {
+                changed = self.versions.changed(), if self.in_flight.is_none() => {
                     if changed.is_err() {
                         break; // the controller is shutting down
                     }
@@ -228,31 +326,26 @@ impl Session {
     }
 
     fn has_newer(&self) -> bool {
-        let latest = self.snapshots.borrow().version;
-        self.acked.as_ref().is_none_or(|a| a.version < latest) && self.refused != Some(latest)
+        let latest = *self.versions.borrow();
+        self.acked.is_none_or(|a| a < latest) && self.refused != Some(latest)
     }
 
-    /// Sends the newest snapshot (as a delta from what the proxy holds). False when the stream
-    /// is gone.
+    /// Sends what takes the proxy to the newest version. False when the stream is gone.
     async fn send_next(&mut self, tx: &mpsc::Sender<Result<ConfigUpdate, Status>>) -> bool {
-        let latest = self.snapshots.borrow_and_update().clone();
-        if latest.version == 0 || self.refused == Some(latest.version) {
+        let latest = *self.versions.borrow_and_update();
+        if latest == 0 || self.refused == Some(latest) {
             return true; // nothing resolved yet, or the proxy already refused exactly this
         }
-        let update = match &self.acked {
-            None => latest.config.to_full_update(latest.version),
-            Some(acked) if acked.version == latest.version => return true,
-            Some(acked) => acked.config.diff(&latest.config, latest.version),
-        };
+        let Some(update) = self.publisher.update_since(self.acked) else { return true };
         tracing::debug!(
             node = %self.node,
-            version = latest.version,
+            version = update.version,
             full = update.full_state,
             upserts = update.upserts.len(),
             removals = update.removals.len(),
             "sending config"
         );
-        self.in_flight = Some(latest);
+        self.in_flight = Some(update.version);
         tx.send(Ok(update)).await.is_ok()
     }
 
@@ -265,17 +358,18 @@ impl Session {
             }
             None => return Err(Status::invalid_argument("empty message")),
         };
-        let Some(in_flight) = self.in_flight.take_if(|s| s.version == version) else {
+        if self.in_flight != Some(version) {
             tracing::warn!(node = %self.node, version, "answer for a version that is not in flight; ignored");
             return Ok(());
-        };
+        }
+        self.in_flight = None;
         match nack {
             None => {
                 self.registry.update(&self.node, |s| {
                     s.acked_version = Some(version);
                     s.acks += 1;
                 });
-                self.acked = Some(in_flight);
+                self.acked = Some(version);
                 self.refused = None;
             }
             Some(reason) => {

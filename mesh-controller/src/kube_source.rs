@@ -22,7 +22,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config_server::Publisher;
-use crate::resolve::{self, Settings};
+use crate::resolve::Settings;
+use crate::resolve::incremental::Resolver;
 use crate::status_writer::StatusWriter;
 use crate::store::{Kind, Object, Store, key_of};
 
@@ -151,6 +152,7 @@ pub async fn run(
     let watched = start_watches(&client, tx).await;
     let mut synced: BTreeSet<Kind> = BTreeSet::new();
     let mut store = Store::default();
+    let mut resolver = Resolver::new(settings);
     loop {
         tokio::select! {
             change = rx.recv() => {
@@ -179,11 +181,12 @@ pub async fn run(
         if !watched.is_subset(&synced) {
             continue;
         }
-        let resolution = resolve::resolve(&store, &settings);
-        let version = publisher.publish(resolution.config);
-        tracing::debug!(version, objects = store.object_count(), "resolved");
+        let changes = store.take_changes();
+        let started = std::time::Instant::now();
+        let version = publisher.update(|config| resolver.resolve_into(&store, &changes, config));
+        tracing::debug!(version, objects = store.object_count(), elapsed = ?started.elapsed(), "resolved");
         if *leader.borrow() {
-            writer.write(&store, &resolution.statuses).await;
+            writer.write(&store, resolver.statuses()).await;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The typed snapshot of every object the controller reads, filled by the Kubernetes
 //! reflectors or by the manifest folder, and read by `resolve`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use gateway_api::experimental::{
@@ -36,6 +36,29 @@ pub enum Object {
 /// Objects of one kind by `namespace/name` (cluster-scoped kinds use an empty namespace).
 pub type Objects<K> = BTreeMap<ObjectKey, Arc<K>>;
 
+/// What changed in a [`Store`] since the change log was last taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeLog {
+    /// Objects inserted, replaced or removed.
+    pub objects: BTreeSet<(Kind, ObjectKey)>,
+    /// Kinds whose every object was replaced at once (a watch relist).
+    pub relisted: BTreeSet<Kind>,
+}
+
+impl ChangeLog {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.relisted.is_empty()
+    }
+
+    pub fn touches(&self, kind: Kind) -> bool {
+        self.relisted.contains(&kind) || self.objects.iter().any(|(k, _)| *k == kind)
+    }
+
+    pub fn keys(&self, kind: Kind) -> impl Iterator<Item = &ObjectKey> {
+        self.objects.iter().filter(move |(k, _)| *k == kind).map(|(_, key)| key)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Store {
     pub gateway_classes: Objects<GatewayClass>,
@@ -51,6 +74,7 @@ pub struct Store {
     pub pods: Objects<Pod>,
     pub namespaces: Objects<Namespace>,
     pub secrets: Objects<Secret>,
+    changes: ChangeLog,
 }
 
 /// `namespace/name` of any object; cluster-scoped objects get an empty namespace.
@@ -103,6 +127,22 @@ fn put<K: Resource>(map: &mut Objects<K>, object: K) {
 
 impl Store {
     pub fn insert(&mut self, object: Object) {
+        let key = match &object {
+            Object::GatewayClass(o) => key_of(o),
+            Object::Gateway(o) => key_of(o),
+            Object::HttpRoute(o) => key_of(o),
+            Object::GrpcRoute(o) => key_of(o),
+            Object::TlsRoute(o) => key_of(o),
+            Object::TcpRoute(o) => key_of(o),
+            Object::UdpRoute(o) => key_of(o),
+            Object::ReferenceGrant(o) => key_of(o),
+            Object::Service(o) => key_of(o),
+            Object::EndpointSlice(o) => key_of(o),
+            Object::Pod(o) => key_of(o),
+            Object::Namespace(o) => key_of(o),
+            Object::Secret(o) => key_of(o),
+        };
+        self.changes.objects.insert((object.kind(), key));
         match object {
             Object::GatewayClass(o) => put(&mut self.gateway_classes, o),
             Object::Gateway(o) => put(&mut self.gateways, o),
@@ -121,6 +161,7 @@ impl Store {
     }
 
     pub fn remove(&mut self, kind: Kind, key: &ObjectKey) {
+        self.changes.objects.insert((kind, key.clone()));
         match kind {
             Kind::GatewayClass => drop(self.gateway_classes.remove(key)),
             Kind::Gateway => drop(self.gateways.remove(key)),
@@ -140,6 +181,7 @@ impl Store {
 
     /// Replaces every object of `kind` (after a watch relist).
     pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) {
+        self.changes.relisted.insert(kind);
         match kind {
             Kind::GatewayClass => self.gateway_classes.clear(),
             Kind::Gateway => self.gateways.clear(),
@@ -158,6 +200,11 @@ impl Store {
         for object in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(object);
         }
+    }
+
+    /// Everything that changed since the last call, for an incremental resolve.
+    pub fn take_changes(&mut self) -> ChangeLog {
+        std::mem::take(&mut self.changes)
     }
 
     /// Labels of a namespace; a namespace the store has not seen has none.

@@ -152,6 +152,9 @@ async fn status_is_written_merged_with_other_controllers_and_not_rewritten_after
         )
         .await
         .expect("foreign status");
+    // As the API server stored it (CRD defaulting fills in the parentRef's group and kind).
+    let stored = serde_json::to_value(&routes.get("r").await.expect("route").status).expect("json");
+    let foreign = parent_by(&stored, "example.com/other").expect("foreign entry stored").clone();
 
     let (controller, publisher) = spawn_controller(client.clone(), true);
     let route = wait_for(&routes, "r", "Weft's parent status", |s| {

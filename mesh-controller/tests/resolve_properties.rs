@@ -196,3 +196,169 @@ proptest! {
         }
     }
 }
+
+/// One edit a user or a controller could make.
+#[derive(Clone, Debug)]
+enum Edit {
+    Upsert(Object),
+    Delete(mesh_controller::store::Kind, mesh_api::model::ObjectKey),
+}
+
+fn service() -> impl Strategy<Value = Object> {
+    (0..3usize, pick(NAMESPACES), prop::sample::select(vec![80, 81])).prop_map(|(n, ns, port)| {
+        Object::Service(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("svc{n}"), "namespace": ns},
+                "spec": {"clusterIP": format!("10.96.1.{n}"), "ports": [{"name": "http", "port": port}]}}))
+            .expect("service"),
+        )
+    })
+}
+
+fn slice() -> impl Strategy<Value = Object> {
+    (0..3usize, 0..3usize, pick(NAMESPACES), 0..3u8).prop_map(|(n, owner, ns, endpoints)| {
+        let endpoints: Vec<Value> = (0..endpoints)
+            .map(|e| json!({"addresses": [format!("10.1.{n}.{e}")], "nodeName": "node-a"}))
+            .collect();
+        Object::EndpointSlice(
+            serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("slice{n}"), "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": format!("svc{owner}")}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}))
+            .expect("slice"),
+        )
+    })
+}
+
+fn pod() -> impl Strategy<Value = Object> {
+    (0..3usize, pick(NAMESPACES), any::<bool>()).prop_map(|(n, ns, opt_out)| {
+        let labels = if opt_out { json!({"weft.dev/mesh": "disabled"}) } else { json!({}) };
+        Object::Pod(
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("pod{n}"), "namespace": ns, "labels": labels},
+                "spec": {"nodeName": "node-a", "containers": [{"name": "c"}]},
+                "status": {"podIP": format!("10.1.9.{n}")}}))
+            .expect("pod"),
+        )
+    })
+}
+
+fn namespace() -> impl Strategy<Value = Object> {
+    (pick(NAMESPACES), pick(&["a", "b", "none"]), any::<bool>()).prop_map(|(ns, team, meshed)| {
+        let mut labels = json!({"team": team});
+        if meshed {
+            labels["weft.dev/mesh"] = json!("enabled");
+        }
+        Object::Namespace(
+            serde_json::from_value(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
+            )
+            .expect("namespace"),
+        )
+    })
+}
+
+fn grant() -> impl Strategy<Value = Object> {
+    (pick(NAMESPACES), pick(NAMESPACES)).prop_map(|(from, to)| {
+        Object::ReferenceGrant(
+            serde_json::from_value(json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                "metadata": {"name": "g", "namespace": to},
+                "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": from}],
+                         "to": [{"group": "", "kind": "Service"}]}}))
+            .expect("grant"),
+        )
+    })
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    use mesh_controller::store::Kind;
+    let delete = (
+        prop::sample::select(vec![
+            Kind::Gateway,
+            Kind::HttpRoute,
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Pod,
+            Kind::ReferenceGrant,
+        ]),
+        pick(NAMESPACES),
+        0..3usize,
+    )
+        .prop_map(|(kind, ns, n)| {
+            let name = match kind {
+                Kind::Gateway => format!("gw{}", n % 2),
+                Kind::HttpRoute => format!("r{n}"),
+                Kind::Service => format!("svc{n}"),
+                Kind::EndpointSlice => format!("slice{n}"),
+                Kind::Pod => format!("pod{n}"),
+                _ => "g".to_string(),
+            };
+            Edit::Delete(kind, mesh_api::model::ObjectKey::new(ns, name))
+        });
+    prop_oneof![
+        gateway().prop_map(Edit::Upsert),
+        route().prop_map(Edit::Upsert),
+        route().prop_map(Edit::Upsert),
+        service().prop_map(Edit::Upsert),
+        slice().prop_map(Edit::Upsert),
+        pod().prop_map(Edit::Upsert),
+        namespace().prop_map(Edit::Upsert),
+        grant().prop_map(Edit::Upsert),
+        delete,
+    ]
+}
+
+fn changed_ids(
+    before: &mesh_api::model::Config,
+    after: &mesh_api::model::Config,
+) -> std::collections::BTreeSet<(mesh_api::proto::ResourceKind, String)> {
+    let delta = before.diff(after, 0);
+    delta
+        .upserts
+        .iter()
+        .filter_map(|r| r.id.clone())
+        .chain(delta.removals.iter().cloned())
+        .map(|id| (id.kind(), id.key))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_resolve_equals_full_resolve_after_every_edit(
+        initial in prop::collection::vec(edit(), 0..6),
+        edits in prop::collection::vec(edit(), 1..10),
+    ) {
+        let settings = Settings::default();
+        let mut store = Store::default();
+        for o in fixed_objects() {
+            store.insert(o);
+        }
+        let apply = |store: &mut Store, e: Edit| match e {
+            Edit::Upsert(o) => store.insert(o),
+            Edit::Delete(kind, key) => store.remove(kind, &key),
+        };
+        for e in initial {
+            apply(&mut store, e);
+        }
+        let mut resolver = mesh_controller::resolve::incremental::Resolver::new(settings.clone());
+        let first = store.take_changes();
+        resolver.resolve(&store, &first);
+        prop_assert_eq!(resolver.config(), &resolve(&store, &settings).config);
+        for e in edits {
+            let before = resolver.config().clone();
+            apply(&mut store, e.clone());
+            let changes = store.take_changes();
+            let changed = resolver.resolve(&store, &changes);
+            let full = resolve(&store, &settings);
+            prop_assert_eq!(resolver.config(), &full.config, "config after {:?}", e);
+            prop_assert_eq!(resolver.statuses(), &full.statuses, "statuses after {:?}", e);
+            let reported: std::collections::BTreeSet<_> = changed.keys().cloned().collect();
+            prop_assert_eq!(reported, changed_ids(&before, &full.config), "reported changes after {:?}", e);
+            for ((kind, key), existed) in &changed {
+                prop_assert_eq!(*existed, mesh_controller::resolve::incremental::exists(&before, *kind, key));
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@ pub fn classes(store: &Store) -> (BTreeSet<String>, BTreeMap<String, GatewayClas
 }
 
 /// Which namespaces may attach routes to a listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum AllowedNamespaces {
     Same,
     All,
@@ -84,7 +84,7 @@ pub enum AllowedNamespaces {
 }
 
 /// One listener, as far as validation got.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerState {
     pub name: String,
     pub port: u16,
@@ -99,7 +99,6 @@ pub struct ListenerState {
     pub resolved_refs: (bool, &'static str, String),
     pub tls: Option<ListenerTls>,
     pub certificates: Vec<Certificate>,
-    pub attached_routes: i32,
 }
 
 impl ListenerState {
@@ -114,7 +113,7 @@ impl ListenerState {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GatewayState {
     pub key: ObjectKey,
     pub generation: Option<i64>,
@@ -248,7 +247,6 @@ fn listener(store: &Store, gateway: &ObjectKey, l: &GatewayListeners) -> Listene
         resolved_refs: (true, "ResolvedRefs", "all references resolved".to_string()),
         tls: None,
         certificates: Vec::new(),
-        attached_routes: 0,
     };
     let Some(protocol) = protocol else {
         state.accepted = (
@@ -461,7 +459,7 @@ pub fn add_listeners(states: &BTreeMap<ObjectKey, GatewayState>, config: &mut me
     }
 }
 
-pub fn status(gw: &GatewayState) -> GatewayStatus {
+pub fn status(gw: &GatewayState, attached: &super::AttachedRoutes) -> GatewayStatus {
     let generation = gw.generation;
     let listeners: Vec<ListenerStatus> = gw
         .listeners
@@ -518,7 +516,14 @@ pub fn status(gw: &GatewayState) -> GatewayStatus {
             ListenerStatus {
                 name: l.name.clone(),
                 supported_kinds,
-                attached_routes: l.attached_routes,
+                // Only usable listeners carry routes; a repeated name must not borrow the
+                // count of the listener it repeats.
+                attached_routes: if l.usable() {
+                    let key = ListenerKey { gateway: gw.key.clone(), section: l.name.clone() };
+                    attached.get(&key).copied().unwrap_or(0)
+                } else {
+                    0
+                },
                 conditions,
             }
         })

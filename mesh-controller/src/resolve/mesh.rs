@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService, ServicePort as KubeServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_api::MESH_LABEL;
 use mesh_api::model::{
@@ -16,46 +17,71 @@ use crate::store::Store;
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub fn slice_owner(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(&key.namespace, service))
+}
+
 pub fn add_services(store: &Store, settings: &Settings, config: &mut Config) {
     // EndpointSlices by the Service they belong to, so each Service reads only its own.
-    let mut slices: BTreeMap<ObjectKey, Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> =
-        BTreeMap::new();
+    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for (key, slice) in &store.endpoint_slices {
-        if let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            slices.entry(ObjectKey::new(&key.namespace, service)).or_default().push(slice);
+        if let Some(owner) = slice_owner(key, slice) {
+            slices.entry(owner).or_default().push(slice);
         }
     }
     for (key, svc) in &store.services {
-        let Some(spec) = svc.spec.as_ref() else { continue };
-        let vips = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse::<IpAddr>().ok())
-            .fold(Vec::new(), |mut acc, ip| {
-                if !acc.contains(&ip) {
-                    acc.push(ip);
-                }
-                acc
-            });
-        let ports: Vec<ServicePort> = spec.ports.iter().flatten().filter_map(service_port).collect();
-        for (kube_port, port) in spec.ports.iter().flatten().zip(ports.iter()) {
-            let endpoints =
-                endpoints_for(slices.get(key).map(Vec::as_slice).unwrap_or_default(), store, kube_port);
-            config.insert_backend(Backend {
-                key: BackendKey { service: key.clone(), port: port.port },
-                app_protocol: port.app_protocol,
-                endpoints,
-            });
+        let Some((service, backends)) =
+            service_outputs(settings, key, svc, slices.get(key).map(Vec::as_slice).unwrap_or_default())
+        else {
+            continue;
+        };
+        for backend in backends {
+            config.insert_backend(backend);
         }
-        config.insert_service(Service {
-            key: key.clone(),
-            hostname: format!("{}.{}.svc.{}", key.name, key.namespace, settings.cluster_domain),
-            vips,
-            ports,
-        });
+        config.insert_service(service);
     }
+}
+
+/// A Service's frontend and one Backend per port, from the Service and its EndpointSlices.
+pub fn service_outputs(
+    settings: &Settings,
+    key: &ObjectKey,
+    svc: &KubeService,
+    slices: &[&EndpointSlice],
+) -> Option<(Service, Vec<Backend>)> {
+    let spec = svc.spec.as_ref()?;
+    let vips = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .fold(Vec::new(), |mut acc, ip| {
+            if !acc.contains(&ip) {
+                acc.push(ip);
+            }
+            acc
+        });
+    let mut ports = Vec::new();
+    let mut backends = Vec::new();
+    for kube_port in spec.ports.iter().flatten() {
+        let Some(port) = service_port(kube_port) else { continue };
+        backends.push(Backend {
+            key: BackendKey { service: key.clone(), port: port.port },
+            app_protocol: port.app_protocol,
+            endpoints: endpoints_for(slices, kube_port),
+        });
+        ports.push(port);
+    }
+    let service = Service {
+        key: key.clone(),
+        hostname: format!("{}.{}.svc.{}", key.name, key.namespace, settings.cluster_domain),
+        vips,
+        ports,
+    };
+    Some((service, backends))
 }
 
 fn service_port(p: &KubeServicePort) -> Option<ServicePort> {
@@ -99,11 +125,11 @@ pub fn app_protocol(p: &KubeServicePort) -> AppProtocol {
 
 /// Endpoints of one Service port: EndpointSlice ports match by name (the Service port's name,
 /// or "" for an unnamed single port), as kube-proxy does.
-fn endpoints_for(
-    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
-    store: &Store,
-    port: &KubeServicePort,
-) -> Vec<Endpoint> {
+/// Endpoints of one Service port: EndpointSlice ports match by name (the Service port's name,
+/// or "" for an unnamed single port), as kube-proxy does. The node comes from the slice's
+/// `nodeName`, which the EndpointSlice controller always sets; reading it from the Pod instead
+/// would make every Service depend on every Pod.
+fn endpoints_for(slices: &[&EndpointSlice], port: &KubeServicePort) -> Vec<Endpoint> {
     let want_name = port.name.clone().unwrap_or_default();
     let mut out = Vec::new();
     for slice in slices {
@@ -122,12 +148,6 @@ fn endpoints_for(
                 .as_ref()
                 .filter(|t| t.kind.as_deref() == Some("Pod"))
                 .and_then(|t| Some(ObjectKey::new(t.namespace.clone()?, t.name.clone()?)));
-            let node = ep.node_name.clone().or_else(|| {
-                workload
-                    .as_ref()
-                    .and_then(|w| store.pods.get(w))
-                    .and_then(|p| p.spec.as_ref()?.node_name.clone())
-            });
             for address in &ep.addresses {
                 if let Ok(address) = address.parse() {
                     out.push(Endpoint {
@@ -135,7 +155,7 @@ fn endpoints_for(
                         port: target,
                         ready,
                         workload: workload.clone(),
-                        node: node.clone(),
+                        node: ep.node_name.clone(),
                     });
                 }
             }
@@ -148,34 +168,38 @@ fn endpoints_for(
 
 pub fn add_workloads(store: &Store, settings: &Settings, config: &mut Config) {
     for (key, pod) in &store.pods {
-        let Some(spec) = pod.spec.as_ref() else { continue };
-        let status = pod.status.as_ref();
-        let ips: Vec<IpAddr> = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip.ip.parse().ok())
-            .chain(status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()))
-            .fold(Vec::new(), |mut acc, ip| {
-                if !acc.contains(&ip) {
-                    acc.push(ip);
-                }
-                acc
-            });
-        let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".to_string());
-        config.insert_workload(Workload {
-            key: key.clone(),
-            ips,
-            node: spec.node_name.clone().unwrap_or_default(),
-            identity: format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                settings.trust_domain, key.namespace, service_account
-            ),
-            service_account,
-            meshed: is_meshed(store, &key.namespace, pod),
-            ready: is_ready(pod),
-        });
+        if let Some(w) = workload(store, settings, key, pod) {
+            config.insert_workload(w);
+        }
     }
+}
+
+/// A pod as a workload: addresses, node, identity, whether it is meshed and ready.
+pub fn workload(store: &Store, settings: &Settings, key: &ObjectKey, pod: &Pod) -> Option<Workload> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref();
+    let ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .chain(status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()))
+        .fold(Vec::new(), |mut acc, ip| {
+            if !acc.contains(&ip) {
+                acc.push(ip);
+            }
+            acc
+        });
+    let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".to_string());
+    Some(Workload {
+        key: key.clone(),
+        ips,
+        node: spec.node_name.clone().unwrap_or_default(),
+        identity: format!("spiffe://{}/ns/{}/sa/{}", settings.trust_domain, key.namespace, service_account),
+        service_account,
+        meshed: is_meshed(store, &key.namespace, pod),
+        ready: is_ready(pod),
+    })
 }
 
 /// In the mesh: the namespace is labelled `weft.dev/mesh=enabled`, the pod has not opted out

@@ -12,6 +12,7 @@
 mod backends;
 pub mod gateways;
 pub mod hostnames;
+pub mod incremental;
 mod mesh;
 mod reference_grants;
 mod routes;
@@ -64,20 +65,41 @@ pub fn resolve(store: &Store, settings: &Settings) -> Resolution {
 
     let (classes, class_statuses) = gateways::classes(store);
     statuses.gateway_classes = class_statuses;
-    let mut gateway_states = gateways::gateways(store, settings, &classes);
+    let gateway_states = gateways::gateways(store, settings, &classes);
 
     mesh::add_services(store, settings, &mut config);
     mesh::add_workloads(store, settings, &mut config);
 
+    let mut attached = AttachedRoutes::new();
     for route in routes::all_routes(store) {
-        resolve_route(store, &route, &mut gateway_states, &mut config, &mut statuses);
+        let outcome = resolve_route(store, &route, &gateway_states);
+        for listener in &outcome.attached {
+            *attached.entry(listener.clone()).or_default() += 1;
+        }
+        if let Some(status) = outcome.status {
+            statuses.routes.insert(route.key.clone(), status);
+        }
+        if let Some(r) = outcome.route {
+            config.insert_route(r);
+        }
     }
 
     gateways::add_listeners(&gateway_states, &mut config);
     for (key, gw) in &gateway_states {
-        statuses.gateways.insert(key.clone(), gateways::status(gw));
+        statuses.gateways.insert(key.clone(), gateways::status(gw, &attached));
     }
     Resolution { config, statuses }
+}
+
+/// How many routes each listener carries (its `attachedRoutes`).
+pub type AttachedRoutes = std::collections::HashMap<ListenerKey, i32>;
+
+/// What one route resolved to: its status, its config, and the listeners it attached to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteOutcome {
+    pub status: Option<RouteStatus>,
+    pub route: Option<Route>,
+    pub attached: Vec<ListenerKey>,
 }
 
 /// Where one parentRef led.
@@ -92,13 +114,13 @@ enum Attachment {
     Attached(Vec<RouteParent>),
 }
 
-fn resolve_route(
+/// Resolves one route against the Gateways as they stand. Pure: the same inputs give the same
+/// outcome, whichever other routes exist.
+pub fn resolve_route(
     store: &Store,
     route: &RouteSpec<'_>,
-    gateway_states: &mut BTreeMap<ObjectKey, GatewayState>,
-    config: &mut Config,
-    statuses: &mut Statuses,
-) {
+    gateway_states: &BTreeMap<ObjectKey, GatewayState>,
+) -> RouteOutcome {
     let converted = rules::convert(store, route);
     let generation = route.generation;
     let mut parents = Vec::new();
@@ -153,16 +175,22 @@ fn resolve_route(
             conditions,
         });
     }
-    if !parent_statuses.is_empty() {
-        statuses.routes.insert(route.key.clone(), RouteStatus { parents: parent_statuses });
-    }
-    if !parents.is_empty() {
-        config.insert_route(Route {
+    let attached = parents
+        .iter()
+        .filter_map(|p| match &p.target {
+            ParentTarget::Listener(key) => Some(key.clone()),
+            ParentTarget::Service { .. } => None,
+        })
+        .collect();
+    RouteOutcome {
+        status: (!parent_statuses.is_empty()).then_some(RouteStatus { parents: parent_statuses }),
+        route: (!parents.is_empty()).then(|| Route {
             key: route.key.clone(),
             created: route.created,
             parents,
             rules: converted.rules,
-        });
+        }),
+        attached,
     }
 }
 
@@ -170,7 +198,7 @@ fn attach(
     store: &Store,
     route: &RouteSpec<'_>,
     parent: &ParentReference,
-    gateway_states: &mut BTreeMap<ObjectKey, GatewayState>,
+    gateway_states: &BTreeMap<ObjectKey, GatewayState>,
 ) -> Attachment {
     let group = parent.group.as_deref().unwrap_or(backends::GATEWAY_GROUP);
     let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -178,7 +206,7 @@ fn attach(
     match (group, kind) {
         (backends::GATEWAY_GROUP, "Gateway") => {
             let key = ObjectKey::new(namespace, &parent.name);
-            match gateway_states.get_mut(&key) {
+            match gateway_states.get(&key) {
                 None => Attachment::NotOurs,
                 Some(gw) => attach_to_gateway(store, route, parent, gw),
             }
@@ -192,7 +220,7 @@ fn attach_to_gateway(
     store: &Store,
     route: &RouteSpec<'_>,
     parent: &ParentReference,
-    gw: &mut GatewayState,
+    gw: &GatewayState,
 ) -> Attachment {
     if !gw.accepted() {
         return Attachment::Rejected {
@@ -206,7 +234,7 @@ fn attach_to_gateway(
     let mut candidates = 0;
     let mut hostname_mismatch = false;
     let mut refusals = Vec::new();
-    for listener in gw.listeners.iter_mut() {
+    for listener in &gw.listeners {
         if parent.section_name.as_deref().is_some_and(|s| s != listener.name) {
             continue;
         }
@@ -245,7 +273,6 @@ fn attach_to_gateway(
         } else {
             Vec::new()
         };
-        listener.attached_routes += 1;
         targets.push(RouteParent {
             target: ParentTarget::Listener(ListenerKey {
                 gateway: gw.key.clone(),

@@ -102,69 +102,159 @@ fn l4_rules<A: Serialize>(rules: &[A]) -> Rules<'static> {
     )
 }
 
+/// One route of the store as a [`RouteSpec`], if it exists.
+pub fn spec_for<'a>(store: &'a Store, key: &RouteKey) -> Option<RouteSpec<'a>> {
+    let k = &key.object;
+    Some(match key.kind {
+        RouteKind::Http => {
+            let r = store.http_routes.get(k)?;
+            let s = &r.spec;
+            spec(
+                RouteKind::Http,
+                k,
+                &r.metadata,
+                reshape_all(s.parent_refs.as_ref()),
+                s.hostnames.clone().unwrap_or_default(),
+                Rules::Http(s.rules.as_deref().unwrap_or_default()),
+            )
+        }
+        RouteKind::Grpc => {
+            let r = store.grpc_routes.get(k)?;
+            let s = &r.spec;
+            spec(
+                RouteKind::Grpc,
+                k,
+                &r.metadata,
+                reshape_all(s.parent_refs.as_ref()),
+                s.hostnames.clone().unwrap_or_default(),
+                Rules::Grpc(s.rules.as_deref().unwrap_or_default()),
+            )
+        }
+        RouteKind::Tls => {
+            let r = store.tls_routes.get(k)?;
+            let s = &r.spec;
+            spec(
+                RouteKind::Tls,
+                k,
+                &r.metadata,
+                reshape_all(s.parent_refs.as_ref()),
+                s.hostnames.clone(),
+                l4_rules(&s.rules),
+            )
+        }
+        RouteKind::Tcp => {
+            let r = store.tcp_routes.get(k)?;
+            let s = &r.spec;
+            spec(
+                RouteKind::Tcp,
+                k,
+                &r.metadata,
+                reshape_all(s.parent_refs.as_ref()),
+                vec![],
+                l4_rules(&s.rules),
+            )
+        }
+        RouteKind::Udp => {
+            let r = store.udp_routes.get(k)?;
+            let s = &r.spec;
+            spec(
+                RouteKind::Udp,
+                k,
+                &r.metadata,
+                reshape_all(s.parent_refs.as_ref()),
+                vec![],
+                l4_rules(&s.rules),
+            )
+        }
+    })
+}
+
+/// Keys of every route in the store, by kind then `namespace/name`.
+pub fn all_keys(store: &Store) -> Vec<RouteKey> {
+    let keys = |kind: RouteKind, objects: Vec<&ObjectKey>| {
+        objects.into_iter().map(move |o| RouteKey { kind, object: o.clone() }).collect::<Vec<_>>()
+    };
+    let mut out = keys(RouteKind::Http, store.http_routes.keys().collect());
+    out.extend(keys(RouteKind::Grpc, store.grpc_routes.keys().collect()));
+    out.extend(keys(RouteKind::Tls, store.tls_routes.keys().collect()));
+    out.extend(keys(RouteKind::Tcp, store.tcp_routes.keys().collect()));
+    out.extend(keys(RouteKind::Udp, store.udp_routes.keys().collect()));
+    out
+}
+
 /// Every route in the store, by kind then `namespace/name`.
 pub fn all_routes(store: &Store) -> Vec<RouteSpec<'_>> {
-    let mut out = Vec::with_capacity(
-        store.http_routes.len()
-            + store.grpc_routes.len()
-            + store.tls_routes.len()
-            + store.tcp_routes.len()
-            + store.udp_routes.len(),
-    );
-    for (key, r) in &store.http_routes {
-        let s = &r.spec;
-        out.push(spec(
-            RouteKind::Http,
-            key,
-            &r.metadata,
-            reshape_all(s.parent_refs.as_ref()),
-            s.hostnames.clone().unwrap_or_default(),
-            Rules::Http(s.rules.as_deref().unwrap_or_default()),
-        ));
+    all_keys(store).iter().filter_map(|key| spec_for(store, key)).collect()
+}
+
+/// What a route's resolution reads besides the route itself: the Services it names (as
+/// backends, mirrors or GAMMA parents, whether or not they exist) and the Gateways it names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct References {
+    pub services: Vec<ObjectKey>,
+    pub gateways: Vec<ObjectKey>,
+}
+
+pub fn references(route: &RouteSpec<'_>) -> References {
+    let ns = &route.key.object.namespace;
+    let mut out = References::default();
+    for p in &route.parent_refs {
+        let key = ObjectKey::new(p.namespace.clone().unwrap_or_else(|| ns.clone()), &p.name);
+        match (
+            p.group.as_deref().unwrap_or(super::backends::GATEWAY_GROUP),
+            p.kind.as_deref().unwrap_or("Gateway"),
+        ) {
+            ("", "Service") => out.services.push(key),
+            (super::backends::GATEWAY_GROUP, "Gateway") => out.gateways.push(key),
+            _ => {}
+        }
     }
-    for (key, r) in &store.grpc_routes {
-        let s = &r.spec;
-        out.push(spec(
-            RouteKind::Grpc,
-            key,
-            &r.metadata,
-            reshape_all(s.parent_refs.as_ref()),
-            s.hostnames.clone().unwrap_or_default(),
-            Rules::Grpc(s.rules.as_deref().unwrap_or_default()),
-        ));
+    let mut backend = |r: BackendReference| {
+        out.services.push(ObjectKey::new(r.namespace.unwrap_or_else(|| ns.clone()), r.name));
+    };
+    let from_filters = |filters: &[HttpRouteRulesFilters], backend: &mut dyn FnMut(BackendReference)| {
+        for f in filters {
+            if let Some(m) = &f.request_mirror
+                && let Some(r) = reshape(&m.backend_ref)
+            {
+                backend(r);
+            }
+        }
+    };
+    match &route.rules {
+        Rules::Http(rules) => {
+            for rule in rules.iter() {
+                from_filters(rule.filters.as_deref().unwrap_or_default(), &mut backend);
+                for r in rule.backend_refs.iter().flatten() {
+                    if let Some(r) = reshape(r) {
+                        backend(r);
+                    }
+                    from_filters(&reshape_all::<_, HttpRouteRulesFilters>(r.filters.as_ref()), &mut backend);
+                }
+            }
+        }
+        Rules::Grpc(rules) => {
+            for rule in rules.iter() {
+                from_filters(&grpc_filters_as_http(rule.filters.as_ref()), &mut backend);
+                for r in rule.backend_refs.iter().flatten() {
+                    if let Some(r) = reshape(r) {
+                        backend(r);
+                    }
+                    from_filters(&grpc_filters_as_http(r.filters.as_ref()), &mut backend);
+                }
+            }
+        }
+        Rules::L4(rules) => {
+            for rule in rules {
+                for r in &rule.backend_refs {
+                    backend(r.clone());
+                }
+            }
+        }
     }
-    for (key, r) in &store.tls_routes {
-        let s = &r.spec;
-        out.push(spec(
-            RouteKind::Tls,
-            key,
-            &r.metadata,
-            reshape_all(s.parent_refs.as_ref()),
-            s.hostnames.clone(),
-            l4_rules(&s.rules),
-        ));
-    }
-    for (key, r) in &store.tcp_routes {
-        let s = &r.spec;
-        out.push(spec(
-            RouteKind::Tcp,
-            key,
-            &r.metadata,
-            reshape_all(s.parent_refs.as_ref()),
-            vec![],
-            l4_rules(&s.rules),
-        ));
-    }
-    for (key, r) in &store.udp_routes {
-        let s = &r.spec;
-        out.push(spec(
-            RouteKind::Udp,
-            key,
-            &r.metadata,
-            reshape_all(s.parent_refs.as_ref()),
-            vec![],
-            l4_rules(&s.rules),
-        ));
-    }
+    out.services.sort();
+    out.services.dedup();
+    out.gateways.sort();
+    out.gateways.dedup();
     out
 }
