@@ -200,7 +200,7 @@ proptest! {
 /// One edit a user or a controller could make.
 #[derive(Clone, Debug)]
 enum Edit {
-    Upsert(Object),
+    Upsert(Box<Object>),
     Delete(mesh_controller::store::Kind, mesh_api::model::ObjectKey),
 }
 
@@ -296,14 +296,14 @@ fn edit() -> impl Strategy<Value = Edit> {
             Edit::Delete(kind, mesh_api::model::ObjectKey::new(ns, name))
         });
     prop_oneof![
-        gateway().prop_map(Edit::Upsert),
-        route().prop_map(Edit::Upsert),
-        route().prop_map(Edit::Upsert),
-        service().prop_map(Edit::Upsert),
-        slice().prop_map(Edit::Upsert),
-        pod().prop_map(Edit::Upsert),
-        namespace().prop_map(Edit::Upsert),
-        grant().prop_map(Edit::Upsert),
+        gateway().prop_map(|o| Edit::Upsert(Box::new(o))),
+        route().prop_map(|o| Edit::Upsert(Box::new(o))),
+        route().prop_map(|o| Edit::Upsert(Box::new(o))),
+        service().prop_map(|o| Edit::Upsert(Box::new(o))),
+        slice().prop_map(|o| Edit::Upsert(Box::new(o))),
+        pod().prop_map(|o| Edit::Upsert(Box::new(o))),
+        namespace().prop_map(|o| Edit::Upsert(Box::new(o))),
+        grant().prop_map(|o| Edit::Upsert(Box::new(o))),
         delete,
     ]
 }
@@ -336,7 +336,7 @@ proptest! {
             store.insert(o);
         }
         let apply = |store: &mut Store, e: Edit| match e {
-            Edit::Upsert(o) => store.insert(o),
+            Edit::Upsert(o) => store.insert(*o),
             Edit::Delete(kind, key) => store.remove(kind, &key),
         };
         for e in initial {
