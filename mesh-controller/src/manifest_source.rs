@@ -14,18 +14,25 @@ use crate::status::Statuses;
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What identifies one state of the folder: every file's path, size and modification time.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// Any edit, addition or removal changes it.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-fn fingerprint(dir: &Path) -> Fingerprint {
+/// The fingerprint of everything below `dir`.
+pub fn fingerprint(dir: &Path) -> Fingerprint {
+    // Bounded: a symlink loop must not spin forever.
+    const MAX_ENTRIES: usize = 100_000;
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for entry in entries.flatten() {
+            if out.len() >= MAX_ENTRIES {
+                return out;
+            }
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
-                stack.push(path);
+                pending.push(path);
             } else {
                 out.push((path, meta.len(), meta.modified().ok()));
             }

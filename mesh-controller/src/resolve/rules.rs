@@ -375,25 +375,14 @@ fn filters(
             HttpRouteRulesFiltersType::RequestRedirect => {
                 let r = f.request_redirect.as_ref().ok_or_else(|| missing("RequestRedirect"))?;
                 seen_redirect = true;
-                let path = match &r.path {
-                    None => None,
-                    Some(p) => Some(match p.r#type {
-                        HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
-                            PathModifier::ReplaceFullPath(p.replace_full_path.clone().unwrap_or_default())
-                        }
-                        HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
-                            if !has_prefix_match {
-                                return Err(
-                                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
-                                        .into(),
-                                );
-                            }
-                            PathModifier::ReplacePrefixMatch(
-                                p.replace_prefix_match.clone().unwrap_or_default(),
-                            )
-                        }
-                    }),
-                };
+                let path = r
+                    .path
+                    .as_ref()
+                    .map(|p| {
+                        let full = p.r#type == HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath;
+                        path_modifier(full, &p.replace_full_path, &p.replace_prefix_match, has_prefix_match)
+                    })
+                    .transpose()?;
                 let status_code = match r.status_code.unwrap_or(302) {
                     c @ (301 | 302 | 303 | 307 | 308) => c as u16,
                     c => {
@@ -422,25 +411,14 @@ fn filters(
             HttpRouteRulesFiltersType::UrlRewrite => {
                 let r = f.url_rewrite.as_ref().ok_or_else(|| missing("URLRewrite"))?;
                 seen_rewrite = true;
-                let path = match &r.path {
-                    None => None,
-                    Some(p) => Some(match p.r#type {
-                        HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
-                            PathModifier::ReplaceFullPath(p.replace_full_path.clone().unwrap_or_default())
-                        }
-                        HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
-                            if !has_prefix_match {
-                                return Err(
-                                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
-                                        .into(),
-                                );
-                            }
-                            PathModifier::ReplacePrefixMatch(
-                                p.replace_prefix_match.clone().unwrap_or_default(),
-                            )
-                        }
-                    }),
-                };
+                let path = r
+                    .path
+                    .as_ref()
+                    .map(|p| {
+                        let full = p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath;
+                        path_modifier(full, &p.replace_full_path, &p.replace_prefix_match, has_prefix_match)
+                    })
+                    .transpose()?;
                 Filter::UrlRewrite(UrlRewrite { hostname: r.hostname.clone(), path })
             }
             HttpRouteRulesFiltersType::RequestMirror => {
@@ -498,6 +476,24 @@ fn filters(
         return Err("a rule cannot have both RequestRedirect and URLRewrite".into());
     }
     Ok(Filters { list: out, unsupported: None })
+}
+
+/// The path part of a redirect or rewrite (the two filters' generated types differ, their
+/// meaning does not). `ReplacePrefixMatch` replaces what a `PathPrefix` match matched, so every
+/// match of the rule must be one.
+fn path_modifier(
+    replace_full_path: bool,
+    full: &Option<String>,
+    prefix: &Option<String>,
+    has_prefix_match: bool,
+) -> Result<PathModifier, String> {
+    if replace_full_path {
+        return Ok(PathModifier::ReplaceFullPath(full.clone().unwrap_or_default()));
+    }
+    if !has_prefix_match {
+        return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into());
+    }
+    Ok(PathModifier::ReplacePrefixMatch(prefix.clone().unwrap_or_default()))
 }
 
 /// Converted filters, or the reason the rule can only answer 500.

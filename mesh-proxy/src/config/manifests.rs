@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mesh_api::model::Config;
 use mesh_controller::manifests::{ManifestError, load_dir};
@@ -31,7 +31,7 @@ pub async fn watch(dir: PathBuf, store: Arc<ConfigStore>) {
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     loop {
         ticker.tick().await;
-        let stamp = fingerprint(&dir);
+        let stamp = mesh_controller::manifest_source::fingerprint(&dir);
         if seen.as_ref() == Some(&stamp) {
             continue;
         }
@@ -59,30 +59,4 @@ pub async fn watch(dir: PathBuf, store: Arc<ConfigStore>) {
             }
         }
     }
-}
-
-/// Path, size and modification time of every file below `dir`: any edit, addition or removal
-/// changes it.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    // Bounded: a symlink loop must not spin forever.
-    const MAX_ENTRIES: usize = 100_000;
-    while let Some(d) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            if out.len() >= MAX_ENTRIES {
-                return out;
-            }
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(path);
-            } else {
-                out.push((path, meta.len(), meta.modified().ok()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
