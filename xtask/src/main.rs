@@ -1,5 +1,6 @@
-//! Developer commands: `cargo xtask demo`.
+//! Developer commands: `cargo xtask demo`, `cargo xtask cluster up|down|status|env`.
 
+mod cluster;
 mod demo;
 
 use std::process::ExitCode;
@@ -15,10 +16,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("cluster") => match cluster::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cluster: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask demo");
+            eprintln!("usage: cargo xtask demo | cluster up|down|status|env [--node]");
             eprintln!(
                 "  demo   run weft-proxy on examples/demo with two local app versions and check what it does"
+            );
+            eprintln!(
+                "  cluster   the Kubernetes test cluster of tests/cluster (control plane; --node for the node tier)"
             );
             ExitCode::from(2)
         }
