@@ -180,6 +180,10 @@ pub struct Certificate {
     pub key: ObjectKey,
     pub chain_pem: String,
     pub key_pem: String,
+    /// The DNS names (possibly `*.` wildcards) the leaf certificate is valid for, from its
+    /// subject alternative names: how a listener with several certificates picks one by SNI.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
 }
 
 impl fmt::Debug for Certificate {
@@ -188,6 +192,7 @@ impl fmt::Debug for Certificate {
         f.debug_struct("Certificate")
             .field("key", &self.key)
             .field("chain_pem_bytes", &self.chain_pem.len())
+            .field("dns_names", &self.dns_names)
             .finish_non_exhaustive()
     }
 }

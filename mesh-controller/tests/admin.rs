@@ -28,6 +28,7 @@ async fn ready_after_the_first_config_and_private_keys_never_dumped() {
         key: ObjectKey::new("infra", "cert"),
         chain_pem: "-----BEGIN CERTIFICATE-----".into(),
         key_pem: "-----BEGIN PRIVATE KEY----- secret".into(),
+        dns_names: Vec::new(),
     });
     publisher.publish(config);
     assert_eq!(get(&base, "/ready").await.0, 200);

@@ -274,6 +274,7 @@ async fn admin_endpoints_report_readiness_metrics_and_a_redacted_dump() {
         key: ObjectKey::new("infra", "tls"),
         chain_pem: "-----BEGIN CERTIFICATE-----".into(),
         key_pem: "-----BEGIN PRIVATE KEY----- do-not-print".into(),
+        dns_names: Vec::new(),
     });
     let proxy = start(cfg).await;
     wait_listening(l.port).await;

@@ -28,6 +28,7 @@ fn cert(name: &str, san: &str) -> TestCert {
             key: ObjectKey::new("infra", name),
             chain_pem: generated.cert.pem(),
             key_pem: generated.signing_key.serialize_pem(),
+            dns_names: vec![san.to_string()],
         },
     }
 }
@@ -155,4 +156,37 @@ async fn https_listeners_terminate_tls_with_the_certificate_sni_asks_for() {
     let stream =
         connect(port, "secure.example", &renewed.der, &[]).await.expect("renewed certificate served");
     assert_eq!(get_over(stream, "secure.example").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn one_listener_with_several_certificates_serves_each_by_its_names() {
+    let v1 = backend("v1", Behaviour::Echo).await;
+    let port = free_port();
+    let shop = cert("shop", "shop.example");
+    let blog = cert("blog", "*.blog.example");
+    let mut listener = https_listener("multi", port, "unused", "shop");
+    listener.hostname = None;
+    if let Some(tls) = listener.tls.as_mut() {
+        tls.certificates = vec!["infra/shop".into(), "infra/blog".into()];
+    }
+    let mut cfg = config(
+        &listener,
+        vec![service_backend("v1", &[v1])],
+        vec![route("all", 1, &[], &listener, vec![rule(vec![prefix("/")], vec![to("v1", 1)])])],
+    );
+    cfg.insert_certificate(shop.model.clone());
+    cfg.insert_certificate(blog.model.clone());
+    let _proxy = start(cfg).await;
+    wait_listening(port).await;
+
+    // Each name gets the certificate that is valid for it (the client trusts only that one).
+    let stream = connect(port, "shop.example", &shop.der, &[]).await.expect("shop certificate");
+    assert_eq!(get_over(stream, "shop.example").await.0, StatusCode::OK);
+    let stream = connect(port, "news.blog.example", &blog.der, &[]).await.expect("wildcard blog certificate");
+    assert_eq!(get_over(stream, "news.blog.example").await.0, StatusCode::OK);
+    // A name no certificate covers gets the listener's first one: a client trusting it sees
+    // a trusted chain for the wrong name, and rustls names the certificate it was shown.
+    let wrong_name = connect(port, "other.example", &shop.der, &[]).await.expect_err("wrong name");
+    let text = wrong_name.to_string();
+    assert!(text.contains("not valid for name") && text.contains("shop.example"), "{text}");
 }

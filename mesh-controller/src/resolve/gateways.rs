@@ -378,10 +378,14 @@ fn certificate(key: &ObjectKey, secret: &Secret) -> Result<Certificate, String> 
     }
     PrivateKeyDer::from_pem_slice(&private)
         .map_err(|e| format!("tls.key is not a valid PEM private key: {e}"))?;
+    let leaf = webpki::EndEntityCert::try_from(&certs[0])
+        .map_err(|e| format!("tls.crt is not a valid X.509 certificate: {e}"))?;
+    let dns_names = leaf.valid_dns_names().map(str::to_string).collect();
     Ok(Certificate {
         key: key.clone(),
         chain_pem: String::from_utf8(chain).map_err(|_| "tls.crt is not text")?,
         key_pem: String::from_utf8(private).map_err(|_| "tls.key is not text")?,
+        dns_names,
     })
 }
 

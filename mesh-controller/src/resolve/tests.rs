@@ -386,7 +386,11 @@ fn https_certificates_resolve_by_secret_and_reference_grant() {
     let r = resolve_yaml(&(with_class(&gw("{name: cert}")) + &tls_secret("infra", "cert")));
     let https = listener(gateway(&r, "infra", "gw"), "https");
     assert_condition(&https.conditions, "ResolvedRefs", "True", "ResolvedRefs");
-    assert!(r.config.certificates.contains_key("infra/cert"));
+    assert_eq!(
+        r.config.certificates["infra/cert"].dns_names,
+        vec!["example.com".to_string()],
+        "from the SAN"
+    );
     assert_eq!(
         r.config.listeners["infra/gw/https"].tls.as_ref().map(|t| t.certificates.clone()),
         Some(vec!["infra/cert".into()])

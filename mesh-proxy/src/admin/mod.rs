@@ -94,6 +94,7 @@ mod tests {
             key: ObjectKey::new("ns", "tls"),
             chain_pem: "CHAIN".into(),
             key_pem: "-----BEGIN PRIVATE KEY----- SECRET".into(),
+            dns_names: Vec::new(),
         });
         let dump = config_dump(3, &config);
         assert!(!dump.contains("SECRET"), "{dump}");

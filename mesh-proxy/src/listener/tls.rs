@@ -38,58 +38,83 @@ pub fn certified_key(cert: &Certificate) -> Result<CertifiedKey, TlsError> {
     Ok(CertifiedKey::new(chain, signer))
 }
 
-/// Certificates by the hostname of the listener that names them.
+/// One listener's certificates, with the names each is valid for.
+#[derive(Debug)]
+struct ListenerCerts {
+    /// Lower-cased listener hostname (`None`: any).
+    hostname: Option<String>,
+    /// In the listener's order; the first is the default. Names lower-cased.
+    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl ListenerCerts {
+    /// The certificate whose names match `sni` most specifically, else the listener's first.
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = sni.and_then(|sni| {
+            self.certs
+                .iter()
+                .filter_map(|(names, key)| {
+                    names.iter().filter_map(|n| hostname_rank(Some(n), sni)).min().map(|rank| (rank, key))
+                })
+                .min_by(|a, b| a.0.cmp(&b.0))
+                .map(|(_, key)| key.clone())
+        });
+        by_name.or_else(|| self.certs.first().map(|(_, key)| key.clone()))
+    }
+}
+
+/// Certificates by the hostname of the listener that names them, then by their own names.
 #[derive(Debug)]
 struct SniResolver {
-    /// Lower-cased listener hostname (`None`: any), with that listener's first certificate.
-    by_hostname: Vec<(Option<String>, Arc<CertifiedKey>)>,
+    listeners: Vec<ListenerCerts>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match hello.server_name() {
+        let sni = hello.server_name();
+        let listener = match sni {
             // The most specific listener hostname that matches the requested name.
             Some(sni) => self
-                .by_hostname
+                .listeners
                 .iter()
-                .filter_map(|(pattern, key)| hostname_rank(pattern.as_deref(), sni).map(|rank| (rank, key)))
+                .filter_map(|l| hostname_rank(l.hostname.as_deref(), sni).map(|rank| (rank, l)))
                 .min_by(|a, b| a.0.cmp(&b.0))
-                .map(|(_, key)| key.clone()),
+                .map(|(_, l)| l),
             // No SNI (an IP literal): a listener without hostname, else the first one.
-            None => self
-                .by_hostname
-                .iter()
-                .find(|(pattern, _)| pattern.is_none())
-                .or(self.by_hostname.first())
-                .map(|(_, key)| key.clone()),
-        }
+            None => self.listeners.iter().find(|l| l.hostname.is_none()).or(self.listeners.first()),
+        };
+        listener?.pick(sni)
     }
 }
 
 /// The server config for HTTPS listeners that share one address, or `None` when none of their
 /// certificates can be used (the socket then refuses handshakes).
 pub fn server_config(listeners: &[&Listener], config: &Config) -> Option<Arc<ServerConfig>> {
-    let mut by_hostname = Vec::new();
+    let mut resolver = SniResolver { listeners: Vec::new() };
     for listener in listeners {
         let Some(tls) = &listener.tls else { continue };
-        // The first certificate is the listener's; more would be told apart by their names,
-        // which needs certificate parsing Weft does not do yet.
-        let Some(first) = tls.certificates.first() else { continue };
-        let parsed = config
-            .certificates
-            .get(first)
-            .ok_or_else(|| TlsError::Missing(first.clone()))
-            .and_then(certified_key);
-        match parsed {
-            Ok(key) => {
-                by_hostname.push((listener.hostname.as_ref().map(|h| h.to_ascii_lowercase()), Arc::new(key)))
-            }
-            Err(error) => {
-                tracing::error!(listener = %listener.key, %error, "listener has no usable certificate")
+        let mut certs = Vec::new();
+        for key in &tls.certificates {
+            let parsed =
+                config.certificates.get(key).ok_or_else(|| TlsError::Missing(key.clone())).and_then(|cert| {
+                    let names = cert.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+                    certified_key(cert).map(|k| (names, Arc::new(k)))
+                });
+            match parsed {
+                Ok(entry) => certs.push(entry),
+                Err(error) => tracing::error!(listener = %listener.key, %error, "certificate not usable"),
             }
         }
+        if certs.is_empty() {
+            tracing::error!(listener = %listener.key, "listener has no usable certificate");
+            continue;
+        }
+        resolver.listeners.push(ListenerCerts {
+            hostname: listener.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+            certs,
+        });
     }
-    if by_hostname.is_empty() {
+    if resolver.listeners.is_empty() {
         return None;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -97,7 +122,7 @@ pub fn server_config(listeners: &[&Listener], config: &Config) -> Option<Arc<Ser
         .with_safe_default_protocol_versions()
         .ok()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_hostname }));
+        .with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Some(Arc::new(server))
 }
