@@ -51,6 +51,8 @@ pub struct Metrics {
     pub config_version: AtomicU64,
     pub config_nacks: AtomicU64,
     pub config_errors: AtomicU64,
+    /// Filters in the current config that this proxy does not apply yet (mirror, CORS).
+    pub unapplied_filters: AtomicU64,
     pub active_connections: AtomicI64,
     pub refused_requests: AtomicU64,
 }
@@ -122,7 +124,13 @@ impl Metrics {
                 let _ = writeln!(out, "weft_upstream_failures_total{{kind=\"{}\"}} {n}", kind.as_str());
             }
         }
-        let gauges: [(&str, &str, &str, i128); 5] = [
+        let gauges: [(&str, &str, &str, i128); 6] = [
+            (
+                "weft_config_unapplied_filters",
+                "gauge",
+                "Filters (RequestMirror, CORS) in the served config that this proxy does not apply yet.",
+                self.unapplied_filters.load(Ordering::Relaxed).into(),
+            ),
             (
                 "weft_config_version",
                 "gauge",
