@@ -102,6 +102,25 @@ pub enum Kind {
 }
 
 impl Object {
+    /// `namespace/name` (an empty namespace for cluster-scoped kinds).
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::GatewayClass(o) => key_of(o),
+            Object::Gateway(o) => key_of(o),
+            Object::HttpRoute(o) => key_of(o),
+            Object::GrpcRoute(o) => key_of(o),
+            Object::TlsRoute(o) => key_of(o),
+            Object::TcpRoute(o) => key_of(o),
+            Object::UdpRoute(o) => key_of(o),
+            Object::ReferenceGrant(o) => key_of(o),
+            Object::Service(o) => key_of(o),
+            Object::EndpointSlice(o) => key_of(o),
+            Object::Pod(o) => key_of(o),
+            Object::Namespace(o) => key_of(o),
+            Object::Secret(o) => key_of(o),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Object::GatewayClass(_) => Kind::GatewayClass,
@@ -127,21 +146,7 @@ fn put<K: Resource>(map: &mut Objects<K>, object: K) {
 
 impl Store {
     pub fn insert(&mut self, object: Object) {
-        let key = match &object {
-            Object::GatewayClass(o) => key_of(o),
-            Object::Gateway(o) => key_of(o),
-            Object::HttpRoute(o) => key_of(o),
-            Object::GrpcRoute(o) => key_of(o),
-            Object::TlsRoute(o) => key_of(o),
-            Object::TcpRoute(o) => key_of(o),
-            Object::UdpRoute(o) => key_of(o),
-            Object::ReferenceGrant(o) => key_of(o),
-            Object::Service(o) => key_of(o),
-            Object::EndpointSlice(o) => key_of(o),
-            Object::Pod(o) => key_of(o),
-            Object::Namespace(o) => key_of(o),
-            Object::Secret(o) => key_of(o),
-        };
+        let key = object.key();
         self.changes.objects.insert((object.kind(), key));
         match object {
             Object::GatewayClass(o) => put(&mut self.gateway_classes, o),

@@ -139,19 +139,6 @@ fn fixed_objects() -> Vec<Object> {
     out
 }
 
-fn identity(o: &Object) -> (String, mesh_api::model::ObjectKey) {
-    use mesh_controller::store::key_of;
-    match o {
-        Object::Gateway(g) => ("Gateway".into(), key_of(g)),
-        Object::HttpRoute(r) => ("HTTPRoute".into(), key_of(r)),
-        Object::Service(s) => ("Service".into(), key_of(s)),
-        Object::Namespace(n) => ("Namespace".into(), key_of(n)),
-        Object::GatewayClass(c) => ("GatewayClass".into(), key_of(c)),
-        Object::ReferenceGrant(g) => ("ReferenceGrant".into(), key_of(g)),
-        other => (format!("{other:?}"), mesh_api::model::ObjectKey::new("", "")),
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -163,7 +150,7 @@ proptest! {
         // One object per kind and name, as in an API server.
         let mut unique = std::collections::BTreeMap::new();
         for o in fixed_objects().into_iter().chain(gateways).chain(routes) {
-            unique.insert(identity(&o), o);
+            unique.insert((o.kind(), o.key()), o);
         }
         let mut forward = Store::default();
         for o in unique.values().cloned() {
