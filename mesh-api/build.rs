@@ -2,7 +2,7 @@
 //! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/weft/mesh/v1/config.proto"];
+    let protos = ["proto/weft/mesh/v1/config.proto", "proto/weft/mesh/v1/certificates.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

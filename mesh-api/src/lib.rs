@@ -2,15 +2,18 @@
 //!
 //! - [`model`]: the resolved configuration as plain Rust types.
 //! - [`proto`]: the gRPC stream that carries it (generated from `proto/weft/mesh/v1`).
+//! - [`identity`]: workload identities (SPIFFE IDs) as certificates carry them.
 //! - [`delta`]: full state and deltas of that model, as the stream sends them.
 //! - [`precedence`]: the order in which route matches are tried, shared by the controller
 //!   (which validates and reports) and the proxy (which matches).
 
 pub mod delta;
+pub mod identity;
 pub mod model;
 pub mod precedence;
 
-/// Generated from `proto/weft/mesh/v1/config.proto`.
+/// Generated from `proto/weft/mesh/v1/` (`config.proto`: the config stream; `certificates.proto`:
+/// workload certificates).
 pub mod proto {
     #![allow(clippy::all, rust_2018_idioms)]
     tonic::include_proto!("weft.mesh.v1");
