@@ -1,2 +1,19 @@
-//! Not built yet: see the interception issue. This crate exists so the workspace has its final
-//! shape and CI covers it from the start.
+//! The interception rules of a meshed pod, as a pure function of [`Settings`], and the two
+//! operations on a network namespace: [`apply`] and [`remove`].
+//!
+//! - [`annotations`]: the pod annotations that exclude ports and CIDRs, parsed with errors that
+//!   name the annotation and the offending entry.
+//! - [`rules`]: settings → an nftables JSON transaction (what `nft -j -f -` reads).
+//! - [`nft`]: running that transaction in the current or in a given network namespace.
+//!
+//! Everything lives in one table, `inet weft`, so the rules never touch a table that
+//! iptables-legacy, iptables-nft or kube-proxy own, and removing that table leaves the network
+//! namespace exactly as it was.
+
+pub mod annotations;
+pub mod nft;
+pub mod rules;
+
+pub use annotations::{AnnotationError, Cidr, Exclusions, PortRange};
+pub use nft::{NftError, apply, apply_in, remove, remove_in, table_exists_in};
+pub use rules::{Settings, TABLE};
