@@ -57,7 +57,7 @@ impl ConfigStore {
         if !unapplied.is_empty() {
             // The controller accepts these extended filters; until this proxy implements them
             // the rules are served without them, and that must not be silent.
-            tracing::warn!(version, routes = ?unapplied, "RequestMirror and CORS filters are not applied by this proxy yet");
+            tracing::warn!(version, routes = ?unapplied, "CORS filters are not applied by this proxy yet");
         }
         self.metrics.unapplied_filters.store(unapplied.len() as u64, Ordering::Relaxed);
         let routes = RoutingTable::build(&config, &self.registry);
@@ -90,7 +90,7 @@ fn unapplied_filters(config: &Config) -> Vec<String> {
         for rule in &route.rules {
             let filters = rule.filters.iter().chain(rule.backends.iter().flat_map(|b| b.filters.iter()));
             for filter in filters {
-                if matches!(filter, Filter::RequestMirror(_) | Filter::Cors(_)) {
+                if matches!(filter, Filter::Cors(_)) {
                     out.push(key.clone());
                 }
             }

@@ -41,6 +41,36 @@ impl UpstreamFailure {
     }
 }
 
+/// What became of one RequestMirror copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MirrorOutcome {
+    /// The mirror backend answered (its answer dropped).
+    Sent,
+    /// The mirror backend failed or timed out.
+    Failed,
+    /// The request body was over the mirror cap: no copy was sent.
+    BodyTooLarge,
+    /// Too many mirror copies were already in flight.
+    Overloaded,
+    /// The mirror backend is invalid or has no ready endpoint.
+    NoBackend,
+    /// The main request's body never finished (client gone, error): an incomplete copy is not sent.
+    Aborted,
+}
+
+impl MirrorOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            MirrorOutcome::Sent => "sent",
+            MirrorOutcome::Failed => "failed",
+            MirrorOutcome::BodyTooLarge => "body_too_large",
+            MirrorOutcome::Overloaded => "overloaded",
+            MirrorOutcome::NoBackend => "no_backend",
+            MirrorOutcome::Aborted => "aborted",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestLabels, u64>>,
@@ -48,10 +78,11 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
     upstream_failures: Mutex<BTreeMap<UpstreamFailure, u64>>,
+    mirrors: Mutex<BTreeMap<MirrorOutcome, u64>>,
     pub config_version: AtomicU64,
     pub config_nacks: AtomicU64,
     pub config_errors: AtomicU64,
-    /// Filters in the current config that this proxy does not apply yet (mirror, CORS).
+    /// Filters in the current config that this proxy does not apply yet (CORS).
     pub unapplied_filters: AtomicU64,
     pub active_connections: AtomicI64,
     pub refused_requests: AtomicU64,
@@ -81,6 +112,16 @@ impl Metrics {
 
     pub fn upstream_failures(&self, failure: UpstreamFailure) -> u64 {
         self.upstream_failures.lock().map(|f| f.get(&failure).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    pub fn record_mirror(&self, outcome: MirrorOutcome) {
+        if let Ok(mut mirrors) = self.mirrors.lock() {
+            *mirrors.entry(outcome).or_default() += 1;
+        }
+    }
+
+    pub fn mirrors(&self, outcome: MirrorOutcome) -> u64 {
+        self.mirrors.lock().map(|m| m.get(&outcome).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -124,11 +165,18 @@ impl Metrics {
                 let _ = writeln!(out, "weft_upstream_failures_total{{kind=\"{}\"}} {n}", kind.as_str());
             }
         }
+        out.push_str("# HELP weft_mirror_requests_total RequestMirror copies, by what became of them.\n");
+        out.push_str("# TYPE weft_mirror_requests_total counter\n");
+        if let Ok(mirrors) = self.mirrors.lock() {
+            for (outcome, n) in mirrors.iter() {
+                let _ = writeln!(out, "weft_mirror_requests_total{{outcome=\"{}\"}} {n}", outcome.as_str());
+            }
+        }
         let gauges: [(&str, &str, &str, i128); 6] = [
             (
                 "weft_config_unapplied_filters",
                 "gauge",
-                "Filters (RequestMirror, CORS) in the served config that this proxy does not apply yet.",
+                "Filters (CORS) in the served config that this proxy does not apply yet.",
                 self.unapplied_filters.load(Ordering::Relaxed).into(),
             ),
             (

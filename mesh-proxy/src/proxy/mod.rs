@@ -2,6 +2,7 @@
 //! and turn every failure into the status the Gateway API asks for.
 
 pub mod headers;
+pub mod mirror;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub struct Proxy {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
     upstream: Upstream,
+    mirrors: mirror::Mirrors,
     access_log: bool,
 }
 
@@ -56,7 +58,9 @@ struct Outcome {
 
 impl Proxy {
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, access_log: bool) -> Self {
-        Proxy { store, metrics, upstream: Upstream::default(), access_log }
+        let upstream = Upstream::default();
+        let mirrors = mirror::Mirrors::new(upstream.clone(), metrics.clone());
+        Proxy { store, metrics, upstream, mirrors, access_log }
     }
 
     pub async fn handle(
@@ -211,11 +215,28 @@ impl Proxy {
 
         // Only a request without a body can be sent again: bodies are streamed, not kept.
         let retry = rule.retry.as_ref().filter(|_| hyper::body::Body::is_end_stream(&body));
+        let mirrors: Vec<_> = rule
+            .mirrors
+            .iter()
+            .chain(&backend.mirrors)
+            .filter(|m| m.sampled())
+            .map(|m| m.target.clone())
+            .collect();
+        let body = if mirrors.is_empty() {
+            body.boxed()
+        } else {
+            let head = mirror::Head {
+                method: parts.method.clone(),
+                path_and_query: path_and_query.clone(),
+                headers: parts.headers.clone(),
+            };
+            self.mirrors.start(mirrors, head, body.boxed())
+        };
         let attempts = 1 + retry.map_or(0, |r| r.attempts);
         let request_timeout = rule.timeouts.request_ms.map(Duration::from_millis);
         let attempt_timeout = rule.timeouts.backend_request_ms.map(Duration::from_millis);
         let started = Instant::now();
-        let mut body = Some(body.boxed());
+        let mut body = Some(body);
         let mut attempt = 0;
         let mut response = loop {
             attempt += 1;
@@ -341,7 +362,8 @@ impl<'a> Plan<'a> {
                     self.path = Some(filters::rewrite_path(base, modifier, matched_prefix));
                 }
             }
-            // Redirects are handled by the caller; mirrors and CORS are not implemented yet.
+            // Redirects are handled by the caller, mirrors were compiled with the rule; CORS is
+            // not implemented yet.
             Filter::RequestRedirect(_) | Filter::RequestMirror(_) | Filter::Cors(_) => {}
         }
     }

@@ -173,6 +173,8 @@ pub struct CompiledRule {
     /// `kind/namespace/name`, for metrics and logs.
     pub route: String,
     pub filters: Vec<Filter>,
+    /// The rule's RequestMirror filters with their backends resolved.
+    pub mirrors: Vec<CompiledMirror>,
     pub timeouts: model::Timeouts,
     pub retry: Option<model::Retry>,
     pub backends: Vec<CompiledBackend>,
@@ -183,8 +185,44 @@ pub struct CompiledBackend {
     pub weight: u32,
     pub target: BackendTarget,
     pub filters: Vec<Filter>,
+    pub mirrors: Vec<CompiledMirror>,
     /// The backend key, or `invalid`, for metrics.
     pub label: String,
+}
+
+/// A RequestMirror filter, its backend resolved.
+pub struct CompiledMirror {
+    /// `None` when the mirror's backendRef did not resolve: nothing is sent (and that is counted).
+    pub target: Option<Arc<EndpointSet>>,
+    /// Share of requests copied, numerator/denominator; `None` is every request.
+    pub fraction: Option<(u32, u32)>,
+}
+
+impl CompiledMirror {
+    fn compile(filters: &[Filter], backends: &HashMap<&str, Arc<EndpointSet>>) -> Vec<Self> {
+        filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::RequestMirror(m) => Some(CompiledMirror {
+                    target: match &m.backend {
+                        BackendRef::Service(key) => backends.get(key.to_string().as_str()).cloned(),
+                        BackendRef::Invalid { .. } => None,
+                    },
+                    fraction: m.fraction,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether this request is one of the share to copy.
+    pub fn sampled(&self) -> bool {
+        match self.fraction {
+            None => true,
+            Some((_, 0)) => false,
+            Some((numerator, denominator)) => rand::rng().random_range(0..denominator) < numerator,
+        }
+    }
 }
 
 pub enum BackendTarget {
@@ -214,12 +252,19 @@ impl CompiledRule {
                         (BackendTarget::Invalid(reason.clone()), "invalid".into())
                     }
                 };
-                CompiledBackend { weight: b.weight, target, filters: b.filters.clone(), label }
+                CompiledBackend {
+                    weight: b.weight,
+                    target,
+                    filters: b.filters.clone(),
+                    mirrors: CompiledMirror::compile(&b.filters, backends),
+                    label,
+                }
             })
             .collect();
         CompiledRule {
             route: route.key.to_string(),
             filters: rule.filters.clone(),
+            mirrors: CompiledMirror::compile(&rule.filters, backends),
             timeouts: rule.timeouts.clone(),
             retry: rule.retry.clone(),
             total_weight: compiled.iter().map(|b| u64::from(b.weight)).sum(),
