@@ -9,6 +9,7 @@
 
 pub mod delta;
 pub mod identity;
+pub mod inpod;
 pub mod model;
 pub mod precedence;
 

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use mesh_proxy::config::controller::Subscription;
+use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough};
 use mesh_proxy::{Options, Source};
 
 #[derive(Parser)]
@@ -28,6 +31,15 @@ struct Args {
     /// Log one line per request (target weft::access).
     #[arg(long)]
     access_log: bool,
+    /// Serve meshed pods handed over by weft-cni (in-pod interception).
+    #[arg(long, env = "WEFT_INPOD")]
+    inpod: bool,
+    /// The unix socket weft-cni hands pods over on (with --inpod).
+    #[arg(long, env = "WEFT_INPOD_SOCKET", default_value = mesh_api::inpod::DEFAULT_SOCKET)]
+    inpod_socket: PathBuf,
+    /// On shutdown, how long meshed pods' open connections may finish (seconds).
+    #[arg(long, default_value_t = mesh_proxy::inpod::DEFAULT_DRAIN_DEADLINE.as_secs())]
+    drain_seconds: u64,
 }
 
 #[tokio::main]
@@ -47,8 +59,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let _running =
         mesh_proxy::start(Options { source, admin: args.admin, access_log: args.access_log }).await?;
+    let inpod = match args.inpod {
+        true => {
+            let config = InpodConfig { socket: args.inpod_socket, ..InpodConfig::default() };
+            Some(InpodServer::start(config, Arc::new(Passthrough)).await?)
+        }
+        false => None,
+    };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(inpod) = inpod {
+        inpod.shutdown(Duration::from_secs(args.drain_seconds)).await;
+    }
     Ok(())
 }
 
