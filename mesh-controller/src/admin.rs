@@ -1,5 +1,6 @@
 //! The controller's admin endpoint: `/ready` (a config has been published), `/metrics`
-//! (Prometheus text: the published version and every proxy's ACK/NACK state), and
+//! (Prometheus text: the published version, every proxy's ACK/NACK state, certificates signed
+//! and refused), and
 //! `/config_dump` (the published config as JSON, private keys redacted).
 
 use std::convert::Infallible;
@@ -11,16 +12,27 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use std::sync::Arc;
+
+use crate::ca::CaMetrics;
 use crate::config_server::Publisher;
 
-pub async fn serve(publisher: Publisher, listener: tokio::net::TcpListener) {
+/// What the admin endpoint reports on.
+#[derive(Clone)]
+pub struct Sources {
+    pub publisher: Publisher,
+    /// Present when this controller runs the certificate authority.
+    pub ca: Option<Arc<CaMetrics>>,
+}
+
+pub async fn serve(sources: Sources, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let publisher = publisher.clone();
+        let sources = sources.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let publisher = publisher.clone();
-                async move { Ok::<_, Infallible>(answer(&publisher, &req)) }
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(answer(&sources, &req)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -29,10 +41,10 @@ pub async fn serve(publisher: Publisher, listener: tokio::net::TcpListener) {
     }
 }
 
-pub async fn bind_and_serve(publisher: Publisher, addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn bind_and_serve(sources: Sources, addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin endpoint");
-    serve(publisher, listener).await;
+    serve(sources, listener).await;
     Ok(())
 }
 
@@ -42,7 +54,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-fn answer(publisher: &Publisher, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(sources: &Sources, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let publisher = &sources.publisher;
     let current = publisher.current();
     match req.uri().path() {
         "/ready" if current.version > 0 => text(StatusCode::OK, "ready\n".into()),
@@ -57,6 +70,9 @@ fn answer(publisher: &Publisher, req: &Request<Incoming>) -> Response<Full<Bytes
                 current.config.len()
             );
             body.push_str(&publisher.proxies.metrics());
+            if let Some(ca) = &sources.ca {
+                body.push_str(&ca.render());
+            }
             text(StatusCode::OK, body)
         }
         "/config_dump" => {

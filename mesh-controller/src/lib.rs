@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod ca;
 pub mod config_server;
 pub mod kube_source;
 pub mod leader;

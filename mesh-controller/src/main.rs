@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mesh_api::identity::SpiffeId;
 use mesh_controller::app;
 
 /// weft-controller: resolves the Gateway API into config for the node proxies and writes status.
@@ -31,6 +32,16 @@ struct Args {
     /// This replica's name in leader election.
     #[arg(long, env = "POD_NAME", default_value = "weft-controller")]
     identity: String,
+    /// Standalone certificate authority: a folder holding the CA (`tls.crt`, `tls.key`,
+    /// `ca.crt`; a root is generated there when it is empty). Needs --node-tokens.
+    #[arg(long, value_name = "DIR", requires_all = ["manifests", "node_tokens"])]
+    ca_dir: Option<PathBuf>,
+    /// Standalone: a file of `<node> <token>` lines, the tokens node proxies sign in with.
+    #[arg(long, value_name = "FILE", requires = "ca_dir")]
+    node_tokens: Option<PathBuf>,
+    /// The node proxies' ServiceAccount, in --namespace: only its tokens get certificates.
+    #[arg(long, default_value = "weft-proxy")]
+    proxy_service_account: String,
     /// DNS suffix of Service hostnames.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -44,12 +55,32 @@ fn main() -> ExitCode {
         cluster_domain: args.cluster_domain,
         ..Default::default()
     };
+    let proxy_identity =
+        match SpiffeId::new(&settings.trust_domain, &args.namespace, &args.proxy_service_account) {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!(
+                    "weft-controller: error: --trust-domain, --namespace or --proxy-service-account: {e}"
+                );
+                return ExitCode::from(2);
+            }
+        };
+    let standalone_ca = match (args.ca_dir, args.node_tokens) {
+        (Some(dir), Some(node_tokens)) => Some(app::StandaloneCa { dir, node_tokens, proxy_identity }),
+        _ => None,
+    };
     let result = match (&args.manifests, args.once) {
         (Some(dir), true) => app::once(dir, &settings),
-        (Some(dir), false) => app::serve_manifests(dir.clone(), settings, args.config_addr, args.admin_addr),
+        (Some(dir), false) => {
+            app::serve_manifests(dir.clone(), settings, args.config_addr, args.admin_addr, standalone_ca)
+        }
         (None, _) => app::serve_cluster(
             settings,
-            app::ClusterSettings { namespace: args.namespace, identity: args.identity },
+            app::ClusterSettings {
+                namespace: args.namespace,
+                identity: args.identity,
+                proxy_service_account: args.proxy_service_account,
+            },
             args.config_addr,
             args.admin_addr,
         ),

@@ -20,7 +20,8 @@ async fn ready_after_the_first_config_and_private_keys_never_dumped() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let publisher = Publisher::new();
-    tokio::spawn(mesh_controller::admin::serve(publisher.clone(), listener));
+    let sources = mesh_controller::admin::Sources { publisher: publisher.clone(), ca: None };
+    tokio::spawn(mesh_controller::admin::serve(sources, listener));
 
     assert_eq!(get(&base, "/ready").await.0, 503);
     let mut config = Config::default();

@@ -32,7 +32,7 @@ fn config_with(names: &[&str]) -> Config {
 async fn start(publisher: Publisher) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(mesh_controller::app::serve(publisher, listener, std::future::pending()));
+    tokio::spawn(mesh_controller::app::serve(publisher, None, listener, std::future::pending()));
     format!("http://{addr}")
 }
 

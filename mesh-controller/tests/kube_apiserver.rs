@@ -262,3 +262,83 @@ async fn only_one_replica_holds_the_lease() {
     assert_eq!(lease.spec.and_then(|s| s.lease_transitions), Some(1));
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
+
+/// The CA's trust in a node proxy rests on TokenReview: a token bound to a proxy pod names the
+/// pod's node; a token of any other ServiceAccount is refused. And the root lives in one
+/// Secret that a second start (another replica) reuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_names_the_proxy_pods_node_and_the_ca_secret_is_reused() {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+    use mesh_controller::ca::authorize::{Authenticator, Refusal};
+
+    let Some(client) = client().await else { return };
+    let ns = unique("weft-ca");
+    let node_name = unique("node");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(&namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    create(&nodes, json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name}})).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    for name in ["weft-proxy", "intruder"] {
+        create(&accounts, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}))
+            .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut tokens = Vec::new();
+    for account in ["weft-proxy", "intruder"] {
+        let pod = create(
+            &pods,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{account}-pod")},
+                "spec": {
+                    "nodeName": node_name,
+                    "serviceAccountName": account,
+                    "containers": [{"name": "c", "image": "weft.invalid/none"}],
+                },
+            }),
+        )
+        .await;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(600),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let issued = accounts
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .expect("token request");
+        tokens.push(issued.status.expect("token status").token);
+    }
+
+    let authenticator = Authenticator::TokenReview {
+        client: client.clone(),
+        proxy_username: format!("system:serviceaccount:{ns}:weft-proxy"),
+        trust_domain: "cluster.local".into(),
+    };
+    let caller = authenticator.authenticate(&tokens[0]).await.expect("the proxy's token is good");
+    assert_eq!(caller.node, node_name);
+    assert_eq!(caller.identity.to_string(), format!("spiffe://cluster.local/ns/{ns}/sa/weft-proxy"));
+    assert!(matches!(authenticator.authenticate(&tokens[1]).await, Err(Refusal::NotTheProxy(..))));
+    assert!(matches!(authenticator.authenticate("not-a-jwt").await, Err(Refusal::BadToken(_))));
+
+    let first = mesh_controller::ca::storage::load_or_create_secret(client.clone(), &ns, "cluster.local")
+        .await
+        .expect("generated into the Secret");
+    let second = mesh_controller::ca::storage::load_or_create_secret(client.clone(), &ns, "cluster.local")
+        .await
+        .expect("read back");
+    assert_eq!(first, second, "a second replica signs with the same root");
+
+    nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete node");
+    namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
+}
