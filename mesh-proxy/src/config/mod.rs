@@ -53,13 +53,6 @@ impl ConfigStore {
 
     /// Compiles `config` and makes it the one new requests see.
     pub fn install(&self, version: u64, config: Config) {
-        let unapplied = unapplied_filters(&config);
-        if !unapplied.is_empty() {
-            // The controller accepts these extended filters; until this proxy implements them
-            // the rules are served without them, and that must not be silent.
-            tracing::warn!(version, routes = ?unapplied, "CORS filters are not applied by this proxy yet");
-        }
-        self.metrics.unapplied_filters.store(unapplied.len() as u64, Ordering::Relaxed);
         let routes = RoutingTable::build(&config, &self.registry);
         self.current.store(Arc::new(Snapshot { version, config: Arc::new(config), routes }));
         self.ready.store(true, Ordering::Release);
@@ -80,21 +73,4 @@ impl ConfigStore {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
-}
-
-/// One entry per filter the proxy does not apply yet, naming its route.
-fn unapplied_filters(config: &Config) -> Vec<String> {
-    use mesh_api::model::Filter;
-    let mut out = Vec::new();
-    for (key, route) in &config.routes {
-        for rule in &route.rules {
-            let filters = rule.filters.iter().chain(rule.backends.iter().flat_map(|b| b.filters.iter()));
-            for filter in filters {
-                if matches!(filter, Filter::Cors(_)) {
-                    out.push(key.clone());
-                }
-            }
-        }
-    }
-    out
 }

@@ -82,8 +82,6 @@ pub struct Metrics {
     pub config_version: AtomicU64,
     pub config_nacks: AtomicU64,
     pub config_errors: AtomicU64,
-    /// Filters in the current config that this proxy does not apply yet (CORS).
-    pub unapplied_filters: AtomicU64,
     pub active_connections: AtomicI64,
     pub refused_requests: AtomicU64,
 }
@@ -172,13 +170,7 @@ impl Metrics {
                 let _ = writeln!(out, "weft_mirror_requests_total{{outcome=\"{}\"}} {n}", outcome.as_str());
             }
         }
-        let gauges: [(&str, &str, &str, i128); 6] = [
-            (
-                "weft_config_unapplied_filters",
-                "gauge",
-                "Filters (CORS) in the served config that this proxy does not apply yet.",
-                self.unapplied_filters.load(Ordering::Relaxed).into(),
-            ),
+        let gauges: [(&str, &str, &str, i128); 5] = [
             (
                 "weft_config_version",
                 "gauge",

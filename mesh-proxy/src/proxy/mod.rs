@@ -22,6 +22,7 @@ use mesh_api::model::{Filter, HeaderModifier};
 use crate::config::{ConfigStore, Snapshot};
 use crate::listener::framing::Verdicts;
 use crate::metrics::{Metrics, RequestLabels, UpstreamFailure};
+use crate::route::cors;
 use crate::route::filters::{self, RedirectSource};
 use crate::route::matching::RequestView;
 use crate::route::{BackendTarget, Selected};
@@ -145,7 +146,7 @@ impl Proxy {
         outcome.listener = listener.to_string();
         outcome.route = rule.route.clone();
 
-        let mut plan = Plan { path: None, host: None, response_headers: Vec::new() };
+        let mut plan = Plan { path: None, host: None, response_headers: Vec::new(), cors: Vec::new() };
         for filter in &rule.filters {
             match filter {
                 Filter::RequestRedirect(redirect) => {
@@ -167,6 +168,13 @@ impl Proxy {
                             return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable redirect");
                         }
                     };
+                    return response;
+                }
+                Filter::Cors(policy) if cors::is_preflight(req.method(), req.headers()) => {
+                    // The proxy answers preflights itself; an origin that is not allowed gets an
+                    // answer without CORS headers, which the browser takes as a refusal.
+                    let mut response = local(StatusCode::NO_CONTENT, "");
+                    cors::apply(response.headers_mut(), cors::preflight_headers(policy, req.headers()));
                     return response;
                 }
                 other => plan.add(other, req.headers_mut(), &path, matched_prefix),
@@ -303,6 +311,9 @@ impl Proxy {
         for modifier in &plan.response_headers {
             filters::modify_headers(headers, modifier);
         }
+        for extra in plan.cors {
+            cors::apply(headers, extra);
+        }
         let metrics = self.metrics.clone();
         response.map(|body| WatchedBody { inner: body, metrics }.boxed())
     }
@@ -346,6 +357,8 @@ struct Plan<'a> {
     path: Option<String>,
     host: Option<String>,
     response_headers: Vec<&'a HeaderModifier>,
+    /// CORS headers for the response, computed from the request before it is sent on.
+    cors: Vec<HeaderMap>,
 }
 
 impl<'a> Plan<'a> {
@@ -362,9 +375,10 @@ impl<'a> Plan<'a> {
                     self.path = Some(filters::rewrite_path(base, modifier, matched_prefix));
                 }
             }
-            // Redirects are handled by the caller, mirrors were compiled with the rule; CORS is
-            // not implemented yet.
-            Filter::RequestRedirect(_) | Filter::RequestMirror(_) | Filter::Cors(_) => {}
+            Filter::Cors(policy) => self.cors.push(cors::response_headers(policy, request)),
+            // Redirects (and preflights) are answered by the caller; mirrors were compiled with
+            // the rule.
+            Filter::RequestRedirect(_) | Filter::RequestMirror(_) => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Everything a request needs is compiled when a config snapshot is built (regexes, header
 //! names, the precedence order, backend endpoint sets), so the request path only compares.
 
+pub mod cors;
 pub mod filters;
 pub mod matching;
 
