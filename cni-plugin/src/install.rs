@@ -1,0 +1,315 @@
+//! `weft-cni install`: the node agent the DaemonSet runs.
+//!
+//! 1. Copies this binary into the host's CNI bin dir (atomically: temp file, then rename, so
+//!    the runtime never executes half a binary).
+//! 2. Appends `{"type": "weft-cni", …}` to the plugin chain of the primary network config: the
+//!    lexically first `*.conflist` / `*.conf` in the conf dir, which is the one the runtime
+//!    uses. A `.conf` (one plugin, no chain) is converted to a `.conflist`.
+//! 3. Watches the conf dir and puts the entry back whenever another agent (the primary CNI's
+//!    own DaemonSet, typically) rewrites the file.
+//! 4. Repair: keeps a connection to the proxy's in-pod socket; on every (re)connect it re-hands
+//!    every pod in the state dir, then says SnapshotSent, so a restarted proxy re-adopts the
+//!    pods without touching them.
+//! 5. On SIGTERM/SIGINT (or `weft-cni uninstall`), removes the entry and the binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_api::inpod::Request;
+use serde_json::{Map, Value, json};
+
+use crate::handoff::Connection;
+use crate::state;
+
+pub const PLUGIN_TYPE: &str = "weft-cni";
+/// How often the repair loop retries a proxy that is not there. A restarted proxy is serving
+/// pods again at most this long after its socket appears, well inside the 1 s the mesh promises
+/// for re-adoption, while an absent proxy costs one failed connect() per period.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long to wait for each of the proxy's replies during a snapshot; as for ADD.
+const REPLY_TIMEOUT: Duration = crate::netconf::DEFAULT_ACK_TIMEOUT;
+/// Safety net besides file notifications: re-check the conf dir this often anyway (a watch can
+/// miss events, e.g. when the dir itself is replaced).
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Events arrive in bursts (write, then rename); settle this long before reading the dir.
+const SETTLE: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct InstallOptions {
+    pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub proxy_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// The binary to install (this one, normally).
+    pub binary: PathBuf,
+}
+
+impl InstallOptions {
+    fn entry(&self) -> Value {
+        let mut entry = json!({
+            "type": PLUGIN_TYPE,
+            "proxySocket": self.proxy_socket,
+            "stateDir": self.state_dir,
+        });
+        if let Some(kubeconfig) = &self.kubeconfig {
+            entry["kubeconfig"] = json!(kubeconfig);
+        }
+        entry
+    }
+}
+
+/// The primary network config: lexically first `.conflist` or `.conf`, as runtimes pick it.
+pub fn primary_config(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "conflist" || e == "conf"))
+        .collect();
+    candidates.sort();
+    Ok(candidates.into_iter().next())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.weft-tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+/// Makes sure the primary config chains `entry` last. Returns whether a file was written.
+pub fn ensure_chained(conf_dir: &Path, entry: &Value) -> anyhow::Result<bool> {
+    let Some(path) = primary_config(conf_dir)? else {
+        // No primary CNI yet: nothing to chain onto; the watch brings us back when it appears.
+        return Ok(false);
+    };
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut conf: Map<String, Value> =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a JSON object", path.display()))?;
+    let is_conf = path.extension().is_some_and(|e| e == "conf");
+    if is_conf {
+        // A single-plugin .conf becomes a conflist with that plugin first.
+        let mut plugin = conf.clone();
+        plugin.remove("cniVersion");
+        plugin.remove("name");
+        let mut list = Map::new();
+        list.insert("cniVersion".into(), conf.get("cniVersion").cloned().unwrap_or(json!("1.0.0")));
+        list.insert("name".into(), conf.get("name").cloned().unwrap_or(json!("k8s-pod-network")));
+        list.insert("plugins".into(), json!([plugin]));
+        conf = list;
+    }
+    let plugins = conf
+        .get_mut("plugins")
+        .and_then(Value::as_array_mut)
+        .with_context(|| format!("{} has no plugins list", path.display()))?;
+    if !is_conf && plugins.last() == Some(entry) && plugins.iter().filter(|p| is_ours(p)).count() == 1 {
+        return Ok(false);
+    }
+    plugins.retain(|p| !is_ours(p));
+    plugins.push(entry.clone());
+    let bytes = serde_json::to_vec_pretty(&conf)?;
+    if is_conf {
+        let target = path.with_extension("conflist");
+        write_atomic(&target, &bytes)?;
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    } else {
+        write_atomic(&path, &bytes)?;
+    }
+    tracing::info!(config = %path.display(), "weft-cni chained");
+    Ok(true)
+}
+
+/// Removes our entry from every config in the dir.
+pub fn unchain(conf_dir: &Path) -> anyhow::Result<()> {
+    let Some(path) = primary_config(conf_dir)? else { return Ok(()) };
+    let text = std::fs::read(&path)?;
+    let Ok(mut conf) = serde_json::from_slice::<Map<String, Value>>(&text) else { return Ok(()) };
+    if let Some(plugins) = conf.get_mut("plugins").and_then(Value::as_array_mut)
+        && plugins.iter().any(is_ours)
+    {
+        plugins.retain(|p| !is_ours(p));
+        write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
+        tracing::info!(config = %path.display(), "weft-cni removed from the chain");
+    }
+    Ok(())
+}
+
+pub fn copy_binary(options: &InstallOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.cni_bin_dir)?;
+    let target = options.cni_bin_dir.join(PLUGIN_TYPE);
+    let tmp = options.cni_bin_dir.join(format!(".{PLUGIN_TYPE}.weft-tmp"));
+    std::fs::copy(&options.binary, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", options.binary.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(())
+}
+
+pub fn uninstall(options: &InstallOptions) -> anyhow::Result<()> {
+    unchain(&options.cni_conf_dir)?;
+    match std::fs::remove_file(options.cni_bin_dir.join(PLUGIN_TYPE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps the conf dir chained until `stop`.
+fn watch_conf_dir(options: &InstallOptions, stop: &AtomicBool) -> anyhow::Result<()> {
+    use notify::Watcher as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx)?;
+    watcher.watch(&options.cni_conf_dir, notify::RecursiveMode::NonRecursive)?;
+    let entry = options.entry();
+    while !stop.load(Ordering::Relaxed) {
+        // Wake at least every RECHECK_INTERVAL, and often enough to notice `stop`.
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(_) => {
+                std::thread::sleep(SETTLE);
+                while rx.try_recv().is_ok() {}
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                static TICKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let every = (RECHECK_INTERVAL.as_millis() / 200) as u32;
+                if TICKS.fetch_add(1, Ordering::Relaxed) % every.max(1) != 0 {
+                    continue;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Err(error) = ensure_chained(&options.cni_conf_dir, &entry) {
+            tracing::warn!(error = format!("{error:#}"), "cannot chain weft-cni");
+        }
+    }
+    Ok(())
+}
+
+/// Sends every recorded pod, then SnapshotSent, on `conn`.
+fn send_snapshot(conn: &Connection, state_dir: &Path) -> anyhow::Result<usize> {
+    let mut sent = 0;
+    for record in state::list(state_dir)? {
+        let netns = match std::fs::File::open(&record.netns) {
+            Ok(netns) => netns,
+            Err(error) => {
+                // The pod is gone and its DEL never reached us: forget it.
+                tracing::info!(pod = record.pod.uid, %error, "netns gone; record dropped");
+                let _ = state::remove(state_dir, &record.pod.uid);
+                continue;
+            }
+        };
+        let uid = record.pod.uid.clone();
+        match conn.request(&Request::AddPod { pod: record.pod }, Some(&netns.into()), REPLY_TIMEOUT) {
+            Ok(()) => sent += 1,
+            Err(crate::handoff::HandoffError::Refused(message)) => {
+                tracing::warn!(pod = uid, %message, "proxy refused a recorded pod");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    conn.request(&Request::SnapshotSent, None, REPLY_TIMEOUT)?;
+    Ok(sent)
+}
+
+/// The repair loop: one long-lived connection to the proxy, re-established and re-snapshotted
+/// whenever the proxy restarts.
+pub fn repair_loop(socket: &Path, state_dir: &Path, stop: &AtomicBool) {
+    let mut logged_down = false;
+    while !stop.load(Ordering::Relaxed) {
+        let conn = match Connection::connect(socket, REPLY_TIMEOUT) {
+            Ok(conn) => conn,
+            Err(error) => {
+                if !logged_down {
+                    tracing::info!(%error, "proxy not reachable; retrying");
+                    logged_down = true;
+                }
+                std::thread::sleep(RECONNECT_INTERVAL);
+                continue;
+            }
+        };
+        logged_down = false;
+        match send_snapshot(&conn, state_dir) {
+            Ok(pods) => tracing::info!(pods, "snapshot sent to the proxy"),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "snapshot failed; reconnecting");
+                std::thread::sleep(RECONNECT_INTERVAL);
+                continue;
+            }
+        }
+        conn.wait_closed(RECONNECT_INTERVAL, || stop.load(Ordering::Relaxed));
+        tracing::info!("proxy connection closed");
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then uninstalls.
+pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
+    copy_binary(&options)?;
+    ensure_chained(&options.cni_conf_dir, &options.entry())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (options, stop) = (options.clone(), stop.clone());
+        std::thread::spawn(move || watch_conf_dir(&options, &stop))
+    };
+    let repair = {
+        let (options, stop) = (options.clone(), stop.clone());
+        std::thread::spawn(move || repair_loop(&options.proxy_socket, &options.state_dir, &stop))
+    };
+    tracing::info!(bin = %options.cni_bin_dir.display(), conf = %options.cni_conf_dir.display(), "weft-cni installed");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: removing weft-cni");
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || {
+        let watched = watcher.join();
+        let _ = repair.join();
+        watched
+    })
+    .await;
+    uninstall(&options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_once_converts_conf_and_unchains() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = json!({"type": PLUGIN_TYPE, "stateDir": "/s"});
+        std::fs::write(
+            dir.path().join("20-other.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"z","plugins":[]}"#,
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("10-bridge.conf"),
+            r#"{"cniVersion":"1.0.0","name":"b","type":"bridge"}"#,
+        )
+        .expect("write");
+        assert!(ensure_chained(dir.path(), &entry).expect("chain"));
+        assert!(!dir.path().join("10-bridge.conf").exists());
+        let path = dir.path().join("10-bridge.conflist");
+        let conf: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(conf["name"], "b");
+        assert_eq!(conf["plugins"], json!([{"type": "bridge"}, entry]));
+        assert!(!ensure_chained(dir.path(), &entry).expect("chain"), "already chained: no write");
+        unchain(dir.path()).expect("unchain");
+        let conf: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(conf["plugins"], json!([{"type": "bridge"}]));
+        let other: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("20-other.conflist")).expect("read"))
+                .expect("json");
+        assert_eq!(other["plugins"], json!([]), "only the primary config is touched");
+    }
+}
