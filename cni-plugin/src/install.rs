@@ -170,22 +170,19 @@ fn watch_conf_dir(options: &InstallOptions, stop: &AtomicBool) -> anyhow::Result
     let mut watcher = notify::recommended_watcher(tx)?;
     watcher.watch(&options.cni_conf_dir, notify::RecursiveMode::NonRecursive)?;
     let entry = options.entry();
+    let mut last_check = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        // Wake at least every RECHECK_INTERVAL, and often enough to notice `stop`.
+        // Short waits, to notice `stop` promptly.
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(_) => {
                 std::thread::sleep(SETTLE);
                 while rx.try_recv().is_ok() {}
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                static TICKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let every = (RECHECK_INTERVAL.as_millis() / 200) as u32;
-                if TICKS.fetch_add(1, Ordering::Relaxed) % every.max(1) != 0 {
-                    continue;
-                }
-            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if last_check.elapsed() < RECHECK_INTERVAL => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        last_check = std::time::Instant::now();
         if let Err(error) = ensure_chained(&options.cni_conf_dir, &entry) {
             tracing::warn!(error = format!("{error:#}"), "cannot chain weft-cni");
         }

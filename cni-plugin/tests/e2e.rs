@@ -1,0 +1,592 @@
+//! weft-cni end to end, as a container runtime drives it: the Debian `loopback`, `bridge` and
+//! `host-local` plugins and the built `weft-cni` binary, invoked with CNI_COMMAND / CNI_NETNS /
+//! CNI_ARGS and the conflist-derived config on stdin, on network namespaces these tests create
+//! (one "node" netns holding the bridge, one netns per "pod"), with the proxy's in-pod server
+//! running in this process.
+//!
+//! Needs root, `nft` and /usr/lib/cni/bridge; skipped with a printed reason otherwise, unless
+//! `WEFT_REQUIRE_NETNS=1` (CI and `cargo xtask e2e`), which turns a skip into a failure.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodContext, PodTraffic};
+use serde_json::{Value, json};
+use tokio::net::TcpStream as TokioStream;
+
+const CNI_BIN: &str = "/usr/lib/cni";
+const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn netns_available() -> bool {
+    let reason = if !nix::unistd::geteuid().is_root() {
+        Some("not root".to_string())
+    } else if !Path::new(CNI_BIN).join("bridge").exists() {
+        Some(format!("{CNI_BIN}/bridge is missing (apt-get install containernetworking-plugins)"))
+    } else if !mesh_init::nft::nft_binary().exists() {
+        Some("nft is missing (apt-get install nftables)".to_string())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
+            panic!("WEFT_REQUIRE_NETNS=1 but {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipped: {reason} (set WEFT_REQUIRE_NETNS=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named network namespace, deleted on drop (also when the test fails).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = unique(&format!("weft-e2e-{tag}-"));
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name}");
+        Netns { name }
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs `f` on a thread inside `netns` (sockets it creates stay in that netns).
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(netns).expect("open netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// An echo server in a pod: answers each connection's first line with `<line> from <peer ip>`.
+struct Echo {
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    fn start(netns: &Path, port: u16) -> Echo {
+        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(WAIT));
+                        let mut buf = [0u8; 256];
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        let line = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                        let _ = write!(conn, "{line} from {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Echo { stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Connects from inside `netns` to `addr`, sends `ping`, returns the answer.
+fn ping(netns: &Path, addr: SocketAddr) -> std::io::Result<String> {
+    in_netns(netns, move || {
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        conn.write_all(b"ping\n")?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+/// A PodTraffic that records what it is given, then passes through.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(String, &'static str, SocketAddr)>>,
+}
+
+impl Recorder {
+    fn seen(&self) -> Vec<(String, &'static str, SocketAddr)> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl PodTraffic for Recorder {
+    fn outbound(&self, pod: Arc<PodContext>, conn: TokioStream, dst: SocketAddr) -> BoxFuture<'static, ()> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((pod.uid().to_string(), "outbound", dst));
+        }
+        Passthrough.outbound(pod, conn, dst)
+    }
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<PodContext>,
+        conn: TokioStream,
+        dst: SocketAddr,
+    ) -> BoxFuture<'static, ()> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((pod.uid().to_string(), "inbound", dst));
+        }
+        Passthrough.inbound_plaintext(pod, conn, dst)
+    }
+    fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TokioStream) -> BoxFuture<'static, ()> {
+        Passthrough.inbound_hbone(pod, conn)
+    }
+}
+
+/// A "node": a netns holding the bridge, a directory for the plugins' state, the conflist.
+struct Node {
+    netns: Netns,
+    dir: tempfile::TempDir,
+    conflist: Value,
+}
+
+impl Node {
+    fn new() -> Node {
+        let netns = Netns::new("node");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bridge = unique("wb");
+        let conflist = json!({
+            "cniVersion": "1.0.0",
+            "name": "weft-e2e",
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": dir.path().join("ipam")}},
+                {"type": "weft-cni", "proxySocket": dir.path().join("inpod.sock"),
+                 "stateDir": dir.path().join("pods"), "ackTimeoutMs": 2000},
+            ],
+        });
+        Node { netns, dir, conflist }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("inpod.sock")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("pods")
+    }
+
+    async fn proxy(&self, traffic: Arc<dyn PodTraffic>) -> InpodServer {
+        let config =
+            InpodConfig { socket: self.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
+        InpodServer::start(config, traffic).await.expect("start in-pod server")
+    }
+
+    /// One plugin invocation, exactly as a runtime does it, inside the node's netns.
+    fn invoke(
+        &self,
+        plugin: &str,
+        command: &str,
+        pod: &PodSpec,
+        ifname: &str,
+        conf: &Value,
+    ) -> (bool, Value) {
+        let binary =
+            if plugin == "weft-cni" { PathBuf::from(WEFT_CNI) } else { Path::new(CNI_BIN).join(plugin) };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns.name])
+            .arg(binary)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.container_id)
+            .env("CNI_NETNS", pod.netns.path())
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", CNI_BIN)
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                    pod.namespace, pod.name, pod.uid
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(conf.to_string().as_bytes()).expect("stdin");
+        }
+        let out = child.wait_with_output().expect("plugin output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let value = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout).expect("plugin stdout is JSON")
+        };
+        if !out.status.success() {
+            eprintln!("{plugin} {command}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.success(), value)
+    }
+
+    /// The config of plugin `index` of the conflist, as the runtime derives it.
+    fn plugin_conf(&self, index: usize, prev: Option<&Value>, weft: &Value) -> Value {
+        let mut conf = self.conflist["plugins"][index].clone();
+        conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        conf["name"] = self.conflist["name"].clone();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        if conf["type"] == "weft-cni" {
+            conf["runtimeConfig"] = json!({"weft": weft});
+        }
+        conf
+    }
+
+    /// Creates a pod: loopback, then the conflist's chain (bridge, weft-cni).
+    fn add_pod(&self, name: &str, weft: Value) -> Result<Pod<'_>, Value> {
+        let spec = PodSpec {
+            netns: Netns::new(name),
+            namespace: "e2e".into(),
+            name: name.into(),
+            uid: unique(&format!("uid-{name}-")),
+            container_id: unique("ctr"),
+            weft,
+        };
+        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+        assert!(self.invoke("loopback", "ADD", &spec, "lo", &lo).0, "loopback ADD");
+        let (ok, bridge_result) =
+            self.invoke("bridge", "ADD", &spec, "eth0", &self.plugin_conf(0, None, &spec.weft));
+        assert!(ok, "bridge ADD: {bridge_result}");
+        let pod = Pod { node: self, ip: ip_of(&bridge_result), result: bridge_result.clone(), spec };
+        let (ok, out) = self.invoke(
+            "weft-cni",
+            "ADD",
+            &pod.spec,
+            "eth0",
+            &self.plugin_conf(1, Some(&bridge_result), &pod.spec.weft),
+        );
+        if !ok {
+            return Err(out);
+        }
+        assert_eq!(out, bridge_result, "ADD must print prevResult back unchanged");
+        Ok(pod)
+    }
+}
+
+struct PodSpec {
+    netns: Netns,
+    namespace: String,
+    name: String,
+    uid: String,
+    container_id: String,
+    weft: Value,
+}
+
+struct Pod<'a> {
+    node: &'a Node,
+    spec: PodSpec,
+    ip: IpAddr,
+    result: Value,
+}
+
+fn ip_of(result: &Value) -> IpAddr {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {result}"))
+}
+
+impl Pod<'_> {
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+    fn path(&self) -> PathBuf {
+        self.spec.netns.path()
+    }
+    fn has_rules(&self) -> bool {
+        mesh_init::table_exists_in(&self.path()).expect("list rules")
+    }
+    fn state_file(&self) -> PathBuf {
+        self.node.state_dir().join(format!("{}.json", self.spec.uid))
+    }
+    /// DEL in reverse chain order, as the runtime does.
+    fn del(&self) -> bool {
+        let weft = self.node.plugin_conf(1, Some(&self.result), &self.spec.weft);
+        let (ok, _) = self.node.invoke("weft-cni", "DEL", &self.spec, "eth0", &weft);
+        let bridge = self.node.plugin_conf(0, Some(&self.result), &self.spec.weft);
+        let (bridge_ok, _) = self.node.invoke("bridge", "DEL", &self.spec, "eth0", &bridge);
+        ok && bridge_ok
+    }
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        let _ = self.del();
+    }
+}
+
+fn meshed(annotations: Value) -> Value {
+    json!({"namespaceLabels": {"weft.dev/mesh": "enabled"}, "podAnnotations": annotations, "serviceAccount": "default"})
+}
+
+fn unmeshed() -> Value {
+    json!({"namespaceLabels": {}})
+}
+
+/// Polls `f` until it is true or `WAIT` passes.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_untouched_del_cleans() {
+    if !netns_available() {
+        return;
+    }
+    let node = Node::new();
+    let recorder = Arc::new(Recorder::default());
+    let proxy = node.proxy(recorder.clone()).await;
+
+    let client =
+        node.add_pod("a", meshed(json!({"weft.dev/exclude-outbound-ports": "9090"}))).expect("meshed ADD");
+    let server = node.add_pod("b", unmeshed()).expect("unmeshed ADD");
+    assert!(client.has_rules() && client.state_file().exists());
+    assert!(!server.has_rules(), "an unmeshed pod's netns is untouched");
+    assert!(!server.state_file().exists());
+    assert_eq!(proxy.pods(), vec![client.spec.uid.clone()]);
+
+    // Outbound: lands on the proxy's 15001 with the original destination, then passes through
+    // from inside the pod (the server sees the pod's own address).
+    let _echo = Echo::start(&server.path(), 8080);
+    let _echo_excluded = Echo::start(&server.path(), 9090);
+    let answer = tokio::task::spawn_blocking({
+        let (path, addr) = (client.path(), server.addr(8080));
+        move || ping(&path, addr)
+    })
+    .await
+    .expect("join")
+    .expect("meshed → unmeshed connection");
+    assert_eq!(answer, format!("ping from {}", client.ip));
+    assert_eq!(recorder.seen(), vec![(client.spec.uid.clone(), "outbound", server.addr(8080))]);
+
+    // An excluded port bypasses the proxy.
+    let answer = tokio::task::spawn_blocking({
+        let (path, addr) = (client.path(), server.addr(9090));
+        move || ping(&path, addr)
+    })
+    .await
+    .expect("join")
+    .expect("excluded port");
+    assert_eq!(answer, format!("ping from {}", client.ip));
+    assert_eq!(recorder.seen().len(), 1, "port 9090 is excluded: {:?}", recorder.seen());
+
+    // Inbound plaintext: lands on 15006 with the pod's address as original destination.
+    let _echo_in = Echo::start(&client.path(), 8081);
+    let answer = tokio::task::spawn_blocking({
+        let (path, addr) = (server.path(), client.addr(8081));
+        move || ping(&path, addr)
+    })
+    .await
+    .expect("join")
+    .expect("unmeshed → meshed connection");
+    assert!(answer.starts_with("ping from "), "{answer}");
+    assert_eq!(recorder.seen()[1], (client.spec.uid.clone(), "inbound", client.addr(8081)));
+
+    // CHECK agrees.
+    let conf = node.plugin_conf(1, Some(&client.result), &client.spec.weft);
+    assert!(node.invoke("weft-cni", "CHECK", &client.spec, "eth0", &conf).0);
+
+    // DEL: proxy told, rules gone, record gone; a second DEL still succeeds.
+    assert!(client.del(), "DEL");
+    assert!(!client.has_rules());
+    assert!(!client.state_file().exists());
+    eventually("the proxy to release the pod", || proxy.pods().is_empty()).await;
+    assert!(client.del(), "DEL is idempotent");
+    assert!(!node.invoke("weft-cni", "CHECK", &client.spec, "eth0", &conf).0, "CHECK after DEL fails");
+    proxy.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_fails_closed_when_the_proxy_is_down() {
+    if !netns_available() {
+        return;
+    }
+    let node = Node::new();
+    let started = Instant::now();
+    let error = match node.add_pod("down", meshed(json!({}))) {
+        Err(error) => error,
+        Ok(_) => panic!("ADD succeeded with no proxy"),
+    };
+    assert!(started.elapsed() < WAIT);
+    assert_eq!(error["cniVersion"], "1.0.0");
+    assert_eq!(error["code"], 11, "{error}");
+    assert!(error["msg"].as_str().is_some_and(|m| m.contains("node proxy")), "{error}");
+    assert!(error["details"].as_str().is_some_and(|m| m.contains("not listening")), "{error}");
+    assert!(std::fs::read_dir(node.state_dir()).map(|d| d.count()).unwrap_or(0) == 0, "nothing recorded");
+}
+
+/// `weft-cni install` as a child process, stopped (SIGTERM) on drop.
+struct Installer {
+    child: Child,
+}
+
+impl Installer {
+    fn start(node: &Node, bin: &Path, conf: &Path) -> Installer {
+        let child = Command::new(WEFT_CNI)
+            .arg("install")
+            .arg("--cni-bin-dir")
+            .arg(bin)
+            .arg("--cni-conf-dir")
+            .arg(conf)
+            .arg("--proxy-socket")
+            .arg(node.socket())
+            .arg("--state-dir")
+            .arg(node.state_dir())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start installer");
+        Installer { child }
+    }
+
+    fn stop(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Installer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
+    if !netns_available() {
+        return;
+    }
+    let node = Node::new();
+    let cni = tempfile::tempdir().expect("tempdir");
+    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let _installer = Installer::start(&node, &bin, &conf);
+
+    let client = node.add_pod("ra", meshed(json!({}))).expect("meshed ADD");
+    let server = node.add_pod("rb", unmeshed()).expect("unmeshed ADD");
+    let _echo = Echo::start(&server.path(), 8080);
+    let connect = || {
+        let (path, addr) = (client.path(), server.addr(8080));
+        tokio::task::spawn_blocking(move || ping(&path, addr))
+    };
+    connect().await.expect("join").expect("before the restart");
+
+    proxy.shutdown(Duration::ZERO).await;
+    assert!(
+        connect().await.expect("join").is_err(),
+        "with the proxy gone the pod's TCP goes nowhere (fail closed)"
+    );
+
+    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let restarted = Instant::now();
+    loop {
+        if connect().await.expect("join").is_ok() {
+            break;
+        }
+        assert!(restarted.elapsed() < WAIT, "connections never flowed again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = restarted.elapsed();
+    eprintln!("re-adopted and flowing {took:?} after the proxy restarted");
+    assert!(took < Duration::from_secs(1), "re-adoption took {took:?}");
+    assert_eq!(proxy.pods(), vec![client.spec.uid.clone()]);
+    assert!(proxy.render_metrics().contains("weft_inpod_pods_adopted_total 1"));
+    proxy.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_itself() {
+    if !netns_available() {
+        return;
+    }
+    let node = Node::new();
+    let cni = tempfile::tempdir().expect("tempdir");
+    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let primary = conf.join("10-bridge.conflist");
+    let original =
+        json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "portmap"}]});
+    std::fs::write(&primary, original.to_string()).expect("write conflist");
+    std::fs::write(conf.join("99-other.conflist"), original.to_string()).expect("write other");
+    let chain = || -> Vec<String> {
+        std::fs::read(&primary)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| {
+                v["plugins"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["type"].as_str().map(String::from)).collect())
+            })
+            .unwrap_or_default()
+    };
+    let mut installer = Installer::start(&node, &bin, &conf);
+    eventually("the installer to chain itself", || chain() == ["bridge", "portmap", "weft-cni"]).await;
+    assert!(bin.join("weft-cni").exists(), "binary installed");
+
+    // Another agent rewrites the primary config, dropping us.
+    for _ in 0..3 {
+        std::fs::write(&primary, original.to_string()).expect("rewrite");
+        eventually("the chain to be restored", || chain() == ["bridge", "portmap", "weft-cni"]).await;
+    }
+    let other: Value =
+        serde_json::from_slice(&std::fs::read(conf.join("99-other.conflist")).expect("read")).expect("json");
+    assert_eq!(other, original, "only the primary config is touched");
+
+    assert!(installer.stop(), "installer exits cleanly on SIGTERM");
+    assert_eq!(chain(), ["bridge", "portmap"]);
+    assert!(!bin.join("weft-cni").exists(), "binary removed");
+}
