@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod e2e;
 
 use std::process::ExitCode;
 
@@ -23,8 +24,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("e2e") => match e2e::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("e2e: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         _ => {
-            eprintln!("usage: cargo xtask demo | cluster up|down|status|env [--node]");
+            eprintln!("usage: cargo xtask demo | e2e | cluster up|down|status|env [--node]");
+            eprintln!(
+                "  e2e    the interception tests in network namespaces (root), required rather than skipped"
+            );
             eprintln!(
                 "  demo   run weft-proxy on examples/demo with two local app versions and check what it does"
             );
