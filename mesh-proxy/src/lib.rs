@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod hbone;
+pub mod identity;
 pub mod inpod;
 pub mod listener;
 pub mod metrics;

@@ -1,0 +1,222 @@
+//! The source side of HBONE: a pool of mTLS HTTP/2 connections to destination pods' :15008,
+//! and one CONNECT stream per tunnelled TCP connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_api::identity::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{CONNECTION_WINDOW, Connector, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, tls};
+use crate::identity::WorkloadCert;
+
+/// A TLS handshake with a peer proxy that takes longer than this is abandoned: inside a
+/// cluster it takes a millisecond or two.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle pooled connections are pinged this often, so a peer that vanished (node gone, netns
+/// deleted) is noticed before the next stream is sent into the void.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which connections may carry a stream: they leave from the same pod (its netns and source
+/// address), present the same certificate, and reach the same peer expecting the same identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The source pod's UID.
+    pub source: String,
+    pub source_identity: SpiffeId,
+    /// The destination pod's HBONE address (`podIP:15008`).
+    pub destination: SocketAddr,
+    pub destination_identity: SpiffeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, io::Error),
+    #[error("TLS with {0} failed: {1}")]
+    Tls(SocketAddr, io::Error),
+    #[error("TLS with {0} did not finish within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout(SocketAddr),
+    #[error("{0} did not agree to HTTP/2")]
+    NoH2(SocketAddr),
+    #[error("cannot build the TLS config: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("HTTP/2 with {0} failed: {1}")]
+    H2(SocketAddr, hyper::Error),
+    #[error("{peer} refused the tunnel to {target}: {status}")]
+    Refused { peer: SocketAddr, target: SocketAddr, status: StatusCode },
+}
+
+#[derive(Clone)]
+struct Pooled {
+    sender: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+pub struct HboneClient {
+    pool: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+    pub connections_opened: AtomicU64,
+    pub streams_opened: AtomicU64,
+}
+
+impl HboneClient {
+    /// A tunnel to `target` (a pod's address and port) through the pod's :15008 at
+    /// `key.destination`, over a pooled connection when one has room.
+    pub async fn open(
+        &self,
+        key: &PoolKey,
+        cert: &WorkloadCert,
+        connect: &Connector,
+        target: SocketAddr,
+    ) -> Result<Tunnel, HboneError> {
+        let pooled = match self.reserve(key) {
+            Some(pooled) => pooled,
+            None => {
+                let pooled = self.connect(key, cert, connect).await?;
+                pooled.streams.fetch_add(1, Ordering::AcqRel);
+                if let Ok(mut pool) = self.pool.lock() {
+                    pool.entry(key.clone()).or_default().push(pooled.clone());
+                }
+                pooled
+            }
+        };
+        let guard = StreamGuard(pooled.streams.clone());
+        let mut sender = pooled.sender;
+        let peer = key.destination;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(target.to_string())
+            .body(Empty::new())
+            .map_err(|e| HboneError::Connect(peer, io::Error::other(e)))?;
+        sender.ready().await.map_err(|e| HboneError::H2(peer, e))?;
+        let response = sender.send_request(request).await.map_err(|e| HboneError::H2(peer, e))?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused { peer, target, status: response.status() });
+        }
+        let upgraded = hyper::upgrade::on(response).await.map_err(|e| HboneError::H2(peer, e))?;
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Tunnel { io: TokioIo::new(upgraded), _guard: guard })
+    }
+
+    /// A live pooled connection with a free stream, counted as taken.
+    fn reserve(&self, key: &PoolKey) -> Option<Pooled> {
+        let mut pool = self.pool.lock().ok()?;
+        let connections = pool.get_mut(key)?;
+        connections.retain(|c| !c.sender.is_closed());
+        let cap = MAX_STREAMS_PER_CONNECTION as usize;
+        let free = connections.iter().find(|c| c.streams.load(Ordering::Acquire) < cap)?;
+        free.streams.fetch_add(1, Ordering::AcqRel);
+        Some(free.clone())
+    }
+
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        cert: &WorkloadCert,
+        connect: &Connector,
+    ) -> Result<Pooled, HboneError> {
+        let peer = key.destination;
+        let config = tls::client_config(cert, key.destination_identity.clone())?;
+        let tcp = connect(peer).await.map_err(|e| HboneError::Connect(peer, e))?;
+        // The name is not checked (the verifier compares SPIFFE identities); it only has to be
+        // a valid ServerName, and an IP address sends no SNI.
+        let name = ServerName::IpAddress(peer.ip().into());
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| HboneError::Timeout(peer))?
+        .map_err(|e| HboneError::Tls(peer, e))?;
+        if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+            return Err(HboneError::NoH2(peer));
+        }
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| HboneError::H2(peer, e))?;
+        let source = key.source_identity.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %source, %error, "HBONE connection ended");
+            }
+        });
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, identity = %key.destination_identity, "HBONE connection opened");
+        Ok(Pooled { sender, streams: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Open pooled connections (live ones only), for metrics and tests.
+    pub fn connections(&self) -> usize {
+        self.pool
+            .lock()
+            .map(|pool| pool.values().flatten().filter(|c| !c.sender.is_closed()).count())
+            .unwrap_or(0)
+    }
+}
+
+/// Gives a connection's stream slot back when the tunnel closes.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One tunnelled TCP connection: bytes written here come out of the destination pod's socket.
+pub struct Tunnel {
+    io: TokioIo<Upgraded>,
+    _guard: StreamGuard,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

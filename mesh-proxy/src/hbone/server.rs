@@ -1,0 +1,207 @@
+//! The destination side of HBONE, on a meshed pod's :15008: mutual TLS with the source
+//! workload's certificate, then one CONNECT per tunnelled connection, each delivered to the pod.
+//!
+//! The source's SPIFFE identity is known for every stream (logged, counted per identity), so
+//! an allow-list of identities is a check in [`accept_stream`] away.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_api::identity::SpiffeId;
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+
+use super::{CONNECTION_WINDOW, Connector, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW};
+use crate::identity::peer_identity;
+
+/// A peer that has not finished its handshake by then is cut off: it holds a socket and
+/// memory, and a real proxy needs milliseconds.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Splice buffer per direction: one maximum-size TLS record, so a full record of the tunnel
+/// moves per read.
+const SPLICE_BUFFER: usize = 16 * 1024;
+
+/// Where a pod's :15008 delivers.
+pub struct Destination {
+    /// `namespace/name`, for logs.
+    pub pod: String,
+    /// The pod's addresses: the only targets a CONNECT may name.
+    pub addresses: Vec<IpAddr>,
+    /// Dials the target from inside the pod (its netns, marked to pass its rules).
+    pub connect: Connector,
+}
+
+#[derive(Default)]
+pub struct HboneServer {
+    /// Streams accepted, per source identity.
+    streams: Mutex<BTreeMap<String, u64>>,
+    pub handshake_failures: AtomicU64,
+    pub refused_streams: AtomicU64,
+    pub access_log: bool,
+}
+
+impl HboneServer {
+    pub fn new(access_log: bool) -> Self {
+        Self { access_log, ..Default::default() }
+    }
+
+    /// Serves one connection from a peer proxy until it closes. Garbage, a bad certificate or
+    /// a peer that stalls ends this connection only.
+    pub async fn serve(
+        self: Arc<Self>,
+        conn: TcpStream,
+        tls: Arc<ServerConfig>,
+        destination: Arc<Destination>,
+    ) {
+        let client = conn.peer_addr().ok();
+        let accepted =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(conn)).await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?client, pod = %destination.pod, %error, "HBONE handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?client, pod = %destination.pod, "HBONE handshake timed out");
+                return;
+            }
+        };
+        let peer = match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+            Some(leaf) => peer_identity(leaf),
+            None => Err("no client certificate".to_string()),
+        };
+        let peer = match peer {
+            Ok(peer) => peer,
+            Err(error) => {
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?client, pod = %destination.pod, %error, "HBONE peer has no workload identity");
+                return;
+            }
+        };
+        tracing::debug!(?client, %peer, pod = %destination.pod, "HBONE connection accepted");
+        let peer = Arc::new(peer);
+        let service = hyper::service::service_fn({
+            let server = self.clone();
+            move |req| {
+                let (server, destination, peer) = (server.clone(), destination.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(server.accept_stream(req, &destination, &peer).await) }
+            }
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(error) = served {
+            tracing::debug!(?client, %error, "HBONE connection ended");
+        }
+    }
+
+    async fn accept_stream(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        destination: &Destination,
+        peer: &Arc<SpiffeId>,
+    ) -> Response<Empty<Bytes>> {
+        let refuse = |status: StatusCode, why: &str| {
+            self.refused_streams.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, pod = %destination.pod, authority = ?req.uri().authority(), %status, why, "HBONE stream refused");
+            answer(status)
+        };
+        if req.method() != Method::CONNECT {
+            return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is spoken here");
+        }
+        let Some(target) = req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
+            return refuse(StatusCode::BAD_REQUEST, "the authority is not an IP:port");
+        };
+        if !destination.addresses.contains(&target.ip()) {
+            return refuse(StatusCode::FORBIDDEN, "the target is not this pod");
+        }
+        let upstream = match (destination.connect)(target).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                let why = format!("the pod does not accept the connection: {error}");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, &why);
+            }
+        };
+        if let Ok(mut streams) = self.streams.lock() {
+            *streams.entry(peer.to_string()).or_default() += 1;
+        }
+        let (peer, pod, access_log) = (peer.clone(), destination.pod.clone(), self.access_log);
+        tokio::spawn(async move {
+            let result = match hyper::upgrade::on(req).await {
+                Ok(upgraded) => splice(TokioIo::new(upgraded), upstream).await,
+                Err(error) => Err(io::Error::other(error)),
+            };
+            match result {
+                Ok((sent, received)) if access_log => {
+                    tracing::info!(target: "weft::access", source = %peer, %pod, %target, sent, received, "hbone")
+                }
+                Ok((sent, received)) => {
+                    tracing::debug!(source = %peer, %pod, %target, sent, received, "HBONE stream done")
+                }
+                Err(error) => tracing::debug!(source = %peer, %pod, %target, %error, "HBONE stream failed"),
+            }
+        });
+        answer(StatusCode::OK)
+    }
+
+    /// Prometheus text: streams by source identity, refusals.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP weft_hbone_inbound_streams_total Tunnelled connections accepted, by source identity.\n\
+             # TYPE weft_hbone_inbound_streams_total counter\n",
+        );
+        if let Ok(streams) = self.streams.lock() {
+            for (identity, count) in streams.iter() {
+                out.push_str(&format!(
+                    "weft_hbone_inbound_streams_total{{source_identity=\"{identity}\"}} {count}\n"
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "# HELP weft_hbone_handshake_failures_total HBONE connections refused at the TLS handshake.\n\
+             # TYPE weft_hbone_handshake_failures_total counter\nweft_hbone_handshake_failures_total {}\n\
+             # HELP weft_hbone_refused_streams_total CONNECT requests refused.\n\
+             # TYPE weft_hbone_refused_streams_total counter\nweft_hbone_refused_streams_total {}\n",
+            self.handshake_failures.load(Ordering::Relaxed),
+            self.refused_streams.load(Ordering::Relaxed)
+        ));
+        out
+    }
+
+    /// Streams accepted from `identity`.
+    pub fn streams_from(&self, identity: &str) -> u64 {
+        self.streams.lock().map(|s| s.get(identity).copied().unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    response
+}
+
+/// Copies both ways until both sides are done; returns (bytes to the pod, bytes from it).
+pub async fn splice<A, B>(mut a: A, mut b: B) -> io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUFFER, SPLICE_BUFFER).await
+}

@@ -1,0 +1,262 @@
+//! HBONE between two proxies' halves on loopback, with certificates from the controller's real
+//! CA over gRPC: streams flow and share one mTLS connection, the server learns the client's
+//! SPIFFE identity, and every impostor is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::identity::SpiffeId;
+use mesh_api::model::{Config, ObjectKey, Workload};
+use mesh_controller::ca::CertificateService;
+use mesh_controller::ca::authority::{Authority, CaMaterial};
+use mesh_controller::ca::authorize::{Authenticator, Caller};
+use mesh_controller::config_server::Publisher;
+use mesh_proxy::hbone::client::{HboneClient, HboneError, PoolKey};
+use mesh_proxy::hbone::server::{Destination, HboneServer};
+use mesh_proxy::hbone::{self, direct_connector};
+use mesh_proxy::identity::{CaSettings, IdentityManager};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const SERVER: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
+
+fn id(s: &str) -> SpiffeId {
+    s.parse().expect("identity")
+}
+
+fn workload(name: &str, node: &str, identity: &str) -> Workload {
+    Workload {
+        key: ObjectKey::new("shop", name),
+        ips: vec!["127.0.0.1".parse().expect("ip")],
+        node: node.into(),
+        service_account: name.into(),
+        identity: identity.into(),
+        meshed: true,
+        ready: true,
+    }
+}
+
+/// The controller's CA on loopback, knowing a frontend pod on node-a and checkout on node-b.
+async fn controller() -> String {
+    let publisher = Publisher::new();
+    let mut config = Config::default();
+    config.workloads.insert("shop/frontend".into(), workload("frontend", "node-a", CLIENT));
+    config.workloads.insert("shop/checkout".into(), workload("checkout", "node-b", SERVER));
+    publisher.publish(config);
+    let now = time::OffsetDateTime::now_utc();
+    let material = CaMaterial::generate("cluster.local", now).expect("root");
+    let authority = Authority::new("cluster.local", &material, now).expect("authority");
+    let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
+    let tokens = HashMap::from([
+        ("token-a".to_string(), Caller { node: "node-a".into(), identity: proxy.clone() }),
+        ("token-b".to_string(), Caller { node: "node-b".into(), identity: proxy }),
+    ]);
+    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(mesh_controller::app::serve(publisher, Some(service), listener, std::future::pending()));
+    url
+}
+
+fn identities(url: &str, token: &str, dir: &tempfile::TempDir) -> Arc<IdentityManager> {
+    let token_file = dir.path().join(token);
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    IdentityManager::new(CaSettings { url: url.into(), token_file, ttl: None }).expect("manager")
+}
+
+/// An echo "pod" on loopback.
+async fn echo_pod() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = conn.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Node {
+    hbone: SocketAddr,
+    server: Arc<HboneServer>,
+}
+
+/// Node B's half: checkout's :15008, delivering to the echo pod.
+async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
+    let cert = manager.certificate(&id(SERVER)).await.expect("server certificate");
+    let tls = hbone::tls::server_config(&cert).expect("server tls");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hbone_addr = listener.local_addr().expect("addr");
+    let server = Arc::new(HboneServer::new(false));
+    let destination = Arc::new(Destination {
+        pod: "shop/checkout".into(),
+        addresses: vec!["127.0.0.1".parse().expect("ip")],
+        connect: direct_connector(),
+    });
+    tokio::spawn({
+        let server = server.clone();
+        async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(server.clone().serve(conn, tls.clone(), destination.clone()));
+            }
+        }
+    });
+    Node { hbone: hbone_addr, server }
+}
+
+fn key(destination: SocketAddr, expected: &str) -> PoolKey {
+    PoolKey {
+        source: "frontend-uid".into(),
+        source_identity: id(CLIENT),
+        destination,
+        destination_identity: id(expected),
+    }
+}
+
+async fn round_trip(tunnel: &mut hbone::client::Tunnel, message: &[u8]) -> Vec<u8> {
+    tunnel.write_all(message).await.expect("write");
+    let mut echoed = vec![0; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    echoed
+}
+
+#[tokio::test]
+async fn streams_share_one_mutual_tls_connection_and_carry_the_clients_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller().await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let node = destination_node(&node_b).await;
+    let pod = echo_pod().await;
+
+    let client = HboneClient::default();
+    let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
+    let mut tunnels = Vec::new();
+    for i in 0..5u8 {
+        let mut tunnel =
+            client.open(&key(node.hbone, SERVER), &cert, &direct_connector(), pod).await.expect("tunnel");
+        assert_eq!(round_trip(&mut tunnel, &[i; 3]).await, vec![i; 3]);
+        tunnels.push(tunnel);
+    }
+    // Five concurrent streams, one TLS connection.
+    assert_eq!(client.connections(), 1);
+    assert_eq!(node.server.streams_from(CLIENT), 5);
+    assert!(node.server.render_metrics().contains(&format!("source_identity=\"{CLIENT}\"}} 5")));
+
+    // A large transfer on one stream while another stays idle and then still works.
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_eq!(round_trip(&mut tunnels[0], &big).await, big);
+    assert_eq!(round_trip(&mut tunnels[1], b"after").await, b"after");
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_leaves_open_streams_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller().await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let node = destination_node(&node_b).await;
+    let pod = echo_pod().await;
+    let client = HboneClient::default();
+
+    let first = node_a.certificate(&id(CLIENT)).await.expect("first certificate");
+    let mut open =
+        client.open(&key(node.hbone, SERVER), &first, &direct_connector(), pod).await.expect("tunnel");
+    assert_eq!(round_trip(&mut open, b"before").await, b"before");
+
+    // Rotation: a new key and certificate for the same identity.
+    node_a.forget(&id(CLIENT));
+    let second = node_a.certificate(&id(CLIENT)).await.expect("second certificate");
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_ne!(first.certified.cert[0], second.certified.cert[0]);
+    let fresh = HboneClient::default();
+    let mut new =
+        fresh.open(&key(node.hbone, SERVER), &second, &direct_connector(), pod).await.expect("tunnel");
+    assert_eq!(round_trip(&mut new, b"new").await, b"new");
+    assert_eq!(round_trip(&mut open, b"still flowing").await, b"still flowing");
+}
+
+#[tokio::test]
+async fn impostors_and_strays_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller().await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let node = destination_node(&node_b).await;
+    let pod = echo_pod().await;
+    let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
+
+    // The server is checkout; a client expecting someone else refuses it.
+    let refused = HboneClient::default()
+        .open(&key(node.hbone, "spiffe://cluster.local/ns/shop/sa/payments"), &cert, &direct_connector(), pod)
+        .await;
+    assert!(matches!(refused, Err(HboneError::Tls(..))), "{refused:?}");
+
+    // A target that is not the pod behind this :15008.
+    let stray: SocketAddr = "127.0.0.2:80".parse().expect("addr");
+    let refused =
+        HboneClient::default().open(&key(node.hbone, SERVER), &cert, &direct_connector(), stray).await;
+    assert!(matches!(refused, Err(HboneError::Refused { status, .. }) if status == 403), "{refused:?}");
+
+    // A self-signed certificate of another trust domain.
+    let forged_key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://evil.example/ns/shop/sa/frontend").expect("uri"),
+    )];
+    let forged = params.self_signed(&forged_key).expect("forged");
+    let forged_cert = Arc::new(
+        rustls::sign::CertifiedKey::from_der(
+            vec![forged.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(forged_key.serialize_der().into()),
+            &rustls::crypto::ring::default_provider(),
+        )
+        .expect("certified key"),
+    );
+    let impostor = mesh_proxy::identity::WorkloadCert {
+        identity: cert.identity.clone(),
+        certified: forged_cert,
+        roots: cert.roots.clone(),
+        not_before: cert.not_before,
+        not_after: cert.not_after,
+    };
+    let before = node.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let refused =
+        HboneClient::default().open(&key(node.hbone, SERVER), &impostor, &direct_connector(), pod).await;
+    assert!(refused.is_err(), "a forged certificate got a tunnel");
+    // The server saw and counted the bad handshake.
+    for _ in 0..50 {
+        if node.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(node.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before);
+
+    // Garbage on the port closes that connection only; the server keeps serving.
+    let mut garbage = tokio::net::TcpStream::connect(node.hbone).await.expect("connect");
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x01\x02").await.expect("write");
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut sink)).await;
+    let mut ok = HboneClient::default()
+        .open(&key(node.hbone, SERVER), &cert, &direct_connector(), pod)
+        .await
+        .expect("still serving");
+    assert_eq!(round_trip(&mut ok, b"ok").await, b"ok");
+}
+
+#[tokio::test]
+async fn no_certificate_for_a_pod_of_another_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller().await;
+    let node_a = identities(&url, "token-a", &dir);
+    let refused = node_a.certificate(&id(SERVER)).await.expect_err("checkout runs on node-b");
+    assert!(refused.reason.contains("no pod with identity"), "{}", refused.reason);
+    assert!(node_a.render_metrics().contains("weft_workload_cert_failures_total 1"));
+}
