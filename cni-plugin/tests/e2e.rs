@@ -117,6 +117,44 @@ impl Echo {
     }
 }
 
+/// A server in a pod echoing every line back, for as long as the connection lasts.
+fn line_echo(netns: &Path, port: u16) -> Echo {
+    let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(WAIT));
+                        let mut reader = std::io::BufReader::new(&conn);
+                        let mut line = String::new();
+                        while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                            if (&conn).write_all(line.as_bytes()).is_err() {
+                                break;
+                            }
+                            line.clear();
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Echo { stop }
+}
+
+/// One line through an open connection and back.
+fn round_trip(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    conn.write_all(format!("{line}\n").as_bytes())?;
+    let mut buf = vec![0u8; line.len() + 1];
+    conn.read_exact(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
 impl Drop for Echo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -425,6 +463,17 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
     assert!(answer.starts_with("ping from "), "{answer}");
     assert_eq!(recorder.seen()[1], (client.spec.uid.clone(), "inbound", client.addr(8081)));
 
+    // Kubelet probes come from the node's address (the bridge gateway) and skip the proxy.
+    let answer = tokio::task::spawn_blocking({
+        let (path, addr) = (node.netns.path(), client.addr(8081));
+        move || ping(&path, addr)
+    })
+    .await
+    .expect("join")
+    .expect("node → meshed pod (probe)");
+    assert!(answer.starts_with("ping from 10.77.0.1"), "the app sees the node itself: {answer}");
+    assert_eq!(recorder.seen().len(), 2, "a probe does not go through the proxy: {:?}", recorder.seen());
+
     // CHECK agrees.
     let conf = node.plugin_conf(1, Some(&client.result), &client.spec.weft);
     assert!(node.invoke("weft-cni", "CHECK", &client.spec, "eth0", &conf).0);
@@ -589,4 +638,69 @@ async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_
     assert!(installer.stop(), "installer exits cleanly on SIGTERM");
     assert_eq!(chain(), ["bridge", "portmap"]);
     assert!(!bin.join("weft-cni").exists(), "binary removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_drops_pods_the_plugin_no_longer_records() {
+    if !netns_available() {
+        return;
+    }
+    let node = Node::new();
+    let cni = tempfile::tempdir().expect("tempdir");
+    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let kept = node.add_pod("sa", meshed(json!({}))).expect("ADD");
+    let lost = node.add_pod("sb", meshed(json!({}))).expect("ADD");
+    let mut want = vec![kept.spec.uid.clone(), lost.spec.uid.clone()];
+    want.sort();
+    assert_eq!(proxy.pods(), want);
+    // The DEL of `lost` never reached the proxy; only the plugin's record went away.
+    std::fs::remove_file(lost.state_file()).expect("remove record");
+    let _installer = Installer::start(&node, &bin, &conf);
+    eventually("the snapshot to drop the unrecorded pod", || proxy.pods() == vec![kept.spec.uid.clone()])
+        .await;
+    proxy.shutdown(Duration::ZERO).await;
+}
+
+/// Draining is for the proxy's own shutdown (rolling update): the pods' rules stay, the
+/// listeners close at once, open connections get until the deadline. (On a pod's DEL, removing
+/// its NAT table makes the kernel flush the NAT'd conntrack entries of that netns, so the pod's
+/// connections end with it, as they would anyway when its netns goes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_shutdown_stops_accepting_and_drains_open_connections_until_the_deadline() {
+    if !netns_available() {
+        return;
+    }
+    const DEADLINE: Duration = Duration::from_millis(700);
+    let node = Node::new();
+    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let client = node.add_pod("da", meshed(json!({}))).expect("ADD");
+    let server = node.add_pod("db", unmeshed()).expect("ADD");
+    let _echo = line_echo(&server.path(), 7070);
+    let addr = server.addr(7070);
+    let mut conn =
+        in_netns(&client.path(), move || TcpStream::connect_timeout(&addr, WAIT)).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    assert_eq!(round_trip(&mut conn, "one").expect("before shutdown"), "one");
+
+    let started = Instant::now();
+    let shutdown = tokio::spawn(proxy.shutdown(DEADLINE));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (path, new_addr) = (client.path(), server.addr(7070));
+    let refused = tokio::task::spawn_blocking(move || {
+        in_netns(&path, move || TcpStream::connect_timeout(&new_addr, WAIT))
+    })
+    .await
+    .expect("join");
+    assert!(refused.is_err(), "a draining proxy accepts no new connection");
+    let (answer, conn) =
+        tokio::task::spawn_blocking(move || (round_trip(&mut conn, "two"), conn)).await.expect("join");
+    assert_eq!(answer.expect("open connections go on while draining"), "two");
+    assert!(started.elapsed() < DEADLINE);
+    shutdown.await.expect("shutdown");
+    assert!(started.elapsed() >= DEADLINE, "shutdown waited for the open connection");
+    let mut conn = conn;
+    let cut = tokio::task::spawn_blocking(move || round_trip(&mut conn, "three")).await.expect("join");
+    assert!(cut.is_err(), "after the drain deadline the connection is closed: {cut:?}");
 }
