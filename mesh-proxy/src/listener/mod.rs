@@ -143,14 +143,14 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
             let result = match tls {
                 None => {
                     let stream = framing::Scanned::new(stream, verdicts);
-                    server.serve_connection(TokioIo::new(stream), service).await
+                    server.serve_connection_with_upgrades(TokioIo::new(stream), service).await
                 }
                 Some(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let stream = framing::Scanned::new(stream, verdicts);
-                            server.serve_connection(TokioIo::new(stream), service).await
+                            server.serve_connection_with_upgrades(TokioIo::new(stream), service).await
                         }
                         // Garbage or a client that gives up: only this connection closes.
                         Ok(Err(error)) => Err(error.into()),

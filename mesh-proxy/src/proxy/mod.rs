@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod mirror;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use mesh_api::model::{Filter, HeaderModifier};
+use mesh_api::model::{AppProtocol, Filter, HeaderModifier};
 
 use crate::config::{ConfigStore, Snapshot};
 use crate::listener::framing::Verdicts;
@@ -122,6 +123,7 @@ impl Proxy {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
+        let upgrade = upgrade::requested(&mut req);
         let scheme = if inbound.tls { "https" } else { "http" };
         let Some(routes) = snapshot.routes.listener(&inbound.bind) else {
             return local(StatusCode::NOT_FOUND, "no listener");
@@ -215,6 +217,9 @@ impl Proxy {
         };
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore(&mut parts.headers);
+        }
         headers::add_forwarded(&mut parts.headers, inbound.peer.ip(), scheme);
         match host_header {
             Some(host) => parts.headers.insert(header::HOST, host),
@@ -270,7 +275,9 @@ impl Proxy {
                 .into_iter()
                 .flatten()
                 .min();
-            let send = self.upstream.send(upstream_req, endpoints.app_protocol);
+            // An upgrade is an HTTP/1.1 handshake whatever the backend speaks otherwise.
+            let protocol = if upgrade.is_some() { AppProtocol::Http1 } else { endpoints.app_protocol };
+            let send = self.upstream.send(upstream_req, protocol);
             let result = match budget {
                 Some(budget) => tokio::time::timeout(budget, send).await.unwrap_or_else(|_| {
                     Err(UpstreamError { kind: UpstreamFailure::Timeout, message: "timed out".into() })
@@ -306,8 +313,11 @@ impl Proxy {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
             }
         };
+        let switched = upgrade.is_some_and(|upgrade| upgrade.finish(&mut response));
         let headers = response.headers_mut();
-        headers::strip_hop_by_hop(headers);
+        if !switched {
+            headers::strip_hop_by_hop(headers);
+        }
         for modifier in &plan.response_headers {
             filters::modify_headers(headers, modifier);
         }
