@@ -1,35 +1,46 @@
-//! Endpoint choice: power of two choices over in-flight requests.
+//! Endpoint choice: power of two choices over a peak-EWMA of latency, with outlier ejection.
 //!
-//! Two ready endpoints are drawn at random and the one with fewer requests in flight wins. The
-//! counters outlive config snapshots (they live in a [`Registry`] keyed by address), so a config
-//! swap mid-traffic does not make a busy endpoint look idle.
+//! Two endpoints are drawn at random and the one with the lower cost wins; the cost is the
+//! endpoint's [`ewma::PeakEwma`] latency estimate times its requests in flight plus one (what
+//! linkerd2-proxy does), so a slow endpoint and a busy one are both avoided. Endpoints that keep
+//! refusing connections are left out for a while ([`outlier`]), but never all of a backend's.
+//!
+//! The state of an endpoint outlives config snapshots (it lives in a [`Registry`] keyed by
+//! address), so a config swap mid-traffic does not make a busy, slow or dead endpoint look fresh.
+
+pub mod ewma;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use mesh_api::model::{self, AppProtocol};
 use rand::Rng;
 
-/// In-flight counters shared by every snapshot that names the same endpoint address.
+use ewma::PeakEwma;
+use outlier::{Outlier, Verdict};
+
+/// Endpoint state shared by every snapshot that names the same endpoint address.
 #[derive(Default)]
 pub struct Registry {
-    counters: Mutex<HashMap<SocketAddr, Weak<AtomicUsize>>>,
+    states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
 }
 
 impl Registry {
-    fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
-        let Ok(mut counters) = self.counters.lock() else {
-            return Arc::default();
+    fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let Ok(mut states) = self.states.lock() else {
+            return Arc::new(EndpointState::new(Instant::now()));
         };
-        if let Some(existing) = counters.get(&addr).and_then(Weak::upgrade) {
+        if let Some(existing) = states.get(&addr).and_then(Weak::upgrade) {
             return existing;
         }
-        let fresh = Arc::new(AtomicUsize::new(0));
-        counters.insert(addr, Arc::downgrade(&fresh));
+        let fresh = Arc::new(EndpointState::new(Instant::now()));
+        states.insert(addr, Arc::downgrade(&fresh));
         // Forget endpoints no snapshot refers to any more, so churn does not grow the map.
-        counters.retain(|_, c| c.strong_count() > 0);
+        states.retain(|_, s| s.strong_count() > 0);
         fresh
     }
 
@@ -41,17 +52,54 @@ impl Registry {
             .filter(|e| e.ready)
             .map(|e| {
                 let addr = SocketAddr::new(e.address, e.port);
-                Endpoint { addr, in_flight: self.counter(addr) }
+                Endpoint { addr, state: self.state(addr) }
             })
             .collect();
         EndpointSet { app_protocol: backend.app_protocol, endpoints }
     }
 }
 
+struct EndpointState {
+    in_flight: AtomicUsize,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    latency: PeakEwma,
+    outlier: Outlier,
+}
+
+impl EndpointState {
+    fn new(now: Instant) -> Self {
+        EndpointState {
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::new(Health { latency: PeakEwma::new(now), outlier: Outlier::default() }),
+        }
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.health.lock().is_ok_and(|h| h.outlier.is_ejected(now))
+    }
+
+    /// Latency estimate × (requests in flight + 1).
+    fn cost(&self, now: Instant) -> f64 {
+        let estimate = self.health.lock().map_or(0.0, |h| h.latency.estimate_at(now));
+        // The +1 makes an idle endpoint's cost its latency rather than 0, so idle endpoints are
+        // still told apart by speed.
+        estimate * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+}
+
+impl std::fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointState").field("in_flight", &self.in_flight.load(Ordering::Relaxed)).finish()
+    }
+}
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    in_flight: Arc<AtomicUsize>,
+    state: Arc<EndpointState>,
 }
 
 #[derive(Debug)]
@@ -60,16 +108,18 @@ pub struct EndpointSet {
     endpoints: Vec<Endpoint>,
 }
 
-/// An endpoint chosen for one request; it counts as in flight until dropped.
+/// An endpoint chosen for one request; it counts as in flight until dropped. Tell the balancer
+/// how it went with [`EndpointSet::answered`] or [`EndpointSet::connect_failed`].
 #[derive(Debug)]
 pub struct InFlight {
     pub addr: SocketAddr,
-    counter: Arc<AtomicUsize>,
+    state: Arc<EndpointState>,
+    started: Instant,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -80,31 +130,101 @@ impl EndpointSet {
 
     /// Picks an endpoint, or `None` when the backend has no ready endpoint.
     pub fn pick(&self) -> Option<InFlight> {
-        let chosen = match self.endpoints.len() {
+        self.pick_at(Instant::now(), &mut rand::rng())
+    }
+
+    fn pick_at(&self, now: Instant, rng: &mut impl Rng) -> Option<InFlight> {
+        let n = self.endpoints.len();
+        let chosen = match n {
             0 => return None,
             1 => &self.endpoints[0],
-            n => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                // A second index distinct from the first, uniformly.
-                let b = (a + rng.random_range(1..n)) % n;
+            _ => {
+                let (a, b) = two_distinct(rng, n);
                 let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) {
-                    eb
-                } else {
-                    ea
+                match (ea.state.is_ejected(now), eb.state.is_ejected(now)) {
+                    (false, false) => cheaper(ea, eb, now),
+                    // The uncommon case: draw again among the endpoints still in, or among all
+                    // of them when every one is out.
+                    _ => {
+                        let live: Vec<&Endpoint> =
+                            self.endpoints.iter().filter(|e| !e.state.is_ejected(now)).collect();
+                        let pool: Vec<&Endpoint> =
+                            if live.is_empty() { self.endpoints.iter().collect() } else { live };
+                        match pool.len() {
+                            1 => pool[0],
+                            m => {
+                                let (a, b) = two_distinct(rng, m);
+                                cheaper(pool[a], pool[b], now)
+                            }
+                        }
+                    }
                 }
             }
         };
-        chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight { addr: chosen.addr, counter: chosen.in_flight.clone() })
+        chosen.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight { addr: chosen.addr, state: chosen.state.clone(), started: now })
     }
+
+    /// The endpoint answered (response headers, whatever their status): its latency feeds the
+    /// estimate and its connect-failure record is cleared.
+    pub fn answered(&self, endpoint: &InFlight) {
+        self.answered_at(endpoint, Instant::now());
+    }
+
+    fn answered_at(&self, endpoint: &InFlight, now: Instant) {
+        if let Ok(mut health) = endpoint.state.health.lock() {
+            health.latency.observe(now.saturating_duration_since(endpoint.started), now);
+            health.outlier.success();
+        }
+    }
+
+    /// The request failed after connecting (reset, timeout): the time it took still says how
+    /// the endpoint is doing.
+    pub fn failed(&self, endpoint: &InFlight) {
+        let now = Instant::now();
+        if let Ok(mut health) = endpoint.state.health.lock() {
+            health.latency.observe(now.saturating_duration_since(endpoint.started), now);
+        }
+    }
+
+    /// The endpoint refused the connection. Returns how long it is ejected for, when this
+    /// failure ejected it.
+    pub fn connect_failed(&self, endpoint: &InFlight) -> Option<Duration> {
+        self.connect_failed_at(endpoint, Instant::now())
+    }
+
+    fn connect_failed_at(&self, endpoint: &InFlight, now: Instant) -> Option<Duration> {
+        // Another endpoint must stay in for this one to go out.
+        let others_in = self
+            .endpoints
+            .iter()
+            .any(|e| !Arc::ptr_eq(&e.state, &endpoint.state) && !e.state.is_ejected(now));
+        let mut health = endpoint.state.health.lock().ok()?;
+        match health.outlier.connect_failed(now, others_in) {
+            Verdict::Kept => None,
+            Verdict::Ejected(until) => Some(until - now),
+        }
+    }
+}
+
+/// Two different indices below `n` (at least 2), uniformly.
+fn two_distinct(rng: &mut impl Rng, n: usize) -> (usize, usize) {
+    let a = rng.random_range(0..n);
+    (a, (a + rng.random_range(1..n)) % n)
+}
+
+fn cheaper<'a>(a: &'a Endpoint, b: &'a Endpoint, now: Instant) -> &'a Endpoint {
+    if b.state.cost(now) < a.state.cost(now) { b } else { a }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mesh_api::model::{BackendKey, Endpoint as ModelEndpoint, ObjectKey};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const MS: Duration = Duration::from_millis(1);
 
     fn backend(ports: &[(u16, bool)]) -> model::Backend {
         model::Backend {
@@ -123,6 +243,17 @@ mod tests {
         }
     }
 
+    fn ready(ports: &[u16]) -> model::Backend {
+        backend(&ports.iter().map(|&p| (p, true)).collect::<Vec<_>>())
+    }
+
+    /// A request on the endpoint with `port`, started at `now`, as if the balancer had chosen it.
+    fn on(set: &EndpointSet, port: u16, now: Instant) -> InFlight {
+        let e = set.endpoints.iter().find(|e| e.addr.port() == port).expect("endpoint");
+        e.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { addr: e.addr, state: e.state.clone(), started: now }
+    }
+
     #[test]
     fn never_picks_an_unready_endpoint() {
         let registry = Registry::default();
@@ -134,23 +265,114 @@ mod tests {
     }
 
     #[test]
-    fn prefers_the_less_loaded_of_two() {
+    fn prefers_the_less_loaded_of_two_equally_fast() {
         let registry = Registry::default();
-        let set = registry.endpoints(&backend(&[(1, true), (2, true)]));
-        let held: Vec<_> = (0..5).filter_map(|_| set.pick()).filter(|p| p.addr.port() == 1).collect();
-        // With 1 busy, every new pick among the two must go to 2 until the loads cross.
-        if !held.is_empty() {
-            let next = set.pick().expect("ready");
-            assert_eq!(next.addr.port(), 2);
-        }
+        let set = registry.endpoints(&ready(&[1, 2]));
+        let mut rng = StdRng::seed_from_u64(1);
+        let now = Instant::now();
+        // With two endpoints both are always the candidates: picks alternate as loads cross.
+        let held: Vec<_> = (0..6).filter_map(|_| set.pick_at(now, &mut rng)).collect();
+        let on_1 = held.iter().filter(|p| p.addr.port() == 1).count();
+        assert_eq!(on_1, 3, "{held:?}");
     }
 
     #[test]
-    fn counters_survive_a_new_snapshot() {
+    fn prefers_the_faster_of_two_until_it_is_busier_by_their_latency_ratio() {
         let registry = Registry::default();
-        let first = registry.endpoints(&backend(&[(7, true)]));
+        let set = registry.endpoints(&ready(&[1, 2]));
+        let mut rng = StdRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        // Endpoint 1 answers in 10 ms, endpoint 2 in 100 ms (a peak, taken at once).
+        for (port, rtt) in [(1, 10 * MS), (2, 100 * MS)] {
+            set.answered_at(&on(&set, port, t0), t0 + rtt);
+        }
+        // The first sample blends with the 30 ms default (tower and linkerd start the same way),
+        // so endpoint 1 costs ~30 ms × (in flight + 1) against endpoint 2's 100 ms × 1.
+        let now = t0 + 100 * MS;
+        let held: Vec<_> = (0..3).filter_map(|_| set.pick_at(now, &mut rng)).collect();
+        assert!(held.iter().all(|p| p.addr.port() == 1), "{held:?}");
+        let fourth = set.pick_at(now, &mut rng).expect("ready");
+        assert_eq!(fourth.addr.port(), 2, "30 ms × 4 in flight costs more than 100 ms × 1");
+    }
+
+    #[test]
+    fn a_slow_endpoint_is_tried_again_once_its_peak_has_decayed() {
+        let registry = Registry::default();
+        let set = registry.endpoints(&ready(&[1, 2]));
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        set.answered_at(&on(&set, 2, t0), t0 + Duration::from_secs(2));
+        set.answered_at(&on(&set, 1, t0), t0 + 10 * MS);
+        let soon = t0 + Duration::from_secs(2);
+        assert_eq!(set.pick_at(soon, &mut rng).map(|e| e.addr.port()), Some(1));
+        // Reading decays both estimates alike; a new sample on the fast one re-anchors it, and
+        // the slow one's old peak fades below it with time.
+        let later = soon + ewma::DECAY * 6;
+        let e = set.pick_at(later, &mut rng).expect("ready");
+        set.answered_at(&e, later + 10 * MS);
+        drop(e);
+        let picks: Vec<u16> =
+            (0..4).map(|_| set.pick_at(later + 10 * MS, &mut rng).expect("ready").addr.port()).collect();
+        assert!(picks.contains(&2), "the slow endpoint gets traffic back: {picks:?}");
+    }
+
+    #[test]
+    fn connect_failures_eject_an_endpoint_but_never_the_last() {
+        let registry = Registry::default();
+        let set = registry.endpoints(&ready(&[1, 2, 3]));
+        let mut rng = StdRng::seed_from_u64(11);
+        let now = Instant::now();
+        let fail = |port: u16, _: &mut StdRng| set.connect_failed_at(&on(&set, port, now), now);
+        for _ in 1..outlier::CONSECUTIVE_FAILURES {
+            assert_eq!(fail(1, &mut rng), None);
+        }
+        assert_eq!(fail(1, &mut rng), Some(outlier::BASE_EJECTION));
+        for _ in 0..100 {
+            assert_ne!(set.pick_at(now, &mut rng).expect("ready").addr.port(), 1);
+        }
+        for _ in 1..outlier::CONSECUTIVE_FAILURES {
+            assert_eq!(fail(2, &mut rng), None);
+        }
+        assert_eq!(fail(2, &mut rng), Some(outlier::BASE_EJECTION));
+        for _ in 0..100 {
+            let e = set.pick_at(now, &mut rng).expect("ready");
+            assert_eq!(e.addr.port(), 3);
+            // Endpoint 3 is the last one in: its failures never eject it.
+            assert_eq!(set.connect_failed_at(&e, now), None);
+        }
+        // Once the ejection is over, endpoint 1 is picked again.
+        let after = now + outlier::BASE_EJECTION;
+        let ports: Vec<u16> =
+            (0..100).map(|_| set.pick_at(after, &mut rng).expect("ready").addr.port()).collect();
+        assert!(ports.contains(&1), "{ports:?}");
+    }
+
+    #[test]
+    fn with_every_endpoint_ejected_all_are_used() {
+        let registry = Registry::default();
+        let set = registry.endpoints(&ready(&[1, 2]));
+        let now = Instant::now();
+        // Eject both directly: a config change can bring back endpoints ejected in another set.
+        for e in &set.endpoints {
+            let mut health = e.state.health.lock().expect("lock");
+            for _ in 0..outlier::CONSECUTIVE_FAILURES {
+                health.outlier.connect_failed(now, true);
+            }
+            assert!(health.outlier.is_ejected(now));
+        }
+        let mut rng = StdRng::seed_from_u64(5);
+        // Held, so the in-flight counts spread them.
+        let held: Vec<InFlight> = (0..10).map(|_| set.pick_at(now, &mut rng).expect("still picks")).collect();
+        let ports: Vec<u16> = held.iter().map(|e| e.addr.port()).collect();
+        assert!(ports.contains(&1) && ports.contains(&2), "{ports:?}");
+    }
+
+    #[test]
+    fn state_survives_a_new_snapshot() {
+        let registry = Registry::default();
+        let first = registry.endpoints(&ready(&[7]));
         let _busy = first.pick().expect("ready");
-        let second = registry.endpoints(&backend(&[(7, true)]));
-        assert_eq!(second.endpoints[0].in_flight.load(Ordering::Relaxed), 1);
+        let second = registry.endpoints(&ready(&[7]));
+        assert_eq!(second.endpoints[0].state.in_flight.load(Ordering::Relaxed), 1);
     }
 }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub config_errors: AtomicU64,
     pub active_connections: AtomicI64,
     pub refused_requests: AtomicU64,
+    /// Endpoints left out of balancing after repeated connect failures.
+    pub endpoint_ejections: AtomicU64,
 }
 
 impl Metrics {
@@ -170,7 +172,7 @@ impl Metrics {
                 let _ = writeln!(out, "weft_mirror_requests_total{{outcome=\"{}\"}} {n}", outcome.as_str());
             }
         }
-        let gauges: [(&str, &str, &str, i128); 5] = [
+        let gauges: [(&str, &str, &str, i128); 6] = [
             (
                 "weft_config_version",
                 "gauge",
@@ -194,6 +196,12 @@ impl Metrics {
                 "gauge",
                 "Client connections open on the listeners.",
                 self.active_connections.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "weft_endpoint_ejections_total",
+                "counter",
+                "Endpoints ejected from balancing after consecutive connect failures.",
+                self.endpoint_ejections.load(Ordering::Relaxed).into(),
             ),
             (
                 "weft_refused_requests_total",

@@ -284,6 +284,16 @@ impl Proxy {
                 }),
                 None => send.await,
             };
+            match &result {
+                Ok(_) => endpoints.answered(&endpoint),
+                Err(error) if error.kind == UpstreamFailure::Connect => {
+                    if let Some(ejected_for) = endpoints.connect_failed(&endpoint) {
+                        self.metrics.endpoint_ejections.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(endpoint = %endpoint.addr, backend = %outcome.backend, ?ejected_for, "endpoint ejected after consecutive connect failures");
+                    }
+                }
+                Err(_) => endpoints.failed(&endpoint),
+            }
             drop(endpoint);
             match result {
                 Ok(response)
