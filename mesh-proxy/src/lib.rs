@@ -11,6 +11,7 @@ pub mod hbone;
 pub mod identity;
 pub mod inpod;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
@@ -52,6 +53,8 @@ pub struct Options {
 /// A started proxy. Dropping it stops every task it started (connections in flight included).
 pub struct Running {
     pub admin: SocketAddr,
+    /// Parts of `/metrics` started after the proxy (the mesh) register here.
+    pub more_metrics: Arc<admin::MoreMetrics>,
     pub store: Arc<ConfigStore>,
     pub metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
@@ -73,10 +76,11 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot bind admin on {}", options.admin))?;
     let admin = admin_socket.local_addr()?;
+    let more_metrics = Arc::new(admin::MoreMetrics::default());
     tracing::info!(%admin, "admin listening");
 
     let mut tasks = vec![
-        tokio::spawn(admin::serve(admin_socket, store.clone())),
+        tokio::spawn(admin::serve(admin_socket, store.clone(), more_metrics.clone())),
         tokio::spawn(listener::run(store.clone(), proxy)),
     ];
     match options.source {
@@ -85,5 +89,5 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         Source::Controller(sub) => tasks.push(tokio::spawn(config::controller::follow(sub, store.clone()))),
         Source::Fixed(config) => store.install(1, config),
     }
-    Ok(Running { admin, store, metrics, tasks })
+    Ok(Running { admin, more_metrics, store, metrics, tasks })
 }

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use mesh_proxy::config::controller::Subscription;
-use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough};
+use mesh_proxy::identity::{CaSettings, IdentityManager};
+use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodTraffic};
+use mesh_proxy::mesh::MeshTraffic;
 use mesh_proxy::{Options, Source};
 
 #[derive(Parser)]
@@ -37,6 +40,17 @@ struct Args {
     /// The unix socket weft-cni hands pods over on (with --inpod).
     #[arg(long, env = "WEFT_INPOD_SOCKET", default_value = mesh_api::inpod::DEFAULT_SOCKET)]
     inpod_socket: PathBuf,
+    /// The proxy's token for the controller's certificate authority (a projected
+    /// ServiceAccount token in a cluster, a static node token standalone). With --inpod, it
+    /// turns on the mesh: mTLS (HBONE) between meshed pods with their own certificates.
+    #[arg(long, env = "WEFT_CA_TOKEN_FILE", requires = "inpod")]
+    ca_token_file: Option<PathBuf>,
+    /// The certificate authority's address; defaults to --controller.
+    #[arg(long, env = "WEFT_CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// On shutdown, how long meshed pods' open connections may finish (seconds).
     #[arg(long, default_value_t = mesh_proxy::inpod::DEFAULT_DRAIN_DEADLINE.as_secs())]
     drain_seconds: u64,
@@ -51,18 +65,41 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let ca_address = args.ca_address.clone().or_else(|| args.controller.clone());
     let source = match (args.manifests, args.config, args.controller, args.node) {
         (Some(dir), _, _, _) => Source::Manifests(dir),
         (_, Some(file), _, _) => Source::File(file),
         (_, _, Some(url), Some(node)) => Source::Controller(Subscription { url, node }),
         _ => anyhow::bail!("one of --manifests, --config or --controller (with --node) is required"),
     };
-    let _running =
+    let running =
         mesh_proxy::start(Options { source, admin: args.admin, access_log: args.access_log }).await?;
     let inpod = match args.inpod {
         true => {
+            let traffic: Arc<dyn PodTraffic> = match args.ca_token_file {
+                Some(token_file) => {
+                    let url = ca_address.context("--ca-token-file needs --ca-address or --controller")?;
+                    let identities = IdentityManager::new(CaSettings { url, token_file, ttl: None })?;
+                    let mesh = MeshTraffic::new(
+                        running.store.clone(),
+                        identities,
+                        args.trust_domain,
+                        args.access_log,
+                    );
+                    let metrics = mesh.clone();
+                    running.more_metrics.register(Arc::new(move || metrics.render_metrics()));
+                    tracing::info!("mesh on: meshed pods talk over HBONE with their own certificates");
+                    Arc::new(mesh)
+                }
+                None => {
+                    tracing::info!(
+                        "no --ca-token-file: meshed pods' traffic is intercepted and passed through unchanged"
+                    );
+                    Arc::new(Passthrough)
+                }
+            };
             let config = InpodConfig { socket: args.inpod_socket, ..InpodConfig::default() };
-            Some(InpodServer::start(config, Arc::new(Passthrough)).await?)
+            Some(InpodServer::start(config, traffic).await?)
         }
         false => None,
     };

@@ -17,8 +17,28 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigStore;
 
+/// Renders one part of `/metrics` that lives outside [`crate::metrics::Metrics`] (the mesh's
+/// HBONE and certificate counters), registered once that part has started.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The extra parts of `/metrics`.
+#[derive(Default)]
+pub struct MoreMetrics(std::sync::RwLock<Vec<MetricsSource>>);
+
+impl MoreMetrics {
+    pub fn register(&self, source: MetricsSource) {
+        if let Ok(mut sources) = self.0.write() {
+            sources.push(source);
+        }
+    }
+
+    fn render(&self) -> String {
+        self.0.read().map(|sources| sources.iter().map(|render| render()).collect()).unwrap_or_default()
+    }
+}
+
 /// Serves admin requests on `socket` until the task is dropped.
-pub async fn serve(socket: TcpListener, store: Arc<ConfigStore>) {
+pub async fn serve(socket: TcpListener, store: Arc<ConfigStore>, more: Arc<MoreMetrics>) {
     let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = socket.accept().await else {
@@ -26,26 +46,29 @@ pub async fn serve(socket: TcpListener, store: Arc<ConfigStore>) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let store = store.clone();
+        let (store, more) = (store.clone(), more.clone());
         let server = server.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let store = store.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &store)) }
+                let (store, more) = (store.clone(), more.clone());
+                async move { Ok::<_, Infallible>(answer(&req, &store, &more)) }
             });
             let _ = server.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-fn answer(req: &Request<Incoming>, store: &ConfigStore) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, store: &ConfigStore, more: &MoreMetrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), "text/plain");
     }
     match req.uri().path() {
         "/ready" if store.is_ready() => text(StatusCode::OK, "ready\n".into(), "text/plain"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n".into(), "text/plain"),
-        "/metrics" => text(StatusCode::OK, store.metrics().render(), "text/plain; version=0.0.4"),
+        "/metrics" => {
+            let body = store.metrics().render() + &more.render();
+            text(StatusCode::OK, body, "text/plain; version=0.0.4")
+        }
         "/config_dump" => {
             let snapshot = store.load();
             let body = config_dump(snapshot.version, &snapshot.config);

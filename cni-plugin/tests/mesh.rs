@@ -1,0 +1,399 @@
+//! The mesh end to end on two "nodes": network namespaces joined by a veth pair, each with its
+//! own node proxy (config stream and certificates from an in-process weft-controller over
+//! gRPC), pods attached by the real bridge/host-local plugins chained with weft-cni.
+//!
+//! A meshed client on node A calls a meshed Service on node B through its ClusterIP: the
+//! request crosses the inter-node link only inside mutual TLS (HBONE), which a packet capture
+//! on that link proves, while a call to an unmeshed pod crosses in plaintext (the capture's
+//! positive control). The destination proxy reports the client's SPIFFE identity; a forged
+//! certificate is refused.
+//!
+//! Needs root, nft, tcpdump and the CNI plugins; skipped otherwise unless WEFT_REQUIRE_NETNS=1.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mesh_api::identity::SpiffeId;
+use mesh_controller::ca::CertificateService;
+use mesh_controller::ca::authority::{Authority, CaMaterial};
+use mesh_controller::ca::authorize::{Authenticator, Caller};
+use mesh_controller::config_server::Publisher;
+use mesh_proxy::config::controller::Subscription;
+use mesh_proxy::hbone::client::{HboneClient, PoolKey};
+use mesh_proxy::identity::{CaSettings, IdentityManager, WorkloadCert};
+use mesh_proxy::inpod::{InpodConfig, InpodServer};
+use mesh_proxy::mesh::MeshTraffic;
+use mesh_proxy::{Options, Running, Source};
+use support::*;
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const CHECKOUT: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
+const CHECKOUT_VIP: &str = "10.96.0.10";
+/// Strings that must never cross the inter-node link in the clear (meshed), and one that must
+/// (unmeshed: proves the capture would have seen it).
+const MESHED_CANARY: &str = "weft-canary-meshed-5f3a9c";
+const PLAINTEXT_CANARY: &str = "weft-canary-plaintext-81d2e7";
+
+fn id(s: &str) -> SpiffeId {
+    s.parse().expect("identity")
+}
+
+/// An HTTP/1.1 server in a pod: answers every request with 200 and the request head as body.
+struct HttpEcho {
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpEcho {
+    fn start(netns: &Path, port: u16) -> HttpEcho {
+        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(WAIT));
+                    let mut reader = BufReader::new(&conn);
+                    let mut head = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        head.push_str(&line);
+                        line.clear();
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+                        head.len()
+                    );
+                    let _ = (&conn).write_all(answer.as_bytes());
+                });
+            }
+        });
+        HttpEcho { stop }
+    }
+}
+
+impl Drop for HttpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `GET /` from inside `netns` to `addr` with `canary` in a header; the whole answer.
+fn http_get(netns: &Path, addr: SocketAddr, canary: &'static str) -> std::io::Result<String> {
+    in_netns(netns, move || {
+        let mut conn = TcpStream::connect_timeout(&addr, WAIT)?;
+        conn.set_read_timeout(Some(WAIT))?;
+        write!(conn, "GET / HTTP/1.1\r\nhost: checkout\r\nx-canary: {canary}\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+}
+
+/// tcpdump on one interface of one netns, into a pcap file.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(netns: &Netns, iface: &str, file: PathBuf) -> Capture {
+        // --immediate-mode: packets reach the file as they come, not when the kernel's buffer
+        // block fills (or a second passes), so nothing is lost when the capture is stopped
+        // right after the traffic. -Z root: write the file where the test's private tempdir is.
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                "tcpdump",
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                iface,
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(&file)
+            .arg("tcp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump says "listening on …" once the capture is armed.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(WAIT).expect("tcpdump started capturing");
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns the raw pcap bytes.
+    fn finish(mut self) -> Vec<u8> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        std::fs::read(&self.file).expect("pcap")
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Packets in `pcap` that match a tcpdump filter.
+fn count_packets(pcap: &Path, filter: &str) -> usize {
+    let out = Command::new("tcpdump").args(["-nn", "-r"]).arg(pcap).arg(filter).output().expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// weft-controller's config stream and CA on loopback; node tokens `token-a` and `token-b`.
+async fn controller() -> (String, Publisher) {
+    let publisher = Publisher::new();
+    let now = time::OffsetDateTime::now_utc();
+    let material = CaMaterial::generate("cluster.local", now).expect("root");
+    let authority = Authority::new("cluster.local", &material, now).expect("authority");
+    let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
+    let tokens = HashMap::from([
+        ("token-a".to_string(), Caller { node: "node-a".into(), identity: proxy.clone() }),
+        ("token-b".to_string(), Caller { node: "node-b".into(), identity: proxy }),
+    ]);
+    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(mesh_controller::app::serve(
+        publisher.clone(),
+        Some(service),
+        listener,
+        std::future::pending(),
+    ));
+    (url, publisher)
+}
+
+fn identities(url: &str, token: &str, dir: &Path) -> Arc<IdentityManager> {
+    let token_file = dir.join(format!("{token}.token"));
+    std::fs::write(&token_file, token).expect("token file");
+    IdentityManager::new(CaSettings { url: url.into(), token_file, ttl: None }).expect("identity manager")
+}
+
+/// A node proxy as weft-proxy runs it: config from the controller, the mesh on its pods.
+struct NodeProxy {
+    running: Running,
+    _inpod: InpodServer,
+}
+
+async fn node_proxy(node: &Node, url: &str, token: &str) -> NodeProxy {
+    let source = Source::Controller(Subscription { url: url.into(), node: node.name.clone() });
+    let admin: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let running = mesh_proxy::start(Options { source, admin, access_log: true }).await.expect("proxy");
+    let mesh = MeshTraffic::new(
+        running.store.clone(),
+        identities(url, token, node.dir.path()),
+        "cluster.local".into(),
+        true,
+    );
+    let metrics = mesh.clone();
+    running.more_metrics.register(Arc::new(move || metrics.render_metrics()));
+    let config = InpodConfig { socket: node.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
+    let inpod = InpodServer::start(config, Arc::new(mesh)).await.expect("in-pod server");
+    NodeProxy { running, _inpod: inpod }
+}
+
+/// The cluster as the controller reads it, with the addresses the CNI plugins gave the pods.
+fn manifests(frontend: &Pod<'_>, checkout: &Pod<'_>, legacy: &Pod<'_>) -> String {
+    let pod = |ns: &str, name: &str, node: &str, sa: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app}}]}}\n\
+             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}], \
+             conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n"
+        )
+    };
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {weft.dev/mesh: enabled}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: legacy}\n---\n",
+    );
+    yaml += &pod("shop", "frontend", "node-a", "frontend", &frontend.ip.to_string());
+    yaml += &pod("shop", "checkout", "node-b", "checkout", &checkout.ip.to_string());
+    yaml += &pod("legacy", "legacy", "node-b", "default", &legacy.ip.to_string());
+    yaml += &format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: checkout, namespace: shop}}\n\
+         spec: {{clusterIP: \"{CHECKOUT_VIP}\", clusterIPs: [\"{CHECKOUT_VIP}\"], \
+         ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: checkout-1, namespace: shop, labels: {{kubernetes.io/service-name: checkout}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+         endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: node-b, \
+         targetRef: {{kind: Pod, name: checkout, namespace: shop}}}}]\n",
+        checkout.ip
+    );
+    yaml
+}
+
+async fn get_metrics(admin: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut conn = TcpStream::connect(admin).expect("admin");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").expect("write");
+        let mut out = String::new();
+        conn.read_to_string(&mut out).expect("read");
+        out
+    })
+    .await
+    .expect("metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
+    if !netns_available(&["tcpdump"]) {
+        return;
+    }
+    let (a, b) = (Node::new("node-a", "10.201.1.0/24"), Node::new("node-b", "10.201.2.0/24"));
+    let (link_a, _) = link(&a, "10.201.1.0/24", &b, "10.201.2.0/24");
+    let (url, publisher) = controller().await;
+    let proxy_a = node_proxy(&a, &url, "token-a").await;
+    let proxy_b = node_proxy(&b, &url, "token-b").await;
+
+    let frontend = a.add_pod("shop", "frontend", meshed("frontend"));
+    let checkout = b.add_pod("shop", "checkout", meshed("checkout"));
+    let legacy = b.add_pod("legacy", "legacy", unmeshed());
+    let loaded = mesh_controller::manifests::load_str(
+        &manifests(&frontend, &checkout, &legacy),
+        Path::new("e2e.yaml"),
+    )
+    .expect("manifests");
+    let resolved = mesh_controller::resolve::resolve(&loaded.store, &Default::default());
+    assert_eq!(resolved.config.workloads.len(), 3, "{:?}", resolved.config.workloads.keys());
+    let version = publisher.publish(resolved.config);
+    for proxy in [&proxy_a, &proxy_b] {
+        let store = proxy.running.store.clone();
+        eventually("both proxies have the config", || store.load().version >= version).await;
+    }
+    let _checkout_app = HttpEcho::start(&checkout.path(), 8080);
+    let _legacy_app = HttpEcho::start(&legacy.path(), 8080);
+
+    let pcap = a.dir.path().join("link.pcap");
+    let capture = Capture::start(&a.netns, &link_a, pcap.clone());
+    let (frontend_ns, vip) = (frontend.path(), SocketAddr::new(CHECKOUT_VIP.parse().expect("vip"), 80));
+    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, vip, MESHED_CANARY))
+        .await
+        .expect("join")
+        .expect("the meshed call through the ClusterIP succeeds");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(MESHED_CANARY), "the server saw the request: {answer}");
+
+    let (frontend_ns, pod_addr) = (frontend.path(), checkout.addr(8080));
+    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, pod_addr, MESHED_CANARY))
+        .await
+        .expect("join")
+        .expect("the meshed call to the pod's own address succeeds");
+    assert!(answer.contains(MESHED_CANARY), "{answer}");
+
+    let (frontend_ns, legacy_addr) = (frontend.path(), legacy.addr(8080));
+    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, legacy_addr, PLAINTEXT_CANARY))
+        .await
+        .expect("join")
+        .expect("meshed → unmeshed is plaintext and works");
+    assert!(answer.contains(PLAINTEXT_CANARY), "{answer}");
+
+    let captured = capture.finish();
+    assert!(contains(&captured, PLAINTEXT_CANARY), "the capture sees plaintext when there is some");
+    assert!(!contains(&captured, MESHED_CANARY), "meshed traffic crossed the link in the clear");
+    let hbone_packets = count_packets(&pcap, &format!("tcp port 15008 and host {}", checkout.ip));
+    assert!(hbone_packets > 0, "meshed traffic went over HBONE (:15008)");
+    let direct_packets = count_packets(&pcap, &format!("tcp port 8080 and host {}", checkout.ip));
+    assert_eq!(direct_packets, 0, "nothing went to the meshed pod's port directly");
+
+    // The destination proxy knows who called.
+    let metrics = get_metrics(proxy_b.running.admin).await;
+    let line = format!("weft_hbone_inbound_streams_total{{source_identity=\"{FRONTEND}\"}} 2");
+    assert!(metrics.contains(&line), "{metrics}");
+
+    // A certificate the mesh's CA did not sign gets no tunnel.
+    let real =
+        identities(&url, "token-a", a.dir.path()).certificate(&id(FRONTEND)).await.expect("certificate");
+    let forged = forged_like(&real);
+    let from_node_a: mesh_proxy::hbone::Connector = {
+        let netns = a.netns.path();
+        Arc::new(move |addr| {
+            let netns = netns.clone();
+            Box::pin(async move {
+                let stream =
+                    tokio::task::spawn_blocking(move || in_netns(&netns, move || TcpStream::connect(addr)))
+                        .await
+                        .map_err(std::io::Error::other)??;
+                stream.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(stream)
+            })
+        })
+    };
+    let key = PoolKey {
+        source: "forger".into(),
+        source_identity: id(FRONTEND),
+        destination: checkout.addr(15008),
+        destination_identity: id(CHECKOUT),
+    };
+    let refused = HboneClient::default().open(&key, &forged, &from_node_a, checkout.addr(8080)).await;
+    assert!(refused.is_err(), "a forged certificate got a tunnel");
+    let store = proxy_b.running.admin;
+    let mut refusals = String::new();
+    for _ in 0..100 {
+        refusals = get_metrics(store).await;
+        if !refusals.contains("weft_hbone_handshake_failures_total 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refusals.contains("weft_hbone_handshake_failures_total 1"), "{refusals}");
+}
+
+/// The same identity and trust bundle as `real`, but a self-signed certificate from another
+/// trust domain and a key of its own.
+fn forged_like(real: &WorkloadCert) -> WorkloadCert {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://evil.example/ns/shop/sa/frontend").expect("uri"),
+    )];
+    let cert = params.self_signed(&key).expect("self-signed");
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        &rustls::crypto::ring::default_provider(),
+    )
+    .expect("certified key");
+    WorkloadCert {
+        identity: real.identity.clone(),
+        certified: Arc::new(certified),
+        roots: real.roots.clone(),
+        not_before: real.not_before,
+        not_after: real.not_after,
+    }
+}
