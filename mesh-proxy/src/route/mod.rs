@@ -5,6 +5,7 @@
 
 pub mod cors;
 pub mod filters;
+pub mod gamma;
 pub mod matching;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,7 @@ use matching::{Matcher, RequestView};
 pub struct RoutingTable {
     listeners: HashMap<SocketAddr, ListenerRoutes>,
     tls: HashMap<SocketAddr, Arc<ServerConfig>>,
+    mesh: gamma::MeshRoutes,
 }
 
 impl RoutingTable {
@@ -107,7 +109,13 @@ impl RoutingTable {
             .into_iter()
             .filter_map(|(addr, ls)| Some((addr, tls::server_config(&ls, config)?)))
             .collect();
-        RoutingTable { listeners: by_addr, tls }
+        let mesh = gamma::MeshRoutes::build(config, &backends);
+        RoutingTable { listeners: by_addr, tls, mesh }
+    }
+
+    /// GAMMA routes for a client in `namespace` calling a Service at `frontend`.
+    pub fn mesh(&self, frontend: SocketAddr, namespace: &str) -> Option<&ListenerRoutes> {
+        self.mesh.for_client(frontend, namespace)
     }
 
     /// The TLS config of an HTTPS address; `None` for plain HTTP.
