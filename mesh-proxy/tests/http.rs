@@ -465,7 +465,11 @@ async fn grpc_routes_match_service_and_method_over_h2c() {
                 assert_eq!(json["version"], "HTTP/2.0");
                 assert_eq!(json["headers"]["te"], "trailers", "gRPC needs te: trailers end to end");
             }
-            None => assert_eq!(response.status(), StatusCode::NOT_FOUND),
+            // Said in gRPC: UNIMPLEMENTED, trailers-only.
+            None => {
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(response.headers()["grpc-status"], "12");
+            }
         }
     }
 }

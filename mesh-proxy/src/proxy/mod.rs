@@ -1,6 +1,7 @@
 //! One HTTP request through the proxy: route, filter, pick a backend and an endpoint, forward,
 //! and turn every failure into the status the Gateway API asks for.
 
+pub mod grpc;
 pub mod headers;
 pub mod mirror;
 pub mod upgrade;
@@ -78,9 +79,11 @@ impl Proxy {
         let mut outcome =
             Outcome { listener: inbound.bind.to_string(), route: "-".into(), backend: "-".into() };
         let peer = inbound.peer;
+        let is_grpc = grpc::is_grpc(req.headers());
         let response = self.route(&snapshot, inbound, req, &mut outcome).await;
         let elapsed = started.elapsed();
         let code = response.status().as_u16();
+        let response = if is_grpc { grpc::translate(response) } else { response };
         if self.access_log {
             tracing::info!(
                 target: "weft::access",
@@ -416,11 +419,16 @@ fn empty_body() -> ProxyBody {
     Empty::new().map_err(|n| match n {}).boxed()
 }
 
+/// Marks a response the proxy wrote itself, with its message.
+#[derive(Clone, Copy, Debug)]
+pub struct Local(pub &'static str);
+
 /// A response the proxy writes itself.
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut response =
         Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n| match n {}).boxed());
     *response.status_mut() = status;
+    response.extensions_mut().insert(Local(body));
     if !body.is_empty() {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
