@@ -591,3 +591,72 @@ fn filters_convert_with_their_defaults() {
         [mesh_api::model::WeightedBackend { backend: BackendRef::Invalid { .. }, .. }]
     ));
 }
+
+#[test]
+fn tls_passthrough_and_tcp_routes_resolve_to_l4_rules() {
+    let gw = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra, generation: 1}
+spec:
+  gatewayClassName: weft
+  listeners:
+  - name: tls
+    port: 443
+    protocol: TLS
+    hostname: "*.example.com"
+    tls: {mode: Passthrough}
+  - name: tcp
+    port: 5432
+    protocol: TCP
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: t, namespace: infra, generation: 1}
+spec:
+  parentRefs: [{name: gw, sectionName: tls}]
+  hostnames: [a.example.com, other.net]
+  rules:
+  - backendRefs: [{name: web, namespace: apps, port: 8080, weight: 3}, {name: missing, namespace: apps, port: 1}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: c, namespace: infra, generation: 1}
+spec:
+  parentRefs: [{name: gw, sectionName: tcp}]
+  rules:
+  - backendRefs: [{name: web, namespace: apps, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: allow, namespace: apps}
+spec:
+  from:
+  - {group: gateway.networking.k8s.io, kind: TLSRoute, namespace: infra}
+  - {group: gateway.networking.k8s.io, kind: TCPRoute, namespace: infra}
+  to: [{group: "", kind: Service}]
+"#;
+    let r = resolve_yaml(&with_class(gw));
+    let status = gateway(&r, "infra", "gw");
+    assert_eq!(listener(status, "tls").attached_routes, 1);
+    assert_eq!(listener(status, "tcp").attached_routes, 1);
+
+    let tls = &r.config.routes["TLSRoute/infra/t"];
+    assert_eq!(tls.key.kind, RouteKind::Tls);
+    assert_eq!(tls.parents.len(), 1);
+    assert_eq!(tls.parents[0].hostnames, vec!["a.example.com".to_string()], "intersected with the listener's");
+    let backends = &tls.rules[0].backends;
+    assert_eq!(backends.len(), 2);
+    assert_eq!(backends[0].weight, 3);
+    assert!(matches!(&backends[0].backend, BackendRef::Service(k) if k.to_string() == "apps/web:8080"));
+    assert!(matches!(backends[1].backend, BackendRef::Invalid { .. }), "its share of connections is refused");
+    assert!(tls.rules[0].matches.is_empty());
+
+    let tcp = &r.config.routes["TCPRoute/infra/c"];
+    assert_eq!(tcp.key.kind, RouteKind::Tcp);
+    assert!(tcp.parents[0].hostnames.is_empty());
+    assert!(matches!(&tcp.rules[0].backends[0].backend, BackendRef::Service(_)));
+    let l = &r.config.listeners["infra/gw/tls"];
+    assert_eq!(l.protocol, mesh_api::model::ListenerProtocol::Tls);
+    assert_eq!(l.tls.as_ref().map(|t| t.mode), Some(mesh_api::model::TlsMode::Passthrough));
+}
