@@ -2,6 +2,8 @@
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
 pub mod framing;
+pub mod l4;
+pub mod sni;
 pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
@@ -40,8 +42,8 @@ pub fn bind_addresses(listener: &Listener) -> Vec<SocketAddr> {
     }
 }
 
-/// HTTP listeners, and HTTPS listeners that terminate TLS (passthrough needs TLSRoute
-/// forwarding, which is not implemented yet).
+/// HTTP listeners, and HTTPS listeners that terminate TLS (TCP and TLS passthrough are
+/// [`l4`]'s).
 pub fn serves_http(listener: &Listener) -> bool {
     match listener.protocol {
         ListenerProtocol::Http => true,
@@ -52,7 +54,13 @@ pub fn serves_http(listener: &Listener) -> bool {
 
 fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
     let snapshot = store.load();
-    snapshot.config.listeners.values().filter(|l| serves_http(l)).flat_map(bind_addresses).collect()
+    snapshot
+        .config
+        .listeners
+        .values()
+        .filter(|l| serves_http(l) || crate::route::l4::serves_l4(l))
+        .flat_map(bind_addresses)
+        .collect()
 }
 
 /// Reconciles the bound sockets with every config change, until the task is dropped.
@@ -135,6 +143,11 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
         tokio::spawn(async move {
             let metrics = store.metrics();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+            // TCP and TLS-passthrough connections are spliced; what they leave is HTTP(S).
+            let Some(stream) = l4::serve(stream, bind, &store).await else {
+                metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
             // The snapshot current at accept time says whether this address terminates TLS.
             let tls = store.load().routes.tls(&bind);
             let verdicts = framing::Verdicts::default();

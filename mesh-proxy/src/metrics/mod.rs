@@ -71,6 +71,33 @@ impl MirrorOutcome {
     }
 }
 
+/// What became of a connection on a TCP or TLS-passthrough listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum L4Outcome {
+    /// Connected to a backend and spliced.
+    Forwarded,
+    /// No route for it (a TLS server name no TLSRoute serves).
+    NoRoute,
+    /// Not a TLS ClientHello on a passthrough listener.
+    InvalidHello,
+    /// The route's backend is invalid or has no ready endpoint.
+    NoBackend,
+    /// The chosen endpoint refused the connection or did not answer in time.
+    ConnectFailed,
+}
+
+impl L4Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            L4Outcome::Forwarded => "forwarded",
+            L4Outcome::NoRoute => "no_route",
+            L4Outcome::InvalidHello => "invalid_hello",
+            L4Outcome::NoBackend => "no_backend",
+            L4Outcome::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestLabels, u64>>,
@@ -79,6 +106,8 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     upstream_failures: Mutex<BTreeMap<UpstreamFailure, u64>>,
     mirrors: Mutex<BTreeMap<MirrorOutcome, u64>>,
+    /// By listener, backend and outcome.
+    l4_connections: Mutex<BTreeMap<(String, String, L4Outcome), u64>>,
     pub config_version: AtomicU64,
     pub config_nacks: AtomicU64,
     pub config_errors: AtomicU64,
@@ -122,6 +151,12 @@ impl Metrics {
 
     pub fn mirrors(&self, outcome: MirrorOutcome) -> u64 {
         self.mirrors.lock().map(|m| m.get(&outcome).copied().unwrap_or(0)).unwrap_or(0)
+    }
+
+    pub fn record_l4(&self, listener: &str, backend: &str, outcome: L4Outcome) {
+        if let Ok(mut connections) = self.l4_connections.lock() {
+            *connections.entry((listener.to_string(), backend.to_string(), outcome)).or_default() += 1;
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -170,6 +205,19 @@ impl Metrics {
         if let Ok(mirrors) = self.mirrors.lock() {
             for (outcome, n) in mirrors.iter() {
                 let _ = writeln!(out, "weft_mirror_requests_total{{outcome=\"{}\"}} {n}", outcome.as_str());
+            }
+        }
+        out.push_str("# HELP weft_l4_connections_total Connections on TCP and TLS-passthrough listeners, by listener, backend and outcome.\n");
+        out.push_str("# TYPE weft_l4_connections_total counter\n");
+        if let Ok(connections) = self.l4_connections.lock() {
+            for ((listener, backend, outcome), n) in connections.iter() {
+                let _ = writeln!(
+                    out,
+                    "weft_l4_connections_total{{listener=\"{}\",backend=\"{}\",outcome=\"{}\"}} {n}",
+                    escape(listener),
+                    escape(backend),
+                    outcome.as_str()
+                );
             }
         }
         let gauges: [(&str, &str, &str, i128); 6] = [

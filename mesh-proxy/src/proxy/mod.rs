@@ -4,6 +4,7 @@
 pub mod grpc;
 pub mod headers;
 pub mod mirror;
+pub mod splice;
 pub mod upgrade;
 
 use std::convert::Infallible;

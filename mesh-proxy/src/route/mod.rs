@@ -6,6 +6,7 @@
 pub mod cors;
 pub mod filters;
 pub mod gamma;
+pub mod l4;
 pub mod matching;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,8 @@ use matching::{Matcher, RequestView};
 pub struct RoutingTable {
     listeners: HashMap<SocketAddr, ListenerRoutes>,
     tls: HashMap<SocketAddr, Arc<ServerConfig>>,
+    /// TCP and TLS-passthrough addresses.
+    l4: HashMap<SocketAddr, l4::L4Routes>,
     mesh: gamma::MeshRoutes,
 }
 
@@ -110,7 +113,13 @@ impl RoutingTable {
             .filter_map(|(addr, ls)| Some((addr, tls::server_config(&ls, config)?)))
             .collect();
         let mesh = gamma::MeshRoutes::build(config, &backends);
-        RoutingTable { listeners: by_addr, tls, mesh }
+        let l4 = l4::build(config, &backends);
+        RoutingTable { listeners: by_addr, tls, mesh, l4 }
+    }
+
+    /// The L4 routes of a TCP or TLS-passthrough address.
+    pub fn l4(&self, addr: &SocketAddr) -> Option<&l4::L4Routes> {
+        self.l4.get(addr)
     }
 
     /// GAMMA routes for a client in `namespace` calling a Service at `frontend`.

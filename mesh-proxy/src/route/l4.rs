@@ -1,0 +1,119 @@
+//! L4 routing: which TCPRoute or TLSRoute rule takes a connection on a TCP or TLS-passthrough
+//! listener. A TCP listener has one route; a TLS passthrough listener chooses by the SNI of the
+//! ClientHello, the most specific hostname first, as HTTP routing chooses by `Host`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_api::model::{self, Config, ListenerProtocol, ParentTarget, RouteKind, TlsMode};
+use mesh_api::precedence::hostname_rank;
+
+use super::CompiledRule;
+use crate::balance::EndpointSet;
+use crate::listener::bind_addresses;
+
+/// What a bound address does at L4.
+pub enum L4Routes {
+    /// Every connection goes to this rule.
+    Tcp(Target),
+    /// Chosen by SNI; no match, no connection.
+    Tls(Vec<(Option<String>, Target)>),
+}
+
+/// The rule a connection goes to and the names for metrics.
+#[derive(Clone)]
+pub struct Target {
+    pub listener: Arc<str>,
+    pub rule: Arc<CompiledRule>,
+}
+
+/// Listeners served at L4: TCP, and TLS in passthrough mode.
+pub fn serves_l4(listener: &model::Listener) -> bool {
+    match listener.protocol {
+        ListenerProtocol::Tcp => true,
+        ListenerProtocol::Tls => listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough),
+        ListenerProtocol::Http | ListenerProtocol::Https | ListenerProtocol::Udp => false,
+    }
+}
+
+pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> HashMap<SocketAddr, L4Routes> {
+    // Routes attached to each listener, oldest first (the spec's tie-break between routes).
+    let mut routes: Vec<&model::Route> =
+        config.routes.values().filter(|r| matches!(r.key.kind, RouteKind::Tcp | RouteKind::Tls)).collect();
+    routes.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+
+    let mut out: HashMap<SocketAddr, L4Routes> = HashMap::new();
+    for listener in config.listeners.values().filter(|l| serves_l4(l)) {
+        let name: Arc<str> = listener.key.to_string().into();
+        let wanted_kind =
+            if listener.protocol == ListenerProtocol::Tcp { RouteKind::Tcp } else { RouteKind::Tls };
+        let mut entries: Vec<(Option<String>, Target)> = Vec::new();
+        for route in routes.iter().filter(|r| r.key.kind == wanted_kind) {
+            // L4 routes have no matches: the first rule with backends takes the connection.
+            let Some(rule) = route.rules.first() else { continue };
+            for parent in &route.parents {
+                if parent.target != ParentTarget::Listener(listener.key.clone()) {
+                    continue;
+                }
+                let target = Target {
+                    listener: name.clone(),
+                    rule: Arc::new(CompiledRule::build(route, rule, backends)),
+                };
+                if parent.hostnames.is_empty() {
+                    entries.push((listener.hostname.as_ref().map(|h| h.to_ascii_lowercase()), target));
+                } else {
+                    for hostname in &parent.hostnames {
+                        entries.push((Some(hostname.to_ascii_lowercase()), target.clone()));
+                    }
+                }
+            }
+        }
+        let Some(first) = entries.first() else { continue };
+        let routes = match listener.protocol {
+            ListenerProtocol::Tcp => L4Routes::Tcp(first.1.clone()),
+            _ => L4Routes::Tls(entries),
+        };
+        for addr in bind_addresses(listener) {
+            match (out.get_mut(&addr), &routes) {
+                // Several passthrough listeners on one port, told apart by hostname.
+                (Some(L4Routes::Tls(existing)), L4Routes::Tls(more)) => existing.extend(more.iter().cloned()),
+                (Some(_), _) => {
+                    tracing::warn!(%addr, listener = %name, "address already serves another L4 listener")
+                }
+                (None, L4Routes::Tcp(t)) => {
+                    out.insert(addr, L4Routes::Tcp(t.clone()));
+                }
+                (None, L4Routes::Tls(e)) => {
+                    out.insert(addr, L4Routes::Tls(e.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl L4Routes {
+    /// The target for a connection that sent `sni` (TLS) — for TCP, always the route.
+    /// The most specific matching hostname wins; among equals, the oldest route.
+    pub fn select(&self, sni: Option<&str>) -> Option<&Target> {
+        match self {
+            L4Routes::Tcp(target) => Some(target),
+            L4Routes::Tls(entries) => {
+                let host = sni.unwrap_or("");
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (pattern, t))| {
+                        hostname_rank(pattern.as_deref(), host).map(|rank| ((rank, i), t))
+                    })
+                    .min_by(|a, b| a.0.cmp(&b.0))
+                    .map(|(_, t)| t)
+            }
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, L4Routes::Tls(_))
+    }
+}
