@@ -217,3 +217,63 @@ async fn tls_passthrough_routes_by_sni_end_to_end() {
         assert!(metrics.contains(outcome), "{outcome} in {metrics}");
     }
 }
+
+#[tokio::test]
+async fn https_and_tls_passthrough_share_a_port_by_sni() {
+    let (pass, pass_cert) = l4_backend("pass", Some("pass.example.com")).await;
+    let web = backend("web", Behaviour::Echo).await;
+    let port = free_port();
+    let mut passthrough = l4_listener("tls", port, ListenerProtocol::Tls);
+    passthrough.hostname = Some("pass.example.com".into());
+    let generated = rcgen::generate_simple_self_signed(vec!["web.example.com".to_string()]).expect("cert");
+    let web_cert = generated.cert.der().clone();
+    let https = Listener {
+        key: ListenerKey { gateway: ObjectKey::new("infra", "gw"), section: "https".into() },
+        addresses: vec!["127.0.0.1".parse().expect("ip")],
+        port,
+        protocol: ListenerProtocol::Https,
+        hostname: Some("web.example.com".into()),
+        tls: Some(ListenerTls { mode: TlsMode::Terminate, certificates: vec!["infra/web".into()] }),
+    };
+    let mut cfg = config(
+        &passthrough,
+        vec![service_backend("pass", &[pass]), service_backend("web", &[web])],
+        vec![
+            l4_route(RouteKind::Tls, "pass", &passthrough, &[], vec![to("pass", 1)]),
+            route("web", 1, &[], &https, vec![rule(vec![prefix("/")], vec![to("web", 1)])]),
+        ],
+    );
+    cfg.insert_listener(https);
+    cfg.insert_certificate(Certificate {
+        key: ObjectKey::new("infra", "web"),
+        chain_pem: generated.cert.pem(),
+        key_pem: generated.signing_key.serialize_pem(),
+        dns_names: vec!["web.example.com".into()],
+    });
+    let _proxy = start(cfg).await;
+    wait_listening(port).await;
+
+    let connect = |sni: &'static str, trusted: CertificateDer<'static>| async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted).expect("root");
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(sni).expect("name"), tcp)
+            .await
+            .expect("handshake")
+    };
+    // The passthrough name reaches the backend's own TLS.
+    let mut stream = connect("pass.example.com", pass_cert.expect("cert")).await;
+    assert_eq!(exchange(&mut stream, "raw").await, "pass:raw");
+    // The HTTPS name is terminated by the proxy and routed as HTTP.
+    let mut stream = connect("web.example.com", web_cert).await;
+    let answer =
+        exchange(&mut stream, "GET /x HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
