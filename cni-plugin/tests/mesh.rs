@@ -52,7 +52,8 @@ struct HttpEcho {
 }
 
 impl HttpEcho {
-    fn start(netns: &Path, port: u16) -> HttpEcho {
+    /// Keeps connections alive; says who answered in `x-served-by`.
+    fn start(netns: &Path, port: u16, name: &'static str) -> HttpEcho {
         let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind"));
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,17 +68,25 @@ impl HttpEcho {
                     let _ = conn.set_nonblocking(false);
                     let _ = conn.set_read_timeout(Some(WAIT));
                     let mut reader = BufReader::new(&conn);
-                    let mut head = String::new();
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                        head.push_str(&line);
-                        line.clear();
+                    loop {
+                        let mut head = String::new();
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                            head.push_str(&line);
+                            line.clear();
+                        }
+                        if head.is_empty() {
+                            return;
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nx-served-by: {name}\r\ncontent-length: {}\r\n\r\n{head}",
+                            head.len()
+                        );
+                        let close = head.to_ascii_lowercase().contains("connection: close");
+                        if (&conn).write_all(answer.as_bytes()).is_err() || close {
+                            return;
+                        }
                     }
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
-                        head.len()
-                    );
-                    let _ = (&conn).write_all(answer.as_bytes());
                 });
             }
         });
@@ -100,6 +109,44 @@ fn http_get(netns: &Path, addr: SocketAddr, canary: &'static str) -> std::io::Re
         let mut answer = String::new();
         conn.read_to_string(&mut answer)?;
         Ok(answer)
+    })
+}
+
+/// `n` requests over one keep-alive connection from inside `netns`, each with `headers`;
+/// who served each.
+fn served_by(
+    netns: &Path,
+    addr: SocketAddr,
+    n: usize,
+    headers: &'static str,
+) -> std::io::Result<Vec<String>> {
+    in_netns(netns, move || {
+        let conn = TcpStream::connect_timeout(&addr, WAIT)?;
+        conn.set_read_timeout(Some(WAIT))?;
+        let mut reader = BufReader::new(&conn);
+        let mut served = Vec::with_capacity(n);
+        for _ in 0..n {
+            // One write per request, as real clients do: piecewise writes would meet Nagle
+            // and the proxy's delayed ACK, 40 ms a request.
+            let request = format!("GET /cart HTTP/1.1\r\nhost: checkout\r\n{headers}\r\n");
+            (&conn).write_all(request.as_bytes())?;
+            let (mut length, mut by) = (0usize, String::new());
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 && line != "\r\n" {
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().map_err(std::io::Error::other)?;
+                }
+                if let Some(v) = lower.strip_prefix("x-served-by:") {
+                    by = v.trim().to_string();
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body)?;
+            served.push(by);
+        }
+        Ok(served)
     })
 }
 
@@ -216,6 +263,7 @@ async fn node_proxy(node: &Node, url: &str, token: &str) -> NodeProxy {
     let running = mesh_proxy::start(Options { source, admin, access_log: true }).await.expect("proxy");
     let mesh = MeshTraffic::new(
         running.store.clone(),
+        running.proxy.clone(),
         identities(url, token, node.dir.path()),
         "cluster.local".into(),
         true,
@@ -227,8 +275,11 @@ async fn node_proxy(node: &Node, url: &str, token: &str) -> NodeProxy {
     NodeProxy { running, _inpod: inpod }
 }
 
-/// The cluster as the controller reads it, with the addresses the CNI plugins gave the pods.
-fn manifests(frontend: &Pod<'_>, checkout: &Pod<'_>, legacy: &Pod<'_>) -> String {
+/// The cluster as the controller reads it, with the addresses the CNI plugins gave the pods:
+/// Service `checkout` in front of both versions, `checkout-v1` and `checkout-v2` in front of
+/// one each, and a GAMMA HTTPRoute on `checkout` sending `x-version: v2` to v2 and splitting
+/// the rest 90/10.
+fn manifests(frontend: &Pod<'_>, v1: &Pod<'_>, v2: &Pod<'_>, legacy: &Pod<'_>) -> String {
     let pod = |ns: &str, name: &str, node: &str, sa: &str, ip: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\n\
@@ -237,23 +288,48 @@ fn manifests(frontend: &Pod<'_>, checkout: &Pod<'_>, legacy: &Pod<'_>) -> String
              conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n"
         )
     };
+    let service = |name: &str, vip: &str, pods: &[(&str, &Pod<'_>)]| {
+        let endpoints: Vec<String> = pods
+            .iter()
+            .map(|(pod_name, pod)| {
+                format!(
+                    "{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: {}, \
+                     targetRef: {{kind: Pod, name: {pod_name}, namespace: shop}}}}",
+                    pod.ip, pod.node.name
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{clusterIP: \"{vip}\", clusterIPs: [\"{vip}\"], \
+             ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
+             endpoints: [{}]\n---\n",
+            endpoints.join(", ")
+        )
+    };
     let mut yaml = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {weft.dev/mesh: enabled}}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata: {name: legacy}\n---\n",
     );
     yaml += &pod("shop", "frontend", "node-a", "frontend", &frontend.ip.to_string());
-    yaml += &pod("shop", "checkout", "node-b", "checkout", &checkout.ip.to_string());
+    yaml += &pod("shop", "checkout-v1", "node-b", "checkout", &v1.ip.to_string());
+    yaml += &pod("shop", "checkout-v2", "node-b", "checkout", &v2.ip.to_string());
     yaml += &pod("legacy", "legacy", "node-b", "default", &legacy.ip.to_string());
-    yaml += &format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: checkout, namespace: shop}}\n\
-         spec: {{clusterIP: \"{CHECKOUT_VIP}\", clusterIPs: [\"{CHECKOUT_VIP}\"], \
-         ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: checkout-1, namespace: shop, labels: {{kubernetes.io/service-name: checkout}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
-         endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: node-b, \
-         targetRef: {{kind: Pod, name: checkout, namespace: shop}}}}]\n",
-        checkout.ip
+    yaml += &service("checkout", CHECKOUT_VIP, &[("checkout-v1", v1), ("checkout-v2", v2)]);
+    yaml += &service("checkout-v1", "10.96.0.11", &[("checkout-v1", v1)]);
+    yaml += &service("checkout-v2", "10.96.0.12", &[("checkout-v2", v2)]);
+    yaml += concat!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n",
+        "metadata: {name: checkout-canary, namespace: shop}\n",
+        "spec:\n",
+        "  parentRefs: [{group: \"\", kind: Service, name: checkout, port: 80}]\n",
+        "  rules:\n",
+        "  - matches: [{headers: [{name: x-version, value: v2}]}]\n",
+        "    backendRefs: [{name: checkout-v2, port: 80}]\n",
+        "  - backendRefs: [{name: checkout-v1, port: 80, weight: 90}, {name: checkout-v2, port: 80, weight: 10}]\n",
     );
     yaml
 }
@@ -282,59 +358,78 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     let proxy_b = node_proxy(&b, &url, "token-b").await;
 
     let frontend = a.add_pod("shop", "frontend", meshed("frontend"));
-    let checkout = b.add_pod("shop", "checkout", meshed("checkout"));
+    let v1 = b.add_pod("shop", "checkout-v1", meshed("checkout"));
+    let v2 = b.add_pod("shop", "checkout-v2", meshed("checkout"));
     let legacy = b.add_pod("legacy", "legacy", unmeshed());
-    let loaded = mesh_controller::manifests::load_str(
-        &manifests(&frontend, &checkout, &legacy),
-        Path::new("e2e.yaml"),
-    )
-    .expect("manifests");
+    let yaml = manifests(&frontend, &v1, &v2, &legacy);
+    let loaded = mesh_controller::manifests::load_str(&yaml, Path::new("e2e.yaml")).expect("manifests");
     let resolved = mesh_controller::resolve::resolve(&loaded.store, &Default::default());
-    assert_eq!(resolved.config.workloads.len(), 3, "{:?}", resolved.config.workloads.keys());
+    assert_eq!(resolved.config.workloads.len(), 4, "{:?}", resolved.config.workloads.keys());
+    assert_eq!(resolved.config.routes.len(), 1, "the GAMMA route is accepted: {yaml}");
     let version = publisher.publish(resolved.config);
     for proxy in [&proxy_a, &proxy_b] {
         let store = proxy.running.store.clone();
         eventually("both proxies have the config", || store.load().version >= version).await;
     }
-    let _checkout_app = HttpEcho::start(&checkout.path(), 8080);
-    let _legacy_app = HttpEcho::start(&legacy.path(), 8080);
+    let _apps = [
+        HttpEcho::start(&v1.path(), 8080, "v1"),
+        HttpEcho::start(&v2.path(), 8080, "v2"),
+        HttpEcho::start(&legacy.path(), 8080, "legacy"),
+    ];
+    let vip = SocketAddr::new(CHECKOUT_VIP.parse().expect("vip"), 80);
 
     let pcap = a.dir.path().join("link.pcap");
     let capture = Capture::start(&a.netns, &link_a, pcap.clone());
-    let (frontend_ns, vip) = (frontend.path(), SocketAddr::new(CHECKOUT_VIP.parse().expect("vip"), 80));
-    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, vip, MESHED_CANARY))
-        .await
-        .expect("join")
-        .expect("the meshed call through the ClusterIP succeeds");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains(MESHED_CANARY), "the server saw the request: {answer}");
 
-    let (frontend_ns, pod_addr) = (frontend.path(), checkout.addr(8080));
-    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, pod_addr, MESHED_CANARY))
+    // L7 through the ClusterIP: the GAMMA route splits requests, not connections.
+    let frontend_ns = frontend.path();
+    let served =
+        blocking(move || served_by(&frontend_ns, vip, 200, "x-canary: weft-canary-meshed-5f3a9c\r\n"))
+            .await
+            .expect("200 requests on one connection through the ClusterIP");
+    let to_v2 = served.iter().filter(|s| s.as_str() == "v2").count();
+    let to_v1 = served.iter().filter(|s| s.as_str() == "v1").count();
+    assert_eq!(to_v1 + to_v2, 200, "{served:?}");
+    // 90/10 of 200: 20 expected, 4.2 standard deviations; 5..=45 fails once in thousands.
+    assert!((5..=45).contains(&to_v2), "v2 got {to_v2} of 200");
+    let frontend_ns = frontend.path();
+    let pinned = blocking(move || served_by(&frontend_ns, vip, 20, "x-version: v2\r\n"))
         .await
-        .expect("join")
+        .expect("header-matched requests");
+    assert!(pinned.iter().all(|s| s == "v2"), "x-version: v2 always reaches v2: {pinned:?}");
+
+    // L4 to a meshed pod's own address: tunnelled too.
+    let (frontend_ns, pod_addr) = (frontend.path(), v1.addr(8080));
+    let answer = blocking(move || http_get(&frontend_ns, pod_addr, MESHED_CANARY))
+        .await
         .expect("the meshed call to the pod's own address succeeds");
-    assert!(answer.contains(MESHED_CANARY), "{answer}");
+    assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: v1"), "{answer}");
 
+    // Meshed → unmeshed is plaintext, and the capture sees it.
     let (frontend_ns, legacy_addr) = (frontend.path(), legacy.addr(8080));
-    let answer = tokio::task::spawn_blocking(move || http_get(&frontend_ns, legacy_addr, PLAINTEXT_CANARY))
+    let answer = blocking(move || http_get(&frontend_ns, legacy_addr, PLAINTEXT_CANARY))
         .await
-        .expect("join")
         .expect("meshed → unmeshed is plaintext and works");
     assert!(answer.contains(PLAINTEXT_CANARY), "{answer}");
 
     let captured = capture.finish();
     assert!(contains(&captured, PLAINTEXT_CANARY), "the capture sees plaintext when there is some");
     assert!(!contains(&captured, MESHED_CANARY), "meshed traffic crossed the link in the clear");
-    let hbone_packets = count_packets(&pcap, &format!("tcp port 15008 and host {}", checkout.ip));
-    assert!(hbone_packets > 0, "meshed traffic went over HBONE (:15008)");
-    let direct_packets = count_packets(&pcap, &format!("tcp port 8080 and host {}", checkout.ip));
-    assert_eq!(direct_packets, 0, "nothing went to the meshed pod's port directly");
+    for pod in [&v1, &v2] {
+        let hbone = count_packets(&pcap, &format!("tcp port 15008 and host {}", pod.ip));
+        assert!(hbone > 0, "meshed traffic to {} went over HBONE (:15008)", pod.ip);
+        let direct = count_packets(&pcap, &format!("tcp port 8080 and host {}", pod.ip));
+        assert_eq!(direct, 0, "nothing went to {}:8080 directly", pod.ip);
+    }
 
     // The destination proxy knows who called.
     let metrics = get_metrics(proxy_b.running.admin).await;
-    let line = format!("weft_hbone_inbound_streams_total{{source_identity=\"{FRONTEND}\"}} 2");
-    assert!(metrics.contains(&line), "{metrics}");
+    let streams =
+        metric(&metrics, &format!("weft_hbone_inbound_streams_total{{source_identity=\"{FRONTEND}\"}}"));
+    assert!(streams >= 3.0, "streams from {FRONTEND}: {metrics}");
+    // And the source proxy counted the routed requests.
+    let metrics_a = get_metrics(proxy_a.running.admin).await;
+    assert!(metrics_a.contains("HTTPRoute/shop/checkout-canary"), "{metrics_a}");
 
     // A certificate the mesh's CA did not sign gets no tunnel.
     let real =
@@ -345,10 +440,7 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         Arc::new(move |addr| {
             let netns = netns.clone();
             Box::pin(async move {
-                let stream =
-                    tokio::task::spawn_blocking(move || in_netns(&netns, move || TcpStream::connect(addr)))
-                        .await
-                        .map_err(std::io::Error::other)??;
+                let stream = blocking(move || in_netns(&netns, move || TcpStream::connect(addr))).await?;
                 stream.set_nonblocking(true)?;
                 tokio::net::TcpStream::from_std(stream)
             })
@@ -357,21 +449,34 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     let key = PoolKey {
         source: "forger".into(),
         source_identity: id(FRONTEND),
-        destination: checkout.addr(15008),
+        destination: v1.addr(15008),
         destination_identity: id(CHECKOUT),
     };
-    let refused = HboneClient::default().open(&key, &forged, &from_node_a, checkout.addr(8080)).await;
+    let refused = HboneClient::default().open(&key, &forged, &from_node_a, v1.addr(8080)).await;
     assert!(refused.is_err(), "a forged certificate got a tunnel");
-    let store = proxy_b.running.admin;
-    let mut refusals = String::new();
+    let mut failures = 0.0;
     for _ in 0..100 {
-        refusals = get_metrics(store).await;
-        if !refusals.contains("weft_hbone_handshake_failures_total 0") {
+        failures = metric(&get_metrics(proxy_b.running.admin).await, "weft_hbone_handshake_failures_total");
+        if failures > 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refusals.contains("weft_hbone_handshake_failures_total 1"), "{refusals}");
+    assert_eq!(failures, 1.0, "the destination proxy counted the refused handshake");
+}
+
+/// Runs blocking work (sockets in other netns) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+}
+
+/// The value of one sample line of Prometheus text; 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// The same identity and trust bundle as `real`, but a self-signed certificate from another

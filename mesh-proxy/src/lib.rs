@@ -55,6 +55,8 @@ pub struct Running {
     pub admin: SocketAddr,
     /// Parts of `/metrics` started after the proxy (the mesh) register here.
     pub more_metrics: Arc<admin::MoreMetrics>,
+    /// The request path, shared with the mesh's L7 (GAMMA) connections.
+    pub proxy: Arc<Proxy>,
     pub store: Arc<ConfigStore>,
     pub metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
@@ -81,7 +83,7 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
 
     let mut tasks = vec![
         tokio::spawn(admin::serve(admin_socket, store.clone(), more_metrics.clone())),
-        tokio::spawn(listener::run(store.clone(), proxy)),
+        tokio::spawn(listener::run(store.clone(), proxy.clone())),
     ];
     match options.source {
         Source::Manifests(dir) => tasks.push(tokio::spawn(config::manifests::watch(dir, store.clone()))),
@@ -89,5 +91,5 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         Source::Controller(sub) => tasks.push(tokio::spawn(config::controller::follow(sub, store.clone()))),
         Source::Fixed(config) => store.install(1, config),
     }
-    Ok(Running { admin, more_metrics, store, metrics, tasks })
+    Ok(Running { admin, more_metrics, proxy, store, metrics, tasks })
 }

@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     let identities = IdentityManager::new(CaSettings { url, token_file, ttl: None })?;
                     let mesh = MeshTraffic::new(
                         running.store.clone(),
+                        running.proxy.clone(),
                         identities,
                         args.trust_domain,
                         args.access_log,

@@ -64,6 +64,9 @@ impl HboneServer {
         destination: Arc<Destination>,
     ) {
         let client = conn.peer_addr().ok();
+        // h2 writes a response's HEADERS and DATA frames separately; with Nagle on, the second
+        // would wait for the peer's delayed ACK.
+        let _ = conn.set_nodelay(true);
         let accepted =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(conn)).await;
         let stream = match accepted {

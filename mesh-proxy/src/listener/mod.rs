@@ -116,7 +116,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+/// The HTTP/1.1 + h2 server every client connection is served with (Gateway listeners and
+/// meshed pods' intercepted connections alike), with the limits that keep a slow or hostile
+/// client from holding the proxy's memory.
+pub fn http_server() -> auto::Builder<TokioExecutor> {
     let mut server = auto::Builder::new(TokioExecutor::new());
     server
         .http1()
@@ -125,7 +128,11 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
         .max_buf_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS);
     server.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
-    let server = Arc::new(server);
+    server
+}
+
+async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+    let server = Arc::new(http_server());
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -151,7 +158,7 @@ async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, 
             // The snapshot current at accept time says whether this address terminates TLS.
             let tls = store.load().routes.tls(&bind);
             let verdicts = framing::Verdicts::default();
-            let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone() };
+            let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone(), mesh: None };
             let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
             let result = match tls {
                 None => {

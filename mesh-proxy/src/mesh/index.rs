@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use mesh_api::model::{Backend, BackendKey, Config, Endpoint, ObjectKey, Workload};
+use mesh_api::model::{AppProtocol, Backend, BackendKey, Config, Endpoint, ObjectKey, Workload};
 
 #[derive(Default)]
 pub struct MeshIndex {
@@ -59,6 +59,14 @@ impl MeshIndex {
             Some(workload) => Destination::Workload(workload.clone()),
             None => Destination::Unknown,
         }
+    }
+
+    /// Whether the Service port at `frontend` may be parsed as HTTP: not when it is declared
+    /// opaque TCP or TLS.
+    pub fn speaks_http(&self, frontend: SocketAddr) -> bool {
+        self.by_vip
+            .get(&frontend)
+            .is_some_and(|backend| !matches!(backend.app_protocol, AppProtocol::Opaque | AppProtocol::Tls))
     }
 
     pub fn workload_at(&self, ip: IpAddr) -> Option<&Arc<Workload>> {

@@ -1,7 +1,8 @@
 //! The mesh: what the node proxy does with the connections of the pods it was handed.
 //!
-//! Outbound, a pod's connection goes to a Service (one of its endpoints is picked) or straight
-//! to a pod. When the destination pod is meshed, the connection rides an HBONE tunnel to the
+//! Outbound, a pod's connection goes to a Service or straight to a pod. A Service with GAMMA
+//! routes for the pod's namespace gets its HTTP routed per request ([`http`]); otherwise one
+//! of its endpoints is picked for the whole connection. When the destination pod is meshed, the connection rides an HBONE tunnel to the
 //! pod's :15008, with the source pod's own certificate; otherwise it leaves in plaintext, as
 //! the pod would have sent it. Inbound, HBONE streams are checked and delivered to the pod,
 //! and plaintext from unmeshed clients is delivered unchanged.
@@ -9,11 +10,12 @@
 //! A meshed source whose certificate cannot be had sends nothing to meshed destinations: its
 //! connection is reset and the reason logged (fail closed, never a plaintext fallback).
 
+mod http;
 pub mod index;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -28,10 +30,15 @@ use crate::hbone::server::{Destination as HboneDestination, HboneServer, splice}
 use crate::hbone::{self, Connector};
 use crate::identity::{IdentityManager, WorkloadCert};
 use crate::inpod::{Passthrough, PodContext, PodTraffic};
+use crate::proxy::Proxy;
+use crate::upstream::Upstream;
 use index::{Destination, MeshIndex, pick_endpoint};
 
 pub struct MeshTraffic {
     store: Arc<ConfigStore>,
+    proxy: Arc<Proxy>,
+    /// Each pod's upstream clients, by pod UID (dropped once the pod is).
+    upstreams: Mutex<HashMap<String, (Weak<PodContext>, Upstream)>>,
     identities: Arc<IdentityManager>,
     trust_domain: String,
     index: ArcSwap<(u64, Arc<MeshIndex>)>,
@@ -54,12 +61,15 @@ enum Plan {
 impl MeshTraffic {
     pub fn new(
         store: Arc<ConfigStore>,
+        proxy: Arc<Proxy>,
         identities: Arc<IdentityManager>,
         trust_domain: String,
         access_log: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            proxy,
+            upstreams: Mutex::default(),
             identities,
             trust_domain,
             index: ArcSwap::from_pointee((u64::MAX, Arc::default())),
@@ -124,7 +134,14 @@ impl MeshTraffic {
     }
 
     async fn outbound(self: Arc<Self>, pod: Arc<PodContext>, conn: TcpStream, original_dst: SocketAddr) {
+        // Whatever the proxy writes back (spliced bytes, HTTP answers) goes out at once.
+        let _ = conn.set_nodelay(true);
         let index = self.index();
+        if index.speaks_http(original_dst)
+            && self.store.load().routes.mesh(original_dst, &pod.info.namespace).is_some()
+        {
+            return self.serve_http(pod, conn, original_dst).await;
+        }
         let (target, workload) = match Self::plan(&index, original_dst) {
             Plan::Plaintext(target) => return Passthrough::splice(pod, conn, target, "outbound").await,
             Plan::Tunnel { target, workload } => (target, workload),

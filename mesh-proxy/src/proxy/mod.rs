@@ -43,6 +43,18 @@ pub struct Inbound {
     pub tls: bool,
     /// Which of the connection's HTTP/1 requests had ambiguous framing.
     pub framing: Verdicts,
+    /// Set when a meshed pod sent the request to a Service: `bind` is then the Service's
+    /// frontend, the routes are its GAMMA routes, and connections are dialled for the pod.
+    pub mesh: Option<MeshClient>,
+}
+
+/// The pod behind a meshed request.
+#[derive(Clone)]
+pub struct MeshClient {
+    /// Whose consumer routes apply.
+    pub namespace: Arc<str>,
+    /// Dials on the pod's behalf (HBONE to meshed endpoints).
+    pub upstream: Upstream,
 }
 
 pub struct Proxy {
@@ -129,9 +141,14 @@ impl Proxy {
         }
         let upgrade = upgrade::requested(&mut req);
         let scheme = if inbound.tls { "https" } else { "http" };
-        let Some(routes) = snapshot.routes.listener(&inbound.bind) else {
+        let routes = match &inbound.mesh {
+            Some(client) => snapshot.routes.mesh(inbound.bind, &client.namespace),
+            None => snapshot.routes.listener(&inbound.bind),
+        };
+        let Some(routes) = routes else {
             return local(StatusCode::NOT_FOUND, "no listener");
         };
+        let upstream = inbound.mesh.as_ref().map_or(&self.upstream, |client| &client.upstream);
         let authority = request_authority(&req);
         let host = authority.as_ref().map_or("", Authority::host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -281,7 +298,7 @@ impl Proxy {
                 .min();
             // An upgrade is an HTTP/1.1 handshake whatever the backend speaks otherwise.
             let protocol = if upgrade.is_some() { AppProtocol::Http1 } else { endpoints.app_protocol };
-            let send = self.upstream.send(upstream_req, protocol);
+            let send = upstream.send(upstream_req, protocol);
             let result = match budget {
                 Some(budget) => tokio::time::timeout(budget, send).await.unwrap_or_else(|_| {
                     Err(UpstreamError { kind: UpstreamFailure::Timeout, message: "timed out".into() })

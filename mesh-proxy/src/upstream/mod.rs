@@ -1,22 +1,23 @@
 //! Connections to backends: one pooled client for HTTP/1.1 keep-alive and one for HTTP/2 with
-//! prior knowledge (h2c), both keyed by endpoint address so each endpoint has its own pool.
+//! prior knowledge (h2c), both keyed by endpoint address so each endpoint has its own pool,
+//! over connections a [`Dial`] makes.
+
+pub mod dial;
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_api::model::AppProtocol;
 
 use crate::metrics::UpstreamFailure;
 use crate::proxy::ProxyBody;
+use dial::{Connector, Dial};
 
-/// A backend that does not accept a connection within this is treated as down (503) rather
-/// than left to the request timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle keep-alive connections are closed after this: long enough to reuse across bursts,
 /// short enough not to hold sockets to endpoints that went away.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -25,8 +26,8 @@ const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
 #[derive(Clone)]
 pub struct Upstream {
-    http1: Client<HttpConnector, ProxyBody>,
-    h2c: Client<HttpConnector, ProxyBody>,
+    http1: Client<Connector, ProxyBody>,
+    h2c: Client<Connector, ProxyBody>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +39,14 @@ pub struct UpstreamError {
 
 impl Default for Upstream {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        Self::new(Arc::new(dial::Direct))
+    }
+}
+
+impl Upstream {
+    /// Clients whose connections `dial` makes.
+    pub fn new(dial: Arc<dyn Dial>) -> Self {
+        let connector = Connector(dial);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -53,9 +59,7 @@ impl Default for Upstream {
         let h2c = builder.clone().http2_only(true).build(connector);
         Upstream { http1, h2c }
     }
-}
 
-impl Upstream {
     /// Sends `req`, whose URI already names the endpoint, with the protocol the backend speaks.
     pub async fn send(
         &self,
