@@ -13,12 +13,10 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
@@ -44,182 +42,6 @@ const PLAINTEXT_CANARY: &str = "weft-canary-plaintext-81d2e7";
 
 fn id(s: &str) -> SpiffeId {
     s.parse().expect("identity")
-}
-
-/// An HTTP/1.1 server in a pod: answers every request with 200 and the request head as body.
-struct HttpEcho {
-    stop: Arc<AtomicBool>,
-}
-
-impl HttpEcho {
-    /// Keeps connections alive; says who answered in `x-served-by`.
-    fn start(netns: &Path, port: u16, name: &'static str) -> HttpEcho {
-        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(WAIT));
-                    let mut reader = BufReader::new(&conn);
-                    loop {
-                        let mut head = String::new();
-                        let mut line = String::new();
-                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                            head.push_str(&line);
-                            line.clear();
-                        }
-                        if head.is_empty() {
-                            return;
-                        }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nx-served-by: {name}\r\ncontent-length: {}\r\n\r\n{head}",
-                            head.len()
-                        );
-                        let close = head.to_ascii_lowercase().contains("connection: close");
-                        if (&conn).write_all(answer.as_bytes()).is_err() || close {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        HttpEcho { stop }
-    }
-}
-
-impl Drop for HttpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// `GET /` from inside `netns` to `addr` with `canary` in a header; the whole answer.
-fn http_get(netns: &Path, addr: SocketAddr, canary: &'static str) -> std::io::Result<String> {
-    in_netns(netns, move || {
-        let mut conn = TcpStream::connect_timeout(&addr, WAIT)?;
-        conn.set_read_timeout(Some(WAIT))?;
-        write!(conn, "GET / HTTP/1.1\r\nhost: checkout\r\nx-canary: {canary}\r\nconnection: close\r\n\r\n")?;
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-}
-
-/// `n` requests over one keep-alive connection from inside `netns`, each with `headers`;
-/// who served each.
-fn served_by(
-    netns: &Path,
-    addr: SocketAddr,
-    n: usize,
-    headers: &'static str,
-) -> std::io::Result<Vec<String>> {
-    in_netns(netns, move || {
-        let conn = TcpStream::connect_timeout(&addr, WAIT)?;
-        conn.set_read_timeout(Some(WAIT))?;
-        let mut reader = BufReader::new(&conn);
-        let mut served = Vec::with_capacity(n);
-        for _ in 0..n {
-            // One write per request, as real clients do: piecewise writes would meet Nagle
-            // and the proxy's delayed ACK, 40 ms a request.
-            let request = format!("GET /cart HTTP/1.1\r\nhost: checkout\r\n{headers}\r\n");
-            (&conn).write_all(request.as_bytes())?;
-            let (mut length, mut by) = (0usize, String::new());
-            let mut line = String::new();
-            while reader.read_line(&mut line)? > 0 && line != "\r\n" {
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse().map_err(std::io::Error::other)?;
-                }
-                if let Some(v) = lower.strip_prefix("x-served-by:") {
-                    by = v.trim().to_string();
-                }
-                line.clear();
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body)?;
-            served.push(by);
-        }
-        Ok(served)
-    })
-}
-
-/// tcpdump on one interface of one netns, into a pcap file.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(netns: &Netns, iface: &str, file: PathBuf) -> Capture {
-        // --immediate-mode: packets reach the file as they come, not when the kernel's buffer
-        // block fills (or a second passes), so nothing is lost when the capture is stopped
-        // right after the traffic. -Z root: write the file where the test's private tempdir is.
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns.name,
-                "tcpdump",
-                "-Z",
-                "root",
-                "--immediate-mode",
-                "-i",
-                iface,
-                "-U",
-                "-s",
-                "0",
-                "-w",
-            ])
-            .arg(&file)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        // tcpdump says "listening on …" once the capture is armed.
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(WAIT).expect("tcpdump started capturing");
-        Capture { child, file }
-    }
-
-    /// Stops the capture and returns the raw pcap bytes.
-    fn finish(mut self) -> Vec<u8> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = self.child.wait();
-        std::fs::read(&self.file).expect("pcap")
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// Packets in `pcap` that match a tcpdump filter.
-fn count_packets(pcap: &Path, filter: &str) -> usize {
-    let out = Command::new("tcpdump").args(["-nn", "-r"]).arg(pcap).arg(filter).output().expect("tcpdump -r");
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// weft-controller's config stream and CA on loopback; node tokens `token-a` and `token-b`.
@@ -351,7 +173,7 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     if !netns_available(&["tcpdump"]) {
         return;
     }
-    let (a, b) = (Node::new("node-a", "10.201.1.0/24"), Node::new("node-b", "10.201.2.0/24"));
+    let (a, b) = (node("node-a", "10.201.1.0/24"), node("node-b", "10.201.2.0/24"));
     let (link_a, _) = link(&a, "10.201.1.0/24", &b, "10.201.2.0/24");
     let (url, publisher) = controller().await;
     let proxy_a = node_proxy(&a, &url, "token-a").await;
@@ -372,53 +194,60 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         eventually("both proxies have the config", || store.load().version >= version).await;
     }
     let _apps = [
-        HttpEcho::start(&v1.path(), 8080, "v1"),
-        HttpEcho::start(&v2.path(), 8080, "v2"),
-        HttpEcho::start(&legacy.path(), 8080, "legacy"),
+        testbed::http::HttpEcho::start(&v1.path(), 8080, "v1"),
+        testbed::http::HttpEcho::start(&v2.path(), 8080, "v2"),
+        testbed::http::HttpEcho::start(&legacy.path(), 8080, "legacy"),
     ];
     let vip = SocketAddr::new(CHECKOUT_VIP.parse().expect("vip"), 80);
 
     let pcap = a.dir.path().join("link.pcap");
-    let capture = Capture::start(&a.netns, &link_a, pcap.clone());
+    let capture = testbed::capture::Capture::start(&a.netns, &link_a, pcap.clone());
 
     // L7 through the ClusterIP: the GAMMA route splits requests, not connections.
     let frontend_ns = frontend.path();
-    let served =
-        blocking(move || served_by(&frontend_ns, vip, 200, "x-canary: weft-canary-meshed-5f3a9c\r\n"))
-            .await
-            .expect("200 requests on one connection through the ClusterIP");
+    let served = blocking(move || {
+        testbed::http::served_by(&frontend_ns, vip, 200, "x-canary: weft-canary-meshed-5f3a9c\r\n")
+    })
+    .await
+    .expect("200 requests on one connection through the ClusterIP");
     let to_v2 = served.iter().filter(|s| s.as_str() == "v2").count();
     let to_v1 = served.iter().filter(|s| s.as_str() == "v1").count();
     assert_eq!(to_v1 + to_v2, 200, "{served:?}");
     // 90/10 of 200: 20 expected, 4.2 standard deviations; 5..=45 fails once in thousands.
     assert!((5..=45).contains(&to_v2), "v2 got {to_v2} of 200");
     let frontend_ns = frontend.path();
-    let pinned = blocking(move || served_by(&frontend_ns, vip, 20, "x-version: v2\r\n"))
+    let pinned = blocking(move || testbed::http::served_by(&frontend_ns, vip, 20, "x-version: v2\r\n"))
         .await
         .expect("header-matched requests");
     assert!(pinned.iter().all(|s| s == "v2"), "x-version: v2 always reaches v2: {pinned:?}");
 
     // L4 to a meshed pod's own address: tunnelled too.
     let (frontend_ns, pod_addr) = (frontend.path(), v1.addr(8080));
-    let answer = blocking(move || http_get(&frontend_ns, pod_addr, MESHED_CANARY))
+    let answer = blocking(move || testbed::http::get_once(&frontend_ns, pod_addr, MESHED_CANARY))
         .await
         .expect("the meshed call to the pod's own address succeeds");
     assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: v1"), "{answer}");
 
     // Meshed → unmeshed is plaintext, and the capture sees it.
     let (frontend_ns, legacy_addr) = (frontend.path(), legacy.addr(8080));
-    let answer = blocking(move || http_get(&frontend_ns, legacy_addr, PLAINTEXT_CANARY))
+    let answer = blocking(move || testbed::http::get_once(&frontend_ns, legacy_addr, PLAINTEXT_CANARY))
         .await
         .expect("meshed → unmeshed is plaintext and works");
     assert!(answer.contains(PLAINTEXT_CANARY), "{answer}");
 
     let captured = capture.finish();
-    assert!(contains(&captured, PLAINTEXT_CANARY), "the capture sees plaintext when there is some");
-    assert!(!contains(&captured, MESHED_CANARY), "meshed traffic crossed the link in the clear");
+    assert!(
+        testbed::capture::contains(&captured, PLAINTEXT_CANARY),
+        "the capture sees plaintext when there is some"
+    );
+    assert!(
+        !testbed::capture::contains(&captured, MESHED_CANARY),
+        "meshed traffic crossed the link in the clear"
+    );
     for pod in [&v1, &v2] {
-        let hbone = count_packets(&pcap, &format!("tcp port 15008 and host {}", pod.ip));
+        let hbone = testbed::capture::count_packets(&pcap, &format!("tcp port 15008 and host {}", pod.ip));
         assert!(hbone > 0, "meshed traffic to {} went over HBONE (:15008)", pod.ip);
-        let direct = count_packets(&pcap, &format!("tcp port 8080 and host {}", pod.ip));
+        let direct = testbed::capture::count_packets(&pcap, &format!("tcp port 8080 and host {}", pod.ip));
         assert_eq!(direct, 0, "nothing went to {}:8080 directly", pod.ip);
     }
 

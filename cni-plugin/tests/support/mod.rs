@@ -1,306 +1,34 @@
-//! Test-made "nodes" and "pods" as network namespaces, wired the way a runtime wires them: the
-//! Debian `loopback`, `bridge` and `host-local` CNI plugins chained with the built `weft-cni`,
-//! invoked with CNI_COMMAND / CNI_NETNS / CNI_ARGS and the plugin's config on stdin.
+//! The testbed (network namespaces as nodes and pods, the real CNI chain) with this package's
+//! `weft-cni`, and the rule for when these tiers may be skipped.
 #![allow(dead_code)]
 
-use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+pub use testbed::WAIT;
+pub use testbed::cni::{Node, Pod, link, meshed, unmeshed};
+pub use testbed::netns::in_netns;
 
-pub const CNI_BIN: &str = "/usr/lib/cni";
 pub const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
-/// Every wait in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Root, the CNI plugins, `nft` and whatever else `tools` names must be here; otherwise the
-/// test is skipped with the reason printed, unless `WEFT_REQUIRE_NETNS=1` makes it a failure.
+/// A node whose pods are chained through this build's weft-cni.
+pub fn node(name: &str, subnet: &str) -> Node {
+    Node::new(name, subnet, Path::new(WEFT_CNI))
+}
+
+/// Skips (with the reason printed) when root, the CNI plugins, nft or `tools` are missing,
+/// unless `WEFT_REQUIRE_NETNS=1` (CI, `cargo xtask e2e`) makes that a failure.
 pub fn netns_available(tools: &[&str]) -> bool {
-    let missing_tool = tools.iter().find(|tool| {
-        !std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).exists()))
-    });
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("not root".to_string())
-    } else if !Path::new(CNI_BIN).join("bridge").exists() {
-        Some(format!("{CNI_BIN}/bridge is missing (apt-get install containernetworking-plugins)"))
-    } else if !mesh_init::nft::nft_binary().exists() {
-        Some("nft is missing (apt-get install nftables)".to_string())
-    } else {
-        missing_tool.map(|tool| format!("{tool} is missing"))
-    };
-    match reason {
-        None => true,
-        Some(reason) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
+    match testbed::netns::available(tools) {
+        Ok(()) => true,
+        Err(reason) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
             panic!("WEFT_REQUIRE_NETNS=1 but {reason}")
         }
-        Some(reason) => {
+        Err(reason) => {
             eprintln!("skipped: {reason} (set WEFT_REQUIRE_NETNS=1 to make this a failure)");
             false
         }
     }
-}
-
-pub fn unique(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Runs a command and insists it succeeds.
-pub fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-/// A named network namespace, deleted on drop (also when the test fails).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = unique(&format!("weft-{tag}-"));
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <this> <args>`.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// Runs `f` on a thread inside `netns`: sockets it creates stay in that netns.
-pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns).expect("open netns");
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
-
-/// A node: a netns holding the pods' bridge, a folder for the plugins' state and the proxy's
-/// socket, and the conflist a runtime would read.
-pub struct Node {
-    pub name: String,
-    pub netns: Netns,
-    pub dir: tempfile::TempDir,
-    pub conflist: Value,
-}
-
-impl Node {
-    /// `subnet` is this node's pod CIDR, e.g. `10.201.1.0/24`.
-    pub fn new(name: &str, subnet: &str) -> Node {
-        let netns = Netns::new(name);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": "weft-e2e",
-            "plugins": [
-                {"type": "bridge", "bridge": unique("wb"), "isGateway": true, "isDefaultGateway": true,
-                 "ipMasq": false,
-                 "ipam": {"type": "host-local", "subnet": subnet, "dataDir": dir.path().join("ipam")}},
-                {"type": "weft-cni", "proxySocket": dir.path().join("inpod.sock"),
-                 "stateDir": dir.path().join("pods"), "ackTimeoutMs": 5000},
-            ],
-        });
-        Node { name: name.to_string(), netns, dir, conflist }
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("inpod.sock")
-    }
-
-    /// One plugin invocation, exactly as a runtime does it, inside the node's netns.
-    fn invoke(
-        &self,
-        plugin: &str,
-        command: &str,
-        pod: &PodSpec,
-        ifname: &str,
-        conf: &Value,
-    ) -> (bool, Value) {
-        let binary =
-            if plugin == "weft-cni" { PathBuf::from(WEFT_CNI) } else { Path::new(CNI_BIN).join(plugin) };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns.name])
-            .arg(binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &pod.container_id)
-            .env("CNI_NETNS", pod.netns.path())
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", CNI_BIN)
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
-                    pod.namespace, pod.name, pod.uid
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(conf.to_string().as_bytes()).expect("stdin");
-        }
-        let out = child.wait_with_output().expect("plugin output");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        if !out.status.success() {
-            eprintln!("{plugin} {command}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-        }
-        (out.status.success(), value)
-    }
-
-    /// The config of plugin `index` of the conflist, as the runtime derives it.
-    fn plugin_conf(&self, index: usize, prev: Option<&Value>, weft: &Value) -> Value {
-        let mut conf = self.conflist["plugins"][index].clone();
-        conf["cniVersion"] = self.conflist["cniVersion"].clone();
-        conf["name"] = self.conflist["name"].clone();
-        if let Some(prev) = prev {
-            conf["prevResult"] = prev.clone();
-        }
-        if conf["type"] == "weft-cni" {
-            conf["runtimeConfig"] = json!({"weft": weft});
-        }
-        conf
-    }
-
-    /// Creates a pod: loopback, then the conflist's chain (bridge, weft-cni). `weft` is what
-    /// weft-cni's runtimeConfig says of the pod (labels, annotations, service account).
-    pub fn add_pod(&self, namespace: &str, name: &str, weft: Value) -> Pod<'_> {
-        let spec = PodSpec {
-            netns: Netns::new(name),
-            namespace: namespace.into(),
-            name: name.into(),
-            uid: unique(&format!("uid-{name}-")),
-            container_id: unique("ctr"),
-            weft,
-        };
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        assert!(self.invoke("loopback", "ADD", &spec, "lo", &lo).0, "loopback ADD");
-        let (ok, bridge_result) =
-            self.invoke("bridge", "ADD", &spec, "eth0", &self.plugin_conf(0, None, &spec.weft));
-        assert!(ok, "bridge ADD: {bridge_result}");
-        let pod = Pod { node: self, ip: ip_of(&bridge_result), result: bridge_result.clone(), spec };
-        let conf = self.plugin_conf(1, Some(&bridge_result), &pod.spec.weft);
-        let (ok, out) = self.invoke("weft-cni", "ADD", &pod.spec, "eth0", &conf);
-        assert!(ok, "weft-cni ADD: {out}");
-        assert_eq!(out, bridge_result, "ADD must print prevResult back unchanged");
-        pod
-    }
-}
-
-/// Joins two nodes with a veth pair (`10.98.0.1` ↔ `10.98.0.2`) and routes each one's pod
-/// CIDR through the other: a two-node cluster network. Returns the interface names (on a, on b).
-pub fn link(a: &Node, a_pods: &str, b: &Node, b_pods: &str) -> (String, String) {
-    let (va, vb) = (unique("va"), unique("vb"));
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &va,
-            "netns",
-            &a.netns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &vb,
-            "netns",
-            &b.netns.name,
-        ],
-    );
-    for (node, iface, addr, peer, peer_pods) in
-        [(a, &va, "10.98.0.1/24", "10.98.0.2", b_pods), (b, &vb, "10.98.0.2/24", "10.98.0.1", a_pods)]
-    {
-        node.netns.ip(&["addr", "add", addr, "dev", iface]);
-        node.netns.ip(&["link", "set", iface, "up"]);
-        node.netns.ip(&["route", "add", peer_pods, "via", peer]);
-        run("ip", &["netns", "exec", &node.netns.name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    }
-    (va, vb)
-}
-
-pub struct PodSpec {
-    pub netns: Netns,
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub container_id: String,
-    pub weft: Value,
-}
-
-pub struct Pod<'a> {
-    pub node: &'a Node,
-    pub spec: PodSpec,
-    pub ip: IpAddr,
-    pub result: Value,
-}
-
-fn ip_of(result: &Value) -> IpAddr {
-    result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {result}"))
-}
-
-impl Pod<'_> {
-    pub fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, port)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        self.spec.netns.path()
-    }
-
-    /// DEL in reverse chain order, as the runtime does.
-    pub fn del(&self) -> bool {
-        let weft = self.node.plugin_conf(1, Some(&self.result), &self.spec.weft);
-        let (ok, _) = self.node.invoke("weft-cni", "DEL", &self.spec, "eth0", &weft);
-        let bridge = self.node.plugin_conf(0, Some(&self.result), &self.spec.weft);
-        let (bridge_ok, _) = self.node.invoke("bridge", "DEL", &self.spec, "eth0", &bridge);
-        ok && bridge_ok
-    }
-}
-
-impl Drop for Pod<'_> {
-    fn drop(&mut self) {
-        let _ = self.del();
-    }
-}
-
-/// What weft-cni's runtimeConfig says of a pod in a meshed namespace.
-pub fn meshed(service_account: &str) -> Value {
-    json!({"namespaceLabels": {"weft.dev/mesh": "enabled"}, "podAnnotations": {}, "serviceAccount": service_account})
-}
-
-pub fn unmeshed() -> Value {
-    json!({"namespaceLabels": {}})
 }
 
 /// Polls `f` until it is true, or panics after [`WAIT`].

@@ -1,0 +1,19 @@
+//! Network namespaces as nodes and pods, wired the way a container runtime wires them: the
+//! Debian `loopback`, `bridge` and `host-local` CNI plugins chained with `weft-cni`, invoked
+//! with CNI_COMMAND / CNI_NETNS / CNI_ARGS and the plugin's config on stdin. The ground the
+//! e2e tests and `cargo xtask demo` stand on; everything it creates is removed on drop.
+//!
+//! - [`netns`]: namespaces and running code inside them.
+//! - [`cni`]: nodes, pods, the plugin chain, links between nodes.
+//! - [`capture`]: tcpdump on a link, and what crossed it.
+//! - [`http`]: a tiny HTTP server and client for inside pods.
+
+pub mod capture;
+pub mod cni;
+pub mod http;
+pub mod netns;
+
+use std::time::Duration;
+
+/// Every wait here is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
