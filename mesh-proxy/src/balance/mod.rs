@@ -165,6 +165,20 @@ impl EndpointSet {
         Some(InFlight { addr: chosen.addr, state: chosen.state.clone(), started: now })
     }
 
+    /// The ready endpoint at `addr`, chosen for a request whatever its cost (a persistent
+    /// session), unless it is ejected.
+    pub fn pick_addr(&self, addr: SocketAddr) -> Option<InFlight> {
+        let now = Instant::now();
+        let e = self.endpoints.iter().find(|e| e.addr == addr && !e.state.is_ejected(now))?;
+        e.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight { addr: e.addr, state: e.state.clone(), started: now })
+    }
+
+    /// Whether `addr` is one of these endpoints.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.endpoints.iter().any(|e| e.addr == addr)
+    }
+
     /// The endpoint answered (response headers, whatever their status): its latency feeds the
     /// estimate and its connect-failure record is cleared.
     pub fn answered(&self, endpoint: &InFlight) {

@@ -4,6 +4,7 @@
 pub mod grpc;
 pub mod headers;
 pub mod mirror;
+pub mod session;
 pub mod splice;
 pub mod upgrade;
 
@@ -204,7 +205,11 @@ impl Proxy {
             }
         }
 
-        let Some(backend) = rule.pick_backend() else {
+        // A persistent session goes back to its endpoint while that is one of the rule's.
+        let now = std::time::SystemTime::now();
+        let carried = rule.session.as_ref().and_then(|p| session::carried(p, req.headers(), now));
+        let pinned = carried.as_ref().and_then(|c| Some((rule.backend_serving(c.endpoint)?, c.endpoint)));
+        let Some(backend) = pinned.map(|(b, _)| b).or_else(|| rule.pick_backend()) else {
             return local(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
         };
         outcome.backend = backend.label.clone();
@@ -272,10 +277,12 @@ impl Proxy {
         let started = Instant::now();
         let mut body = Some(body);
         let mut attempt = 0;
+        let mut used;
         let mut response = loop {
             attempt += 1;
             let last = attempt >= attempts;
-            let Some(endpoint) = endpoints.pick() else {
+            let sticky = pinned.filter(|_| attempt == 1).and_then(|(_, addr)| endpoints.pick_addr(addr));
+            let Some(endpoint) = sticky.or_else(|| endpoints.pick()) else {
                 return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
             };
             let uri = Uri::builder()
@@ -305,6 +312,7 @@ impl Proxy {
                 }),
                 None => send.await,
             };
+            used = Some(endpoint.addr);
             match &result {
                 Ok(_) => endpoints.answered(&endpoint),
                 Err(error) if error.kind == UpstreamFailure::Connect => {
@@ -354,6 +362,11 @@ impl Proxy {
         }
         for extra in plan.cors {
             cors::apply(headers, extra);
+        }
+        if let (Some(policy), Some(endpoint)) = (&rule.session, used)
+            && let Some((name, value)) = session::response_header(policy, endpoint, carried.as_ref(), now)
+        {
+            headers.append(name, value);
         }
         let metrics = self.metrics.clone();
         response.map(|body| WatchedBody { inner: body, metrics }.boxed())

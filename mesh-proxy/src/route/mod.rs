@@ -195,6 +195,7 @@ pub struct CompiledRule {
     pub mirrors: Vec<CompiledMirror>,
     pub timeouts: model::Timeouts,
     pub retry: Option<model::Retry>,
+    pub session: Option<model::SessionPersistence>,
     pub backends: Vec<CompiledBackend>,
     total_weight: u64,
 }
@@ -285,9 +286,18 @@ impl CompiledRule {
             mirrors: CompiledMirror::compile(&rule.filters, backends),
             timeouts: rule.timeouts.clone(),
             retry: rule.retry.clone(),
+            session: rule.session_persistence.clone(),
             total_weight: compiled.iter().map(|b| u64::from(b.weight)).sum(),
             backends: compiled,
         }
+    }
+
+    /// The backend one of whose ready endpoints is `addr` (a persistent session's), if any; a
+    /// backend of weight 0 takes no session either.
+    pub fn backend_serving(&self, addr: SocketAddr) -> Option<&CompiledBackend> {
+        self.backends
+            .iter()
+            .find(|b| b.weight > 0 && matches!(&b.target, BackendTarget::Service(set) if set.contains(addr)))
     }
 
     /// A backend drawn by weight; `None` when the rule has no backend with a weight above 0.
