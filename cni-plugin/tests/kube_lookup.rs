@@ -17,7 +17,7 @@ use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 
 fn kubeconfig() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_TEST_KUBECONFIG") {
+    match std::env::var_os("WEFT_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
         Some(path) => Some(path.into()),
         None => {
             assert!(
