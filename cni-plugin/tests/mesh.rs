@@ -32,9 +32,7 @@ use mesh_proxy::mesh::MeshTraffic;
 use mesh_proxy::{Options, Running, Source};
 use support::*;
 
-const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
-const CHECKOUT: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
-const CHECKOUT_VIP: &str = "10.96.0.10";
+use testbed::shop::{CHECKOUT_IDENTITY as CHECKOUT, FRONTEND_IDENTITY as FRONTEND};
 /// Strings that must never cross the inter-node link in the clear (meshed), and one that must
 /// (unmeshed: proves the capture would have seen it).
 const MESHED_CANARY: &str = "weft-canary-meshed-5f3a9c";
@@ -97,65 +95,6 @@ async fn node_proxy(node: &Node, url: &str, token: &str) -> NodeProxy {
     NodeProxy { running, _inpod: inpod }
 }
 
-/// The cluster as the controller reads it, with the addresses the CNI plugins gave the pods:
-/// Service `checkout` in front of both versions, `checkout-v1` and `checkout-v2` in front of
-/// one each, and a GAMMA HTTPRoute on `checkout` sending `x-version: v2` to v2 and splitting
-/// the rest 90/10.
-fn manifests(frontend: &Pod<'_>, v1: &Pod<'_>, v2: &Pod<'_>, legacy: &Pod<'_>) -> String {
-    let pod = |ns: &str, name: &str, node: &str, sa: &str, ip: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-             spec: {{nodeName: {node}, serviceAccountName: {sa}, containers: [{{name: app, image: app}}]}}\n\
-             status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}], \
-             conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n"
-        )
-    };
-    let service = |name: &str, vip: &str, pods: &[(&str, &Pod<'_>)]| {
-        let endpoints: Vec<String> = pods
-            .iter()
-            .map(|(pod_name, pod)| {
-                format!(
-                    "{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: {}, \
-                     targetRef: {{kind: Pod, name: {pod_name}, namespace: shop}}}}",
-                    pod.ip, pod.node.name
-                )
-            })
-            .collect();
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
-             spec: {{clusterIP: \"{vip}\", clusterIPs: [\"{vip}\"], \
-             ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\n\
-             endpoints: [{}]\n---\n",
-            endpoints.join(", ")
-        )
-    };
-    let mut yaml = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {weft.dev/mesh: enabled}}\n---\n\
-         apiVersion: v1\nkind: Namespace\nmetadata: {name: legacy}\n---\n",
-    );
-    yaml += &pod("shop", "frontend", "node-a", "frontend", &frontend.ip.to_string());
-    yaml += &pod("shop", "checkout-v1", "node-b", "checkout", &v1.ip.to_string());
-    yaml += &pod("shop", "checkout-v2", "node-b", "checkout", &v2.ip.to_string());
-    yaml += &pod("legacy", "legacy", "node-b", "default", &legacy.ip.to_string());
-    yaml += &service("checkout", CHECKOUT_VIP, &[("checkout-v1", v1), ("checkout-v2", v2)]);
-    yaml += &service("checkout-v1", "10.96.0.11", &[("checkout-v1", v1)]);
-    yaml += &service("checkout-v2", "10.96.0.12", &[("checkout-v2", v2)]);
-    yaml += concat!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n",
-        "metadata: {name: checkout-canary, namespace: shop}\n",
-        "spec:\n",
-        "  parentRefs: [{group: \"\", kind: Service, name: checkout, port: 80}]\n",
-        "  rules:\n",
-        "  - matches: [{headers: [{name: x-version, value: v2}]}]\n",
-        "    backendRefs: [{name: checkout-v2, port: 80}]\n",
-        "  - backendRefs: [{name: checkout-v1, port: 80, weight: 90}, {name: checkout-v2, port: 80, weight: 10}]\n",
-    );
-    yaml
-}
-
 async fn get_metrics(admin: SocketAddr) -> String {
     tokio::task::spawn_blocking(move || {
         let mut conn = TcpStream::connect(admin).expect("admin");
@@ -183,7 +122,7 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     let v1 = b.add_pod("shop", "checkout-v1", meshed("checkout"));
     let v2 = b.add_pod("shop", "checkout-v2", meshed("checkout"));
     let legacy = b.add_pod("legacy", "legacy", unmeshed());
-    let yaml = manifests(&frontend, &v1, &v2, &legacy);
+    let yaml = testbed::shop::manifests(&frontend, &v1, &v2, &legacy);
     let loaded = mesh_controller::manifests::load_str(&yaml, Path::new("e2e.yaml")).expect("manifests");
     let resolved = mesh_controller::resolve::resolve(&loaded.store, &Default::default());
     assert_eq!(resolved.config.workloads.len(), 4, "{:?}", resolved.config.workloads.keys());
@@ -198,7 +137,7 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         testbed::http::HttpEcho::start(&v2.path(), 8080, "v2"),
         testbed::http::HttpEcho::start(&legacy.path(), 8080, "legacy"),
     ];
-    let vip = SocketAddr::new(CHECKOUT_VIP.parse().expect("vip"), 80);
+    let vip = SocketAddr::new(testbed::shop::CHECKOUT_VIP.parse().expect("vip"), 80);
 
     let pcap = a.dir.path().join("link.pcap");
     let capture = testbed::capture::Capture::start(&a.netns, &link_a, pcap.clone());

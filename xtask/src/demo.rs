@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: weft-proxy as a standalone gateway on loopback, in front of two versions
-//! of an app, checked against what the manifests in `examples/demo/` say.
+//! `cargo xtask demo`, part 1: weft-proxy as a standalone gateway on loopback, in front of two
+//! versions of an app, checked against what the manifests in `examples/demo/` say. Part 2, the
+//! mesh, is [`crate::demo_mesh`].
 //!
 //! 1. builds `weft-proxy` (debug profile: it shares the machine and the target dir with the
 //!    edit-compile loop, and a demo measures behaviour, not speed);
@@ -54,10 +55,10 @@ fn workspace_root() -> PathBuf {
 
 async fn demo() -> anyhow::Result<bool> {
     let root = workspace_root();
-    println!("==> building weft-proxy (cargo build -p mesh-proxy, debug profile)");
+    println!("==> building weft-proxy, weft-controller, weft-cni (debug profile)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = tokio::process::Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "mesh-proxy", "--bin", "weft-proxy"])
+        .args(["build", "--quiet", "-p", "mesh-proxy", "-p", "mesh-controller", "-p", "cni-plugin", "--bins"])
         .current_dir(&root)
         .status()
         .await
@@ -102,18 +103,22 @@ async fn demo() -> anyhow::Result<bool> {
     let outcome = exercise(gateway_port, admin).await;
     let _ = proxy.start_kill();
     let _ = proxy.wait().await;
-    match outcome {
+    let ingress = match outcome {
         Ok(passed) => {
             if !passed {
                 print_log(&log_path);
             }
-            Ok(passed)
+            passed
         }
         Err(error) => {
             print_log(&log_path);
-            Err(error)
+            return Err(error);
         }
-    }
+    };
+    println!("\n==> part 2: the mesh (two nodes, mTLS between them, a GAMMA canary)");
+    let mesh = tokio::task::spawn_blocking(move || crate::demo_mesh::run(&target)).await??;
+    println!("\n{}", if ingress && mesh { "demo passed" } else { "demo FAILED" });
+    Ok(ingress && mesh)
 }
 
 fn print_log(path: &Path) {
@@ -204,7 +209,7 @@ async fn exercise(gateway_port: u16, admin: SocketAddr) -> anyhow::Result<bool> 
         println!("  [{}] {name}", if *ok { " ok " } else { "FAIL" });
         passed &= ok;
     }
-    println!("\n{}", if passed { "demo passed" } else { "demo FAILED" });
+    println!("\n{}", if passed { "ingress: passed" } else { "ingress: FAILED" });
     Ok(passed)
 }
 

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod demo;
+mod demo_mesh;
 mod e2e;
 
 use std::process::ExitCode;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
                 "  e2e    the interception tests in network namespaces (root), required rather than skipped"
             );
             eprintln!(
-                "  demo   run weft-proxy on examples/demo with two local app versions and check what it does"
+                "  demo   ingress (weft-proxy on examples/demo) and the mesh (two netns nodes, mTLS, a GAMMA canary)"
             );
             eprintln!(
                 "  cluster   the Kubernetes test cluster of tests/cluster (control plane; --node for the node tier)"

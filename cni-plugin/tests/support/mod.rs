@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use testbed::WAIT;
-pub use testbed::cni::{Node, Pod, link, meshed, unmeshed};
+pub use testbed::cni::{Node, link, meshed, unmeshed};
 pub use testbed::netns::in_netns;
 
 pub const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
