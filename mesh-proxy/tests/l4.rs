@@ -277,3 +277,63 @@ async fn https_and_tls_passthrough_share_a_port_by_sni() {
         exchange(&mut stream, "GET /x HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A UDP backend answering each datagram with `<name>:<datagram>`.
+async fn udp_backend(name: &'static str) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let mut out = format!("{name}:").into_bytes();
+            out.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&out, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `message` from `client` to the proxy and returns the answer; the first datagrams may
+/// arrive before the proxy has bound the port, so they are sent again (a bounded number of times).
+async fn udp_exchange(client: &tokio::net::UdpSocket, port: u16, message: &str) -> String {
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        client.send_to(message.as_bytes(), ("127.0.0.1", port)).await.expect("send");
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), client.recv(&mut buf)).await {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no UDP answer");
+}
+
+#[tokio::test]
+async fn udp_routes_relay_datagrams_per_client_flow() {
+    let a = udp_backend("a").await;
+    let b = udp_backend("b").await;
+    let port = free_port();
+    let l = l4_listener("udp", port, ListenerProtocol::Udp);
+    let cfg = config(
+        &l,
+        vec![service_backend("a", &[a]), service_backend("b", &[b])],
+        vec![l4_route(RouteKind::Udp, "u", &l, &[], vec![to("a", 1), to("b", 1)])],
+    );
+    let proxy = start(cfg).await;
+
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let first = udp_exchange(&client, port, "one").await;
+    let backend = first.split(':').next().expect("name").to_string();
+    assert!(first == "a:one" || first == "b:one", "{first}");
+    // One client, one flow: its later datagrams reach the same endpoint.
+    for i in 0..5 {
+        assert_eq!(udp_exchange(&client, port, &format!("m{i}")).await, format!("{backend}:m{i}"));
+    }
+    // Many clients spread over both weights.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        seen.insert(udp_exchange(&client, port, "x").await);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a:x", "b:x"]);
+    let metrics = admin_get(&proxy, "/metrics").await.body;
+    assert!(metrics.contains(r#"weft_l4_connections_total{listener="infra/gw/udp""#), "{metrics}");
+}

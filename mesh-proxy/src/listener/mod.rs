@@ -5,6 +5,7 @@ pub mod framing;
 pub mod l4;
 pub mod sni;
 pub mod tls;
+pub mod udp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -67,7 +68,23 @@ fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
 pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
     let mut changes = store.subscribe();
     let mut bound: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
+    let mut udp_bound: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
     loop {
+        let udp_wanted: BTreeSet<SocketAddr> = store.load().routes.udp_addresses().copied().collect();
+        udp_bound.retain(|addr, _| udp_wanted.contains(addr));
+        for addr in udp_wanted {
+            if udp_bound.contains_key(&addr) {
+                continue;
+            }
+            match tokio::net::UdpSocket::bind(addr).await {
+                Ok(socket) => {
+                    tracing::info!(%addr, "listening (UDP)");
+                    let task = tokio::spawn(udp::serve(socket, addr, store.clone()));
+                    udp_bound.insert(addr, AbortOnDrop(task));
+                }
+                Err(error) => tracing::error!(%addr, %error, "cannot bind UDP listener"),
+            }
+        }
         let wanted = wanted(&store);
         bound.retain(|addr, _| {
             let keep = wanted.contains(addr);

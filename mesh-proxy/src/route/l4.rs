@@ -93,6 +93,30 @@ pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> Has
     out
 }
 
+/// The route of each UDP listener address: the oldest UDPRoute attached.
+pub fn build_udp(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> HashMap<SocketAddr, Target> {
+    let mut routes: Vec<&model::Route> =
+        config.routes.values().filter(|r| r.key.kind == RouteKind::Udp).collect();
+    routes.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    let mut out = HashMap::new();
+    for listener in config.listeners.values().filter(|l| l.protocol == ListenerProtocol::Udp) {
+        let wanted = ParentTarget::Listener(listener.key.clone());
+        let attached = routes.iter().find_map(|r| {
+            let rule = r.rules.first()?;
+            r.parents.iter().any(|p| p.target == wanted).then_some((r, rule))
+        });
+        let Some((route, rule)) = attached else { continue };
+        let target = Target {
+            listener: listener.key.to_string().into(),
+            rule: Arc::new(CompiledRule::build(route, rule, backends)),
+        };
+        for addr in bind_addresses(listener) {
+            out.entry(addr).or_insert_with(|| target.clone());
+        }
+    }
+    out
+}
+
 impl L4Routes {
     /// The target for a connection that sent `sni` (TLS) — for TCP, always the route.
     /// The most specific matching hostname wins; among equals, the oldest route.

@@ -29,6 +29,8 @@ pub struct RoutingTable {
     tls: HashMap<SocketAddr, Arc<ServerConfig>>,
     /// TCP and TLS-passthrough addresses.
     l4: HashMap<SocketAddr, l4::L4Routes>,
+    /// UDP addresses.
+    udp: HashMap<SocketAddr, l4::Target>,
     mesh: gamma::MeshRoutes,
 }
 
@@ -114,7 +116,18 @@ impl RoutingTable {
             .collect();
         let mesh = gamma::MeshRoutes::build(config, &backends);
         let l4 = l4::build(config, &backends);
-        RoutingTable { listeners: by_addr, tls, mesh, l4 }
+        let udp = l4::build_udp(config, &backends);
+        RoutingTable { listeners: by_addr, tls, mesh, l4, udp }
+    }
+
+    /// The route of a UDP address.
+    pub fn udp(&self, addr: &SocketAddr) -> Option<&l4::Target> {
+        self.udp.get(addr)
+    }
+
+    /// Every UDP address.
+    pub fn udp_addresses(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.udp.keys()
     }
 
     /// The L4 routes of a TCP or TLS-passthrough address.
