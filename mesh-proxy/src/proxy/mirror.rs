@@ -38,7 +38,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends mirror copies; one per proxy.
 pub struct Mirrors {
     permits: Arc<Semaphore>,
-    upstream: Upstream,
     metrics: Arc<Metrics>,
 }
 
@@ -56,14 +55,20 @@ struct Copy {
 }
 
 impl Mirrors {
-    pub fn new(upstream: Upstream, metrics: Arc<Metrics>) -> Self {
-        Mirrors { permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), upstream, metrics }
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Mirrors { permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), metrics }
     }
 
     /// Starts a copy of the request to each target (`None`: a mirror backend that did not
-    /// resolve) and returns the body to send to the main backend: `body` itself, or a tee of it
-    /// when a copy needs its bytes.
-    pub fn start(&self, targets: Vec<Option<Arc<EndpointSet>>>, head: Head, body: ProxyBody) -> ProxyBody {
+    /// resolve), sent with `upstream`, and returns the body to send to the main backend: `body`
+    /// itself, or a tee of it when a copy needs its bytes.
+    pub fn start(
+        &self,
+        targets: Vec<Option<Arc<EndpointSet>>>,
+        head: Head,
+        body: ProxyBody,
+        upstream: Upstream,
+    ) -> ProxyBody {
         let mut copies = Vec::with_capacity(targets.len());
         for target in targets {
             let Some(target) = target else {
@@ -84,7 +89,6 @@ impl Mirrors {
             return body;
         }
         let (done, copied) = oneshot::channel::<Bytes>();
-        let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
         let count = copies.len();
         tokio::spawn(async move {

@@ -76,7 +76,7 @@ struct Outcome {
 impl Proxy {
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, access_log: bool) -> Self {
         let upstream = Upstream::default();
-        let mirrors = mirror::Mirrors::new(upstream.clone(), metrics.clone());
+        let mirrors = mirror::Mirrors::new(metrics.clone());
         Proxy { store, metrics, upstream, mirrors, access_log }
     }
 
@@ -269,7 +269,8 @@ impl Proxy {
                 path_and_query: path_and_query.clone(),
                 headers: parts.headers.clone(),
             };
-            self.mirrors.start(mirrors, head, body.boxed())
+            // Copies are dialled like the request itself (HBONE for a meshed client).
+            self.mirrors.start(mirrors, head, body.boxed(), upstream.clone())
         };
         let attempts = 1 + retry.map_or(0, |r| r.attempts);
         let request_timeout = rule.timeouts.request_ms.map(Duration::from_millis);
