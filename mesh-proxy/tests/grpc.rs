@@ -145,6 +145,7 @@ async fn tonic_clients_and_servers_through_a_grpc_route() {
             rule(vec![grpc_match("Say", &[("x-canary", "1")])], vec![to("canary", 1)]),
             rule(vec![grpc_match("Say", &[])], vec![to("v1", 3), to("v2", 1)]),
             rule(vec![grpc_match("Chat", &[])], vec![to("v2", 1)]),
+            rule(vec![grpc_match("Broken", &[])], vec![to("missing", 1)]),
         ],
     );
     r.key.kind = RouteKind::Grpc;
@@ -209,4 +210,16 @@ async fn tonic_clients_and_servers_through_a_grpc_route() {
         .await
         .expect_err("no route");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    // A rule whose backend is invalid: UNAVAILABLE, as GRPCRoute requires.
+    client.ready().await.expect("ready");
+    let status = client
+        .unary(
+            Request::new(Msg::default()),
+            PathAndQuery::from_static("/test.Echo/Broken"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .expect_err("invalid backend");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }

@@ -4,7 +4,8 @@
 //! the text as a message). So a request with a gRPC content type that the proxy refuses (no
 //! route, no backend, a failed backend) gets a trailers-only gRPC answer: HTTP 200 with
 //! `grpc-status` and `grpc-message`, the status mapped from the HTTP one as gRPC's own
-//! "HTTP to gRPC status code mapping" document does. A route that matched no method is then
+//! "HTTP to gRPC status code mapping" document does, except that the proxy's 500 (a rule whose
+//! backend is invalid) is UNAVAILABLE, as GRPCRoute requires. A route that matched no method is
 //! UNIMPLEMENTED, as GRPCRoute asks.
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -23,12 +24,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// gRPC status code for an HTTP status the proxy answered with.
 fn grpc_code(status: StatusCode) -> u16 {
     match status.as_u16() {
-        400 => 13,                   // INTERNAL
-        401 => 16,                   // UNAUTHENTICATED
-        403 => 7,                    // PERMISSION_DENIED
-        404 => 12,                   // UNIMPLEMENTED
-        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,                      // UNKNOWN
+        400 => 13, // INTERNAL
+        401 => 16, // UNAUTHENTICATED
+        403 => 7,  // PERMISSION_DENIED
+        404 => 12, // UNIMPLEMENTED
+        // The proxy's 500s are invalid backends (its other 500s, rewrites it cannot represent,
+        // are config errors a client can do as little about).
+        429 | 500 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                            // UNKNOWN
     }
 }
 
@@ -63,7 +66,8 @@ mod tests {
         assert_eq!(r.headers()["grpc-status"], "12");
         assert_eq!(r.headers()["grpc-message"], "no route");
         assert_eq!(translate(local(StatusCode::SERVICE_UNAVAILABLE, "x")).headers()["grpc-status"], "14");
-        assert_eq!(translate(local(StatusCode::INTERNAL_SERVER_ERROR, "x")).headers()["grpc-status"], "2");
+        assert_eq!(translate(local(StatusCode::INTERNAL_SERVER_ERROR, "x")).headers()["grpc-status"], "14");
+        assert_eq!(translate(local(StatusCode::IM_A_TEAPOT, "x")).headers()["grpc-status"], "2");
     }
 
     #[test]
