@@ -337,3 +337,50 @@ async fn udp_routes_relay_datagrams_per_client_flow() {
     let metrics = admin_get(&proxy, "/metrics").await.body;
     assert!(metrics.contains(r#"weft_l4_connections_total{listener="infra/gw/udp""#), "{metrics}");
 }
+
+#[tokio::test]
+async fn tls_terminate_listeners_splice_the_plaintext() {
+    let (plain, _) = l4_backend("plain", None).await;
+    let port = free_port();
+    let mut l = l4_listener("tls-term", port, ListenerProtocol::Tls);
+    l.tls = Some(ListenerTls { mode: TlsMode::Terminate, certificates: vec!["infra/term".into()] });
+    let generated = rcgen::generate_simple_self_signed(vec!["t.example.com".to_string()]).expect("cert");
+    let proxy_cert = generated.cert.der().clone();
+    let mut cfg = config(
+        &l,
+        vec![service_backend("plain", &[plain])],
+        vec![l4_route(RouteKind::Tcp, "term", &l, &[], vec![to("plain", 1)])],
+    );
+    cfg.insert_certificate(Certificate {
+        key: ObjectKey::new("infra", "term"),
+        chain_pem: generated.cert.pem(),
+        key_pem: generated.signing_key.serialize_pem(),
+        dns_names: vec!["t.example.com".into()],
+    });
+    let proxy = start(cfg).await;
+    wait_listening(port).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(proxy_cert).expect("root");
+    let mut client =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    // The proxy's certificate completes the handshake; the backend sees plaintext.
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from("t.example.com").expect("name"), tcp)
+        .await
+        .expect("handshake with the proxy");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), None, "no ALPN: the bytes inside are not the proxy's");
+    assert_eq!(exchange(&mut stream, "inside").await, "plain:inside");
+    assert_eq!(exchange(&mut stream, "twice").await, "plain:twice");
+    let metrics = admin_get(&proxy, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"listener="infra/gw/tls-term",backend="apps/plain:80",outcome="forwarded"} 1"#),
+        "{metrics}"
+    );
+}

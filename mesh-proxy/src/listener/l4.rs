@@ -1,6 +1,6 @@
-//! Connections on TCP and TLS-passthrough listeners: which route takes them, decided before any
-//! byte is consumed. A TCP listener's route takes every connection; a passthrough listener peeks
-//! the ClientHello for its SNI ([`super::sni`]). What is left (a name no passthrough route
+//! Connections on TCP and TLS listeners: which route takes them, decided before any byte is
+//! consumed. A TCP listener's route takes every connection; a TLS listener peeks the
+//! ClientHello for its SNI ([`super::sni`]), then passes the TLS through or terminates it. What is left (a name no passthrough route
 //! serves, on a port that also terminates HTTPS) goes back to the HTTP(S) server.
 
 use std::sync::Arc;
@@ -56,7 +56,17 @@ pub async fn serve(stream: TcpStream, bind: SocketAddr, store: &Arc<ConfigStore>
         metrics.record_l4(&bind.to_string(), "-", L4Outcome::NoRoute);
         return None;
     };
-    splice::forward(stream, target, metrics).await;
+    match &target.terminate {
+        None => splice::forward(stream, target, metrics).await,
+        Some(server) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => splice::forward(tls, target, metrics).await,
+                Ok(Err(error)) => tracing::debug!(%bind, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%bind, "TLS handshake timed out"),
+            }
+        }
+    }
     None
 }
 

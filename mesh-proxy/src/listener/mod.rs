@@ -43,7 +43,7 @@ pub fn bind_addresses(listener: &Listener) -> Vec<SocketAddr> {
     }
 }
 
-/// HTTP listeners, and HTTPS listeners that terminate TLS (TCP and TLS passthrough are
+/// HTTP listeners, and HTTPS listeners that terminate TLS (TCP and TLS listeners are
 /// [`l4`]'s).
 pub fn serves_http(listener: &Listener) -> bool {
     match listener.protocol {

@@ -1,9 +1,11 @@
 //! L4 forwarding: a connection taken by a TCPRoute or TLSRoute goes to a backend chosen by
 //! weight, an endpoint chosen by the balancer, and bytes are copied both ways until either side
-//! closes. Nothing is parsed; a TLS client's handshake crosses untouched (passthrough).
+//! closes. Nothing is parsed; a TLS client's handshake crosses untouched (passthrough), or the
+//! plaintext does when the listener terminated TLS.
 
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::metrics::{L4Outcome, Metrics};
@@ -15,7 +17,7 @@ use crate::route::l4::Target;
 /// upstream connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn forward(mut client: TcpStream, target: &Target, metrics: &Metrics) {
+pub async fn forward(mut client: impl AsyncRead + AsyncWrite + Unpin, target: &Target, metrics: &Metrics) {
     let listener = &*target.listener;
     let Some(backend) = target.rule.pick_backend() else {
         metrics.record_l4(listener, "-", L4Outcome::NoBackend);

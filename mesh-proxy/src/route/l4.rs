@@ -1,6 +1,8 @@
-//! L4 routing: which TCPRoute or TLSRoute rule takes a connection on a TCP or TLS-passthrough
-//! listener. A TCP listener has one route; a TLS passthrough listener chooses by the SNI of the
-//! ClientHello, the most specific hostname first, as HTTP routing chooses by `Host`.
+//! L4 routing: which TCPRoute or TLSRoute rule takes a connection on a TCP or TLS listener. A
+//! TCP listener has one route; a TLS listener chooses by the SNI of the ClientHello, the most
+//! specific hostname first, as HTTP routing chooses by `Host`. A TLS listener in `Terminate`
+//! mode (TLSRoute or TCPRoute) has the proxy end TLS with the listener's certificates and splice
+//! the plaintext; in `Passthrough` mode the TLS bytes go through untouched.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,10 +10,11 @@ use std::sync::Arc;
 
 use mesh_api::model::{self, Config, ListenerProtocol, ParentTarget, RouteKind, TlsMode};
 use mesh_api::precedence::hostname_rank;
+use rustls::ServerConfig;
 
 use super::CompiledRule;
 use crate::balance::EndpointSet;
-use crate::listener::bind_addresses;
+use crate::listener::{bind_addresses, tls};
 
 /// What a bound address does at L4.
 pub enum L4Routes {
@@ -26,15 +29,24 @@ pub enum L4Routes {
 pub struct Target {
     pub listener: Arc<str>,
     pub rule: Arc<CompiledRule>,
+    /// Set on a `Terminate` listener: the proxy ends TLS with this before splicing.
+    pub terminate: Option<Arc<ServerConfig>>,
 }
 
-/// Listeners served at L4: TCP, and TLS in passthrough mode.
+/// Listeners served at L4: TCP and TLS (either mode).
 pub fn serves_l4(listener: &model::Listener) -> bool {
     match listener.protocol {
-        ListenerProtocol::Tcp => true,
-        ListenerProtocol::Tls => listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough),
+        ListenerProtocol::Tcp | ListenerProtocol::Tls => true,
         ListenerProtocol::Http | ListenerProtocol::Https | ListenerProtocol::Udp => false,
     }
+}
+
+/// The TLS config of a `Terminate` listener: its certificates by SNI, and no ALPN, since the
+/// bytes inside are the backend's protocol, not HTTP the proxy would speak.
+fn terminate_config(listener: &model::Listener, config: &Config) -> Option<Arc<ServerConfig>> {
+    let mut server = (*tls::server_config(&[listener], config)?).clone();
+    server.alpn_protocols.clear();
+    Some(Arc::new(server))
 }
 
 pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> HashMap<SocketAddr, L4Routes> {
@@ -46,10 +58,23 @@ pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> Has
     let mut out: HashMap<SocketAddr, L4Routes> = HashMap::new();
     for listener in config.listeners.values().filter(|l| serves_l4(l)) {
         let name: Arc<str> = listener.key.to_string().into();
-        let wanted_kind =
-            if listener.protocol == ListenerProtocol::Tcp { RouteKind::Tcp } else { RouteKind::Tls };
+        let terminating = listener.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Terminate);
+        let kinds: &[RouteKind] = match (listener.protocol, terminating) {
+            (ListenerProtocol::Tcp, _) => &[RouteKind::Tcp],
+            (_, false) => &[RouteKind::Tls],
+            (_, true) => &[RouteKind::Tls, RouteKind::Tcp],
+        };
+        let terminate = if listener.protocol == ListenerProtocol::Tls && terminating {
+            match terminate_config(listener, config) {
+                Some(server) => Some(server),
+                // Without a usable certificate the listener cannot serve anything.
+                None => continue,
+            }
+        } else {
+            None
+        };
         let mut entries: Vec<(Option<String>, Target)> = Vec::new();
-        for route in routes.iter().filter(|r| r.key.kind == wanted_kind) {
+        for route in routes.iter().filter(|r| kinds.contains(&r.key.kind)) {
             // L4 routes have no matches: the first rule with backends takes the connection.
             let Some(rule) = route.rules.first() else { continue };
             for parent in &route.parents {
@@ -59,6 +84,7 @@ pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> Has
                 let target = Target {
                     listener: name.clone(),
                     rule: Arc::new(CompiledRule::build(route, rule, backends)),
+                    terminate: terminate.clone(),
                 };
                 if parent.hostnames.is_empty() {
                     entries.push((listener.hostname.as_ref().map(|h| h.to_ascii_lowercase()), target));
@@ -109,6 +135,7 @@ pub fn build_udp(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) ->
         let target = Target {
             listener: listener.key.to_string().into(),
             rule: Arc::new(CompiledRule::build(route, rule, backends)),
+            terminate: None,
         };
         for addr in bind_addresses(listener) {
             out.entry(addr).or_insert_with(|| target.clone());
