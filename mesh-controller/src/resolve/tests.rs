@@ -644,7 +644,11 @@ spec:
     let tls = &r.config.routes["TLSRoute/infra/t"];
     assert_eq!(tls.key.kind, RouteKind::Tls);
     assert_eq!(tls.parents.len(), 1);
-    assert_eq!(tls.parents[0].hostnames, vec!["a.example.com".to_string()], "intersected with the listener's");
+    assert_eq!(
+        tls.parents[0].hostnames,
+        vec!["a.example.com".to_string()],
+        "intersected with the listener's"
+    );
     let backends = &tls.rules[0].backends;
     assert_eq!(backends.len(), 2);
     assert_eq!(backends[0].weight, 3);
