@@ -359,6 +359,8 @@ mod tests {
         let ports: Vec<u16> =
             (0..100).map(|_| set.pick_at(after, &mut rng).expect("ready").addr.port()).collect();
         assert!(ports.contains(&1), "{ports:?}");
+        // On probation: its first failure ejects it again, for twice as long.
+        assert_eq!(set.connect_failed_at(&on(&set, 1, after), after), Some(outlier::BASE_EJECTION * 2));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Outlier ejection on connect failures: an endpoint that refused [`CONSECUTIVE_FAILURES`]
 //! connections in a row is left out of the balancer for a while, and for twice as long each time
-//! it is ejected again, up to [`MAX_EJECTION`]. Any answer resets its record.
+//! it is ejected again, up to [`MAX_EJECTION`]. Any answer resets its record. An endpoint back
+//! from an ejection is on probation: its first connect failure ejects it again at once, so a
+//! dead endpoint costs one failed request per ejection period, not five.
 //!
 //! Only connect failures count: they say the endpoint is gone or not listening, which no retry
 //! on it will fix. Slow or failing answers are the latency estimate's business.
@@ -59,8 +61,8 @@ impl Outlier {
         let backoff = BASE_EJECTION.saturating_mul(1u32 << self.ejections.min(16)).min(MAX_EJECTION);
         let until = now + backoff;
         self.ejections = self.ejections.saturating_add(1);
-        // After the ejection the endpoint gets a fresh run of attempts before the next one.
-        self.failures = 0;
+        // Probation: one more failure after the ejection is enough for the next one.
+        self.failures = CONSECUTIVE_FAILURES - 1;
         self.ejected_until = Some(until);
         Verdict::Ejected(until)
     }
@@ -92,9 +94,11 @@ mod tests {
         let mut now = Instant::now();
         let mut o = Outlier::default();
         let mut lengths = Vec::new();
-        for _ in 0..6 {
-            let verdict = (0..CONSECUTIVE_FAILURES).map(|_| o.connect_failed(now, true)).last();
-            let Some(Verdict::Ejected(until)) = verdict else { panic!("ejected") };
+        for round in 0..6 {
+            // Five failures the first time; on probation afterwards, one is enough.
+            let tries = if round == 0 { CONSECUTIVE_FAILURES } else { 1 };
+            let verdict = (0..tries).map(|_| o.connect_failed(now, true)).last();
+            let Some(Verdict::Ejected(until)) = verdict else { panic!("ejected in round {round}") };
             lengths.push((until - now).as_secs());
             now = until;
         }
