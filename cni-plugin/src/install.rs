@@ -178,7 +178,9 @@ fn watch_conf_dir(options: &InstallOptions, stop: &AtomicBool) -> anyhow::Result
                 std::thread::sleep(SETTLE);
                 while rx.try_recv().is_ok() {}
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if last_check.elapsed() < RECHECK_INTERVAL => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if last_check.elapsed() < RECHECK_INTERVAL => {
+                continue;
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }

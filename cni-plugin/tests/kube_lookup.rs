@@ -6,7 +6,7 @@
 //! `WEFT_REQUIRE_APISERVER=1` (CI).
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cni_plugin::meshed;
@@ -30,7 +30,7 @@ fn kubeconfig() -> Option<PathBuf> {
     }
 }
 
-async fn client(path: &PathBuf) -> Client {
+async fn client(path: &Path) -> Client {
     let kubeconfig = Kubeconfig::read_from(path).expect("readable kubeconfig");
     let config =
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
@@ -68,13 +68,13 @@ impl Drop for TestNamespace {
     }
 }
 
-async fn namespace(client: &Client, kubeconfig: &PathBuf, labels: Value) -> TestNamespace {
+async fn namespace(client: &Client, kubeconfig: &Path, labels: Value) -> TestNamespace {
     let api: Api<Namespace> = Api::all(client.clone());
     let name = unique("weft-cni");
     let ns =
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("namespace");
     api.create(&PostParams::default(), &ns).await.expect("create namespace");
-    TestNamespace { kubeconfig: kubeconfig.clone(), name }
+    TestNamespace { kubeconfig: kubeconfig.to_path_buf(), name }
 }
 
 async fn pod(client: &Client, namespace: &str, name: &str, labels: Value, annotations: Value) -> Pod {
