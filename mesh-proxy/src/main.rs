@@ -100,7 +100,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let config = InpodConfig { socket: args.inpod_socket, ..InpodConfig::default() };
-            Some(InpodServer::start(config, traffic).await?)
+            let server = InpodServer::start(config, traffic).await?;
+            running.more_metrics.register(Arc::new(server.metrics_source()));
+            Some(server)
         }
         false => None,
     };

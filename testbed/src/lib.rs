@@ -7,11 +7,13 @@
 //! - [`cni`]: nodes, pods, the plugin chain, links between nodes.
 //! - [`capture`]: tcpdump on a link, and what crossed it.
 //! - [`http`]: a tiny HTTP server and client for inside pods.
+//! - [`load`]: an open-loop (constant-rate) HTTP/1.1 load generator.
 //! - [`shop`]: the meshed application the mesh test and the demo run.
 
 pub mod capture;
 pub mod cni;
 pub mod http;
+pub mod load;
 pub mod netns;
 pub mod shop;
 

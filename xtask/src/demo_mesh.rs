@@ -30,7 +30,7 @@ const MESHED_CANARY: &str = "x-canary: meshed-4c1d\r\n";
 const PLAINTEXT_CANARY: &str = "plaintext-9e2b";
 
 /// A child process killed on drop; its output goes to a log file printed on failure.
-struct Process {
+pub struct Process {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -70,7 +70,7 @@ impl Drop for Process {
 }
 
 /// An HTTP GET on the node's loopback (its proxy's admin port), from inside the node.
-fn admin_get(netns: &Netns, path: &'static str) -> String {
+pub fn admin_get(netns: &Netns, path: &'static str) -> String {
     in_netns(&netns.path(), move || {
         let Ok(mut conn) = TcpStream::connect_timeout(&ADMIN.parse().expect("addr"), Duration::from_secs(1))
         else {
@@ -96,6 +96,86 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two nodes with a controller and a proxy each, as real processes built with `profile`.
+pub struct Lab {
+    pub a: Node,
+    pub b: Node,
+    /// node A's end of the link between the nodes.
+    pub link_a: String,
+    pub work: tempfile::TempDir,
+    manifests: PathBuf,
+    pub processes: Vec<Process>,
+}
+
+impl Lab {
+    pub fn start(target: &Path, profile: &str) -> anyhow::Result<Lab> {
+        let bin = |name: &str| target.join(profile).join(name);
+        let work = tempfile::tempdir()?;
+        let (a, b) = (
+            Node::new("node-a", "10.201.1.0/24", &bin("weft-cni")),
+            Node::new("node-b", "10.201.2.0/24", &bin("weft-cni")),
+        );
+        let (link_a, _) = link(&a, "10.201.1.0/24", &b, "10.201.2.0/24");
+        let manifests = work.path().join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::write(
+            manifests.join("cluster.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        )?;
+        std::fs::write(work.path().join("node-tokens"), "node-a token-of-node-a\nnode-b token-of-node-b\n")?;
+        let mut controller = a.netns.command(bin("weft-controller"));
+        controller
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--ca-dir")
+            .arg(work.path().join("ca"))
+            .arg("--node-tokens")
+            .arg(work.path().join("node-tokens"))
+            .args(["--config-addr", CONTROLLER, "--admin-addr", "127.0.0.1:15014"]);
+        let controller = Process::spawn("weft-controller", controller, work.path().join("controller.log"))?;
+        let mut processes = vec![controller];
+        for node in [&a, &b] {
+            let token = work.path().join(format!("{}.token", node.name));
+            std::fs::write(&token, format!("token-of-{}", node.name))?;
+            let mut proxy = node.netns.command(bin("weft-proxy"));
+            proxy
+                .args(["--controller", &format!("http://{CONTROLLER}"), "--node", &node.name, "--inpod"])
+                .arg("--inpod-socket")
+                .arg(node.socket())
+                .arg("--ca-token-file")
+                .arg(&token)
+                .args(["--admin", ADMIN]);
+            let name = if node.name == "node-a" { "weft-proxy (node-a)" } else { "weft-proxy (node-b)" };
+            processes.push(Process::spawn(name, proxy, work.path().join(format!("{}.log", node.name)))?);
+        }
+        let lab = Lab { a, b, link_a, work, manifests, processes };
+        wait_for("the node proxies", || lab.a.socket().exists() && lab.b.socket().exists())?;
+        Ok(lab)
+    }
+
+    /// Replaces the controller's manifests and waits until both proxies serve `marker`.
+    pub fn publish(&self, yaml: &str, marker: &'static str) -> anyhow::Result<()> {
+        std::fs::write(self.manifests.join("cluster.yaml"), yaml)?;
+        for node in [&self.a, &self.b] {
+            wait_for(&format!("{}'s proxy to get the config", node.name), || {
+                admin_get(&node.netns, "/config_dump").contains(marker)
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn print_logs(&self) {
+        for process in &self.processes {
+            process.print_log();
+        }
+    }
+
+    /// The pids of the node proxies (A, B), for CPU accounting.
+    pub fn proxy_pids(&self) -> Vec<u32> {
+        self.processes.iter().filter(|p| p.name.starts_with("weft-proxy")).map(|p| p.child.id()).collect()
+    }
+}
+
 /// Runs the mesh half; `Ok(false)` when a check failed.
 pub fn run(target: &Path) -> anyhow::Result<bool> {
     if let Err(reason) = testbed::netns::available(&["tcpdump"]) {
@@ -104,64 +184,22 @@ pub fn run(target: &Path) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
-    let bin = |name: &str| target.join("debug").join(name);
-    let work = tempfile::tempdir()?;
-    let (a, b) = (
-        Node::new("node-a", "10.201.1.0/24", &bin("weft-cni")),
-        Node::new("node-b", "10.201.2.0/24", &bin("weft-cni")),
-    );
-    let (link_a, _) = link(&a, "10.201.1.0/24", &b, "10.201.2.0/24");
+    let lab = Lab::start(target, "debug")?;
     println!(
         "==> mesh: nodes {} and {} (netns), joined by a veth pair 10.98.0.1 ↔ 10.98.0.2",
-        a.netns.name, b.netns.name
+        lab.a.netns.name, lab.b.netns.name
     );
-
-    let manifests = work.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("cluster.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
-    )?;
-    std::fs::write(work.path().join("node-tokens"), "node-a token-of-node-a\nnode-b token-of-node-b\n")?;
-    let mut controller = a.netns.command(bin("weft-controller"));
-    controller
-        .arg("--manifests")
-        .arg(&manifests)
-        .arg("--ca-dir")
-        .arg(work.path().join("ca"))
-        .arg("--node-tokens")
-        .arg(work.path().join("node-tokens"))
-        .args(["--config-addr", CONTROLLER, "--admin-addr", "127.0.0.1:15014"]);
-    let controller = Process::spawn("weft-controller", controller, work.path().join("controller.log"))?;
-    let mut processes = vec![controller];
-    for node in [&a, &b] {
-        let token = work.path().join(format!("{}.token", node.name));
-        std::fs::write(&token, format!("token-of-{}", node.name))?;
-        let mut proxy = node.netns.command(bin("weft-proxy"));
-        proxy
-            .args(["--controller", &format!("http://{CONTROLLER}"), "--node", &node.name, "--inpod"])
-            .arg("--inpod-socket")
-            .arg(node.socket())
-            .arg("--ca-token-file")
-            .arg(&token)
-            .args(["--admin", ADMIN, "--access-log"]);
-        let name = if node.name == "node-a" { "weft-proxy (node-a)" } else { "weft-proxy (node-b)" };
-        processes.push(Process::spawn(name, proxy, work.path().join(format!("{}.log", node.name)))?);
-    }
-    let started = wait_for("the node proxies", || a.socket().exists() && b.socket().exists());
-    let outcome = started.and_then(|()| exercise(&a, &b, &link_a, &manifests, work.path()));
-    match outcome {
+    match exercise(&lab) {
         Ok(true) => Ok(true),
         other => {
-            for process in &processes {
-                process.print_log();
-            }
+            lab.print_logs();
             other
         }
     }
 }
 
-fn exercise(a: &Node, b: &Node, link_a: &str, manifests: &Path, work: &Path) -> anyhow::Result<bool> {
+fn exercise(lab: &Lab) -> anyhow::Result<bool> {
+    let (a, b, work) = (&lab.a, &lab.b, lab.work.path());
     println!("==> mesh: weft-controller (config + CA) and one weft-proxy per node are up");
     let frontend = a.add_pod("shop", "frontend", meshed("frontend"));
     let v1 = b.add_pod("shop", "checkout-v1", meshed("checkout"));
@@ -171,12 +209,7 @@ fn exercise(a: &Node, b: &Node, link_a: &str, manifests: &Path, work: &Path) -> 
         "==> mesh: pods added through bridge + host-local + weft-cni: frontend {} on node-a; checkout-v1 {}, checkout-v2 {}, legacy {} (unmeshed) on node-b",
         frontend.ip, v1.ip, v2.ip, legacy.ip
     );
-    std::fs::write(manifests.join("cluster.yaml"), shop::manifests(&frontend, &v1, &v2, &legacy))?;
-    for node in [a, b] {
-        wait_for(&format!("{}'s proxy to get the shop's config", node.name), || {
-            admin_get(&node.netns, "/config_dump").contains("checkout-canary")
-        })?;
-    }
+    lab.publish(&shop::manifests(&frontend, &v1, &v2, &legacy), "checkout-canary")?;
     println!("==> mesh: both proxies have the config (Services, workloads, HTTPRoute checkout-canary)\n");
     let _apps = [
         HttpEcho::start(&v1.path(), 8080, "v1"),
@@ -187,7 +220,7 @@ fn exercise(a: &Node, b: &Node, link_a: &str, manifests: &Path, work: &Path) -> 
     let mut checks: Vec<(String, bool)> = Vec::new();
 
     let pcap = work.join("link.pcap");
-    let capture = Capture::start(&a.netns, link_a, pcap.clone());
+    let capture = Capture::start(&a.netns, &lab.link_a, pcap.clone());
     let served =
         served_by(&frontend.path(), vip, SPLIT_REQUESTS, MESHED_CANARY).context("frontend → checkout")?;
     let to_v1 = served.iter().filter(|s| s.as_str() == "v1").count();

@@ -130,6 +130,12 @@ impl InpodServer {
         self.state.metrics.render(self.state.pods().len())
     }
 
+    /// [`render_metrics`](Self::render_metrics) as a function the admin server can keep.
+    pub fn metrics_source(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.metrics.render(state.pods().len())
+    }
+
     /// UIDs of the adopted pods, sorted.
     pub fn pods(&self) -> Vec<String> {
         let mut uids: Vec<String> = self.state.pods().keys().cloned().collect();
