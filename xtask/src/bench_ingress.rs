@@ -105,7 +105,7 @@ fn spawn(name: &'static str, mut command: Command, dir: &Path) -> anyhow::Result
 }
 
 /// One way to reach the backend: directly or through one proxy.
-struct Path_ {
+struct Setup {
     name: &'static str,
     http1: SocketAddr,
     /// An h2c (prior knowledge) listener, where the path has one.
@@ -517,20 +517,20 @@ fn run(weft: &Path) -> anyhow::Result<()> {
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let paths = [
-        Path_ { name: "direct", http1: local(ports.backend), h2: None, proxy: None },
-        Path_ {
+        Setup { name: "direct", http1: local(ports.backend), h2: None, proxy: None },
+        Setup {
             name: "weft-proxy",
             http1: local(ports.weft),
             h2: Some(local(ports.weft)),
             proxy: Some(weft_proc.pid()),
         },
-        Path_ {
+        Setup {
             name: "nginx",
             http1: local(ports.nginx),
             h2: Some(local(ports.nginx_h2)),
             proxy: Some(nginx_proc.pid()),
         },
-        Path_ {
+        Setup {
             name: "haproxy",
             http1: local(ports.haproxy),
             h2: Some(local(ports.haproxy_h2)),
@@ -689,7 +689,7 @@ fn which(tool: &str) -> anyhow::Result<PathBuf> {
 }
 
 struct Report<'a> {
-    paths: &'a [Path_],
+    paths: &'a [Setup],
     results: &'a [PathResults],
     commands: &'a [String],
     configs: &'a [(&'static str, String)],
