@@ -33,6 +33,8 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use testbed::load::constant_rate;
 
+use crate::measure::{as_f64, cpu_seconds, machine, median};
+
 const REPEATS: usize = 5;
 const RATES: [u32; 2] = [1000, 5000];
 const RUN: Duration = Duration::from_secs(5);
@@ -140,34 +142,10 @@ struct PathResults {
     threads: u64,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn min_max(values: &[f64]) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if values.is_empty() { (0.0, 0.0) } else { (min, max) }
-}
-
-fn as_f64(values: &[u64]) -> Vec<f64> {
-    values.iter().map(|v| *v as f64).collect()
-}
-
-/// User + system CPU seconds of a process so far (all its threads).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
-    out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
 }
 
 /// A numeric field of /proc/<pid>/status (`VmRSS` in kB, `Threads`).
@@ -707,23 +685,6 @@ fn version(program: &str, arg: &str) -> String {
         text.lines().next().unwrap_or("").trim().to_string()
     })
     .unwrap_or_default()
-}
-
-fn machine(cores: usize) -> String {
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
-    format!("{cores} cores ({cpu}), Linux {}", kernel.unwrap_or_default())
 }
 
 fn spread(values: &[f64], decimals: usize) -> String {

@@ -19,6 +19,7 @@ use testbed::load::constant_rate;
 use testbed::shop;
 
 use crate::demo_mesh::Lab;
+use crate::measure::{as_f64, cpu_seconds, machine, median};
 
 const REPEATS: usize = 5;
 const RATE: u32 = 1000;
@@ -34,32 +35,6 @@ struct Point {
     errors: usize,
     /// CPU share of each node proxy during the runs (1.0 = one core busy).
     proxy_cpu: Vec<f64>,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn as_f64(values: &[u64]) -> Vec<f64> {
-    values.iter().map(|v| *v as f64).collect()
-}
-
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of /proc/pid/stat, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
-    out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
 }
 
 fn iperf(netns: &testbed::netns::Netns, server: SocketAddr) -> anyhow::Result<f64> {
@@ -157,23 +132,6 @@ pub fn run(target: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    format!("{cores} cores ({cpu}), Linux {}", kernel.unwrap_or_default())
-}
-
 fn write_results(points: &[Point], direct_gbps: f64, tunnel_gbps: f64) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
     let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output()?;
@@ -189,7 +147,7 @@ fn write_results(points: &[Point], direct_gbps: f64, tunnel_gbps: f64) -> anyhow
          Latency at {RATE} requests/s (open loop, measured from each request's due time), HTTP/1.1 over\n\
          {CONNECTIONS} keep-alive connections, {REPEATS} interleaved runs of {} s; median of the runs, [min–max].\n\n\
          | path | p50 µs | p99 µs | added p50 | added p99 | errors | proxies' CPU (cores) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
-        machine(),
+        machine(std::thread::available_parallelism().map_or(0, |n| n.get())),
         RUN.as_secs()
     );
     let mut json_points = Vec::new();
@@ -222,7 +180,7 @@ fn write_results(points: &[Point], direct_gbps: f64, tunnel_gbps: f64) -> anyhow
     std::fs::create_dir_all(&results)?;
     std::fs::write(results.join("mtls.md"), &md)?;
     let report = json!({
-        "command": "cargo xtask bench mesh", "date": date, "commit": commit, "machine": machine(),
+        "command": "cargo xtask bench mesh", "date": date, "commit": commit, "machine": machine(std::thread::available_parallelism().map_or(0, |n| n.get())),
         "rate_rps": RATE, "connections": CONNECTIONS, "run_seconds": RUN.as_secs(), "repeats": REPEATS,
         "latency": json_points, "throughput_gbps": {"direct": direct_gbps, "tunnel": tunnel_gbps},
     });

@@ -6,6 +6,7 @@ mod cluster;
 mod demo;
 mod demo_mesh;
 mod e2e;
+mod measure;
 
 use std::process::ExitCode;
 
