@@ -8,11 +8,11 @@
 //! `WEFT_REQUIRE_NETNS=1` (CI and `cargo xtask e2e`), which turns a skip into a failure.
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,71 +21,11 @@ use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodContext, PodTr
 use serde_json::{Value, json};
 use tokio::net::TcpStream as TokioStream;
 
-const CNI_BIN: &str = "/usr/lib/cni";
-const WEFT_CNI: &str = env!("CARGO_BIN_EXE_weft-cni");
-/// Every wait in these tests is bounded by this.
-const WAIT: Duration = Duration::from_secs(5);
+mod support;
 
-fn netns_available() -> bool {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("not root".to_string())
-    } else if !Path::new(CNI_BIN).join("bridge").exists() {
-        Some(format!("{CNI_BIN}/bridge is missing (apt-get install containernetworking-plugins)"))
-    } else if !mesh_init::nft::nft_binary().exists() {
-        Some("nft is missing (apt-get install nftables)".to_string())
-    } else {
-        None
-    };
-    match reason {
-        None => true,
-        Some(reason) if std::env::var_os("WEFT_REQUIRE_NETNS").is_some_and(|v| v == "1") => {
-            panic!("WEFT_REQUIRE_NETNS=1 but {reason}")
-        }
-        Some(reason) => {
-            eprintln!("skipped: {reason} (set WEFT_REQUIRE_NETNS=1 to make this a failure)");
-            false
-        }
-    }
-}
-
-fn unique(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A named network namespace, deleted on drop (also when the test fails).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = unique(&format!("weft-e2e-{tag}-"));
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        Netns { name }
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// Runs `f` on a thread inside `netns` (sockets it creates stay in that netns).
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(netns).expect("open netns");
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
+use support::{WAIT, WEFT_CNI, eventually, in_netns, unmeshed};
+use testbed::cni::{Node, Pod, PodSpec};
+use testbed::netns::{Netns, unique};
 
 /// An echo server in a pod: answers each connection's first line with `<line> from <peer ip>`.
 struct Echo {
@@ -150,7 +90,6 @@ fn line_echo(netns: &Path, port: u16) -> Echo {
 /// Waits (at most 50 ms, so the stop flag is seen) until a connection is ready to accept:
 /// a sleep here would add its length to every connection's latency.
 fn wait_readable(listener: &TcpListener) {
-    use std::os::fd::AsFd as _;
     let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
     let _ = nix::poll::poll(&mut fds, 50u16);
 }
@@ -216,222 +155,45 @@ impl PodTraffic for Recorder {
     }
 }
 
-/// A "node": a netns holding the bridge, a directory for the plugins' state, the conflist.
-struct Node {
-    netns: Netns,
-    dir: tempfile::TempDir,
-    conflist: Value,
+/// A node of this file's tests: one pod subnet, pods in namespace `e2e`.
+fn new_node() -> Node {
+    support::node("node", "10.77.0.0/24")
 }
 
-impl Node {
-    fn new() -> Node {
-        let netns = Netns::new("node");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bridge = unique("wb");
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": "weft-e2e",
-            "plugins": [
-                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                 "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": dir.path().join("ipam")}},
-                {"type": "weft-cni", "proxySocket": dir.path().join("inpod.sock"),
-                 "stateDir": dir.path().join("pods"), "ackTimeoutMs": 2000},
-            ],
-        });
-        Node { netns, dir, conflist }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("inpod.sock")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("pods")
-    }
-
-    async fn proxy(&self, traffic: Arc<dyn PodTraffic>) -> InpodServer {
-        let config =
-            InpodConfig { socket: self.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
-        InpodServer::start(config, traffic).await.expect("start in-pod server")
-    }
-
-    /// One plugin invocation, exactly as a runtime does it, inside the node's netns.
-    fn invoke(
-        &self,
-        plugin: &str,
-        command: &str,
-        pod: &PodSpec,
-        ifname: &str,
-        conf: &Value,
-    ) -> (bool, Value) {
-        let binary =
-            if plugin == "weft-cni" { PathBuf::from(WEFT_CNI) } else { Path::new(CNI_BIN).join(plugin) };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns.name])
-            .arg(binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &pod.container_id)
-            .env("CNI_NETNS", pod.netns.path())
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", CNI_BIN)
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
-                    pod.namespace, pod.name, pod.uid
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(conf.to_string().as_bytes()).expect("stdin");
-        }
-        let out = child.wait_with_output().expect("plugin output");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let value = if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).expect("plugin stdout is JSON")
-        };
-        if !out.status.success() {
-            eprintln!("{plugin} {command}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-        }
-        (out.status.success(), value)
-    }
-
-    /// The config of plugin `index` of the conflist, as the runtime derives it.
-    fn plugin_conf(&self, index: usize, prev: Option<&Value>, weft: &Value) -> Value {
-        let mut conf = self.conflist["plugins"][index].clone();
-        conf["cniVersion"] = self.conflist["cniVersion"].clone();
-        conf["name"] = self.conflist["name"].clone();
-        if let Some(prev) = prev {
-            conf["prevResult"] = prev.clone();
-        }
-        if conf["type"] == "weft-cni" {
-            conf["runtimeConfig"] = json!({"weft": weft});
-        }
-        conf
-    }
-
-    /// Creates a pod: loopback, then the conflist's chain (bridge, weft-cni).
-    fn add_pod(&self, name: &str, weft: Value) -> Result<Pod<'_>, Value> {
-        let spec = PodSpec {
-            netns: Netns::new(name),
-            namespace: "e2e".into(),
-            name: name.into(),
-            uid: unique(&format!("uid-{name}-")),
-            container_id: unique("ctr"),
-            weft,
-        };
-        let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-        assert!(self.invoke("loopback", "ADD", &spec, "lo", &lo).0, "loopback ADD");
-        let (ok, bridge_result) =
-            self.invoke("bridge", "ADD", &spec, "eth0", &self.plugin_conf(0, None, &spec.weft));
-        assert!(ok, "bridge ADD: {bridge_result}");
-        let pod = Pod { node: self, ip: ip_of(&bridge_result), result: bridge_result.clone(), spec };
-        let (ok, out) = self.invoke(
-            "weft-cni",
-            "ADD",
-            &pod.spec,
-            "eth0",
-            &self.plugin_conf(1, Some(&bridge_result), &pod.spec.weft),
-        );
-        if !ok {
-            return Err(out);
-        }
-        assert_eq!(out, bridge_result, "ADD must print prevResult back unchanged");
-        Ok(pod)
-    }
+/// The proxy's in-pod server for `node`, in this process, with `traffic` behind it.
+async fn start_proxy(node: &Node, traffic: Arc<dyn PodTraffic>) -> InpodServer {
+    let config = InpodConfig { socket: node.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
+    InpodServer::start(config, traffic).await.expect("start in-pod server")
 }
 
-struct PodSpec {
-    netns: Netns,
-    namespace: String,
-    name: String,
-    uid: String,
-    container_id: String,
-    weft: Value,
+fn has_rules(pod: &Pod<'_>) -> bool {
+    mesh_init::table_exists_in(&pod.path()).expect("list rules")
 }
 
-struct Pod<'a> {
-    node: &'a Node,
-    spec: PodSpec,
-    ip: IpAddr,
-    result: Value,
-}
-
-fn ip_of(result: &Value) -> IpAddr {
-    result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {result}"))
-}
-
-impl Pod<'_> {
-    fn addr(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, port)
-    }
-    fn path(&self) -> PathBuf {
-        self.spec.netns.path()
-    }
-    fn has_rules(&self) -> bool {
-        mesh_init::table_exists_in(&self.path()).expect("list rules")
-    }
-    fn state_file(&self) -> PathBuf {
-        self.node.state_dir().join(format!("{}.json", self.spec.uid))
-    }
-    /// DEL in reverse chain order, as the runtime does.
-    fn del(&self) -> bool {
-        let weft = self.node.plugin_conf(1, Some(&self.result), &self.spec.weft);
-        let (ok, _) = self.node.invoke("weft-cni", "DEL", &self.spec, "eth0", &weft);
-        let bridge = self.node.plugin_conf(0, Some(&self.result), &self.spec.weft);
-        let (bridge_ok, _) = self.node.invoke("bridge", "DEL", &self.spec, "eth0", &bridge);
-        ok && bridge_ok
-    }
-}
-
-impl Drop for Pod<'_> {
-    fn drop(&mut self) {
-        let _ = self.del();
-    }
+fn state_file(pod: &Pod<'_>) -> PathBuf {
+    pod.node.state_dir().join(format!("{}.json", pod.spec.uid))
 }
 
 fn meshed(annotations: Value) -> Value {
-    json!({"namespaceLabels": {"weft.dev/mesh": "enabled"}, "podAnnotations": annotations, "serviceAccount": "default"})
-}
-
-fn unmeshed() -> Value {
-    json!({"namespaceLabels": {}})
-}
-
-/// Polls `f` until it is true or `WAIT` passes.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testbed::cni::meshed_with("default", annotations)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_untouched_del_cleans() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
-    let node = Node::new();
+    let node = new_node();
     let recorder = Arc::new(Recorder::default());
-    let proxy = node.proxy(recorder.clone()).await;
+    let proxy = start_proxy(&node, recorder.clone()).await;
 
-    let client =
-        node.add_pod("a", meshed(json!({"weft.dev/exclude-outbound-ports": "9090"}))).expect("meshed ADD");
-    let server = node.add_pod("b", unmeshed()).expect("unmeshed ADD");
-    assert!(client.has_rules() && client.state_file().exists());
-    assert!(!server.has_rules(), "an unmeshed pod's netns is untouched");
-    assert!(!server.state_file().exists());
+    let client = node
+        .try_add_pod("e2e", "a", meshed(json!({"weft.dev/exclude-outbound-ports": "9090"})))
+        .expect("meshed ADD");
+    let server = node.try_add_pod("e2e", "b", unmeshed()).expect("unmeshed ADD");
+    assert!(has_rules(&client) && state_file(&client).exists());
+    assert!(!has_rules(&server), "an unmeshed pod's netns is untouched");
+    assert!(!state_file(&server).exists());
     assert_eq!(proxy.pods(), vec![client.spec.uid.clone()]);
 
     // Outbound: lands on the proxy's 15001 with the original destination, then passes through
@@ -488,8 +250,8 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
 
     // DEL: proxy told, rules gone, record gone; a second DEL still succeeds.
     assert!(client.del(), "DEL");
-    assert!(!client.has_rules());
-    assert!(!client.state_file().exists());
+    assert!(!has_rules(&client));
+    assert!(!state_file(&client).exists());
     eventually("the proxy to release the pod", || proxy.pods().is_empty()).await;
     assert!(client.del(), "DEL is idempotent");
     assert!(!node.invoke("weft-cni", "CHECK", &client.spec, "eth0", &conf).0, "CHECK after DEL fails");
@@ -498,12 +260,12 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_fails_closed_when_the_proxy_is_down() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
-    let node = Node::new();
+    let node = new_node();
     let started = Instant::now();
-    let error = match node.add_pod("down", meshed(json!({}))) {
+    let error = match node.try_add_pod("e2e", "down", meshed(json!({}))) {
         Err(error) => error,
         Ok(_) => panic!("ADD succeeded with no proxy"),
     };
@@ -563,18 +325,18 @@ impl Drop for Installer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
-    let node = Node::new();
+    let node = new_node();
     let cni = tempfile::tempdir().expect("tempdir");
     let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
     std::fs::create_dir_all(&conf).expect("conf dir");
-    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
     let _installer = Installer::start(&node, &bin, &conf);
 
-    let client = node.add_pod("ra", meshed(json!({}))).expect("meshed ADD");
-    let server = node.add_pod("rb", unmeshed()).expect("unmeshed ADD");
+    let client = node.try_add_pod("e2e", "ra", meshed(json!({}))).expect("meshed ADD");
+    let server = node.try_add_pod("e2e", "rb", unmeshed()).expect("unmeshed ADD");
     let _echo = Echo::start(&server.path(), 8080);
     let connect = || {
         let (path, addr) = (client.path(), server.addr(8080));
@@ -588,7 +350,7 @@ async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
         "with the proxy gone the pod's TCP goes nowhere (fail closed)"
     );
 
-    let proxy = node.proxy(Arc::new(Passthrough)).await;
+    let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
     let restarted = Instant::now();
     loop {
         if connect().await.expect("join").is_ok() {
@@ -607,10 +369,10 @@ async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_itself() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
-    let node = Node::new();
+    let node = new_node();
     let cni = tempfile::tempdir().expect("tempdir");
     let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
     std::fs::create_dir_all(&conf).expect("conf dir");
@@ -650,21 +412,21 @@ async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_drops_pods_the_plugin_no_longer_records() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
-    let node = Node::new();
+    let node = new_node();
     let cni = tempfile::tempdir().expect("tempdir");
     let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
     std::fs::create_dir_all(&conf).expect("conf dir");
-    let proxy = node.proxy(Arc::new(Passthrough)).await;
-    let kept = node.add_pod("sa", meshed(json!({}))).expect("ADD");
-    let lost = node.add_pod("sb", meshed(json!({}))).expect("ADD");
+    let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
+    let kept = node.try_add_pod("e2e", "sa", meshed(json!({}))).expect("ADD");
+    let lost = node.try_add_pod("e2e", "sb", meshed(json!({}))).expect("ADD");
     let mut want = vec![kept.spec.uid.clone(), lost.spec.uid.clone()];
     want.sort();
     assert_eq!(proxy.pods(), want);
     // The DEL of `lost` never reached the proxy; only the plugin's record went away.
-    std::fs::remove_file(lost.state_file()).expect("remove record");
+    std::fs::remove_file(state_file(&lost)).expect("remove record");
     let _installer = Installer::start(&node, &bin, &conf);
     eventually("the snapshot to drop the unrecorded pod", || proxy.pods() == vec![kept.spec.uid.clone()])
         .await;
@@ -677,14 +439,14 @@ async fn a_snapshot_drops_pods_the_plugin_no_longer_records() {
 /// connections end with it, as they would anyway when its netns goes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_shutdown_stops_accepting_and_drains_open_connections_until_the_deadline() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
     const DEADLINE: Duration = Duration::from_millis(700);
-    let node = Node::new();
-    let proxy = node.proxy(Arc::new(Passthrough)).await;
-    let client = node.add_pod("da", meshed(json!({}))).expect("ADD");
-    let server = node.add_pod("db", unmeshed()).expect("ADD");
+    let node = new_node();
+    let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
+    let client = node.try_add_pod("e2e", "da", meshed(json!({}))).expect("ADD");
+    let server = node.try_add_pod("e2e", "db", unmeshed()).expect("ADD");
     let _echo = line_echo(&server.path(), 7070);
     let addr = server.addr(7070);
     let mut conn =
@@ -778,13 +540,13 @@ fn time_weft_add(pod: &PodSpec, conf: &Value) -> (bool, Duration) {
 #[test]
 #[ignore = "a benchmark: run explicitly (see bench/results/interception.md)"]
 fn bench_interception() {
-    if !netns_available() {
+    if !support::netns_available(&[]) {
         return;
     }
     const ADDS: usize = 50;
     const CONNECTIONS: usize = 2000;
     const REQUESTS: usize = 20000;
-    let node = Node::new();
+    let node = new_node();
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("weft-bench-prx")
@@ -823,9 +585,9 @@ fn bench_interception() {
     let add_meshed = summary(add(meshed(json!({}))));
 
     // Latency: a meshed and an unmeshed client, the same unmeshed server.
-    let meshed_client = node.add_pod("bm", meshed(json!({}))).expect("ADD");
-    let plain_client = node.add_pod("bp", unmeshed()).expect("ADD");
-    let server = node.add_pod("bs", unmeshed()).expect("ADD");
+    let meshed_client = node.try_add_pod("e2e", "bm", meshed(json!({}))).expect("ADD");
+    let plain_client = node.try_add_pod("e2e", "bp", unmeshed()).expect("ADD");
+    let server = node.try_add_pod("e2e", "bs", unmeshed()).expect("ADD");
     let _echo = line_echo(&server.path(), 7070);
     let addr = server.addr(7070);
     let run = |client: &Pod<'_>| -> (Value, Value, Duration) {

@@ -46,8 +46,14 @@ impl Node {
         self.dir.path().join("inpod.sock")
     }
 
-    /// One plugin invocation, exactly as a runtime does it, inside the node's netns.
-    fn invoke(
+    /// Where weft-cni records the pods it handed over.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("pods")
+    }
+
+    /// One plugin invocation, exactly as a runtime does it, inside the node's netns: whether
+    /// it succeeded, and what it printed.
+    pub fn invoke(
         &self,
         plugin: &str,
         command: &str,
@@ -90,7 +96,7 @@ impl Node {
     }
 
     /// The config of plugin `index` of the conflist, as the runtime derives it.
-    fn plugin_conf(&self, index: usize, prev: Option<&Value>, weft: &Value) -> Value {
+    pub fn plugin_conf(&self, index: usize, prev: Option<&Value>, weft: &Value) -> Value {
         let mut conf = self.conflist["plugins"][index].clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
         conf["name"] = self.conflist["name"].clone();
@@ -106,6 +112,12 @@ impl Node {
     /// Creates a pod: loopback, then the conflist's chain (bridge, weft-cni). `weft` is what
     /// weft-cni's runtimeConfig says of the pod (labels, annotations, service account).
     pub fn add_pod(&self, namespace: &str, name: &str, weft: Value) -> Pod<'_> {
+        self.try_add_pod(namespace, name, weft).unwrap_or_else(|out| panic!("weft-cni ADD: {out}"))
+    }
+
+    /// [`add_pod`](Self::add_pod), with weft-cni's error output when its ADD fails (the
+    /// loopback and bridge ADDs must succeed).
+    pub fn try_add_pod(&self, namespace: &str, name: &str, weft: Value) -> Result<Pod<'_>, Value> {
         let spec = PodSpec {
             netns: Netns::new(name),
             namespace: namespace.into(),
@@ -122,9 +134,11 @@ impl Node {
         let pod = Pod { node: self, ip: ip_of(&bridge_result), result: bridge_result.clone(), spec };
         let conf = self.plugin_conf(1, Some(&bridge_result), &pod.spec.weft);
         let (ok, out) = self.invoke("weft-cni", "ADD", &pod.spec, "eth0", &conf);
-        assert!(ok, "weft-cni ADD: {out}");
+        if !ok {
+            return Err(out);
+        }
         assert_eq!(out, bridge_result, "ADD must print prevResult back unchanged");
-        pod
+        Ok(pod)
     }
 }
 
@@ -211,7 +225,12 @@ impl Drop for Pod<'_> {
 
 /// What weft-cni's runtimeConfig says of a pod in a meshed namespace.
 pub fn meshed(service_account: &str) -> Value {
-    json!({"namespaceLabels": {"weft.dev/mesh": "enabled"}, "podAnnotations": {}, "serviceAccount": service_account})
+    meshed_with(service_account, json!({}))
+}
+
+/// [`meshed`], with pod annotations (exclusions).
+pub fn meshed_with(service_account: &str, annotations: Value) -> Value {
+    json!({"namespaceLabels": {"weft.dev/mesh": "enabled"}, "podAnnotations": annotations, "serviceAccount": service_account})
 }
 
 pub fn unmeshed() -> Value {

@@ -1,6 +1,7 @@
 //! The testbed (network namespaces as nodes and pods, the real CNI chain) with this package's
 //! `weft-cni`, and the rule for when these tiers may be skipped.
-#![allow(dead_code)]
+// Each test file is its own crate and uses a part of this module: the rest is not dead.
+#![allow(dead_code, unused_imports)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
