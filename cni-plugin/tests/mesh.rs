@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -21,8 +20,6 @@ use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
 use mesh_controller::ca::CertificateService;
-use mesh_controller::ca::authority::{Authority, CaMaterial};
-use mesh_controller::ca::authorize::{Authenticator, Caller};
 use mesh_controller::config_server::Publisher;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::hbone::client::{HboneClient, PoolKey};
@@ -45,15 +42,10 @@ fn id(s: &str) -> SpiffeId {
 /// weft-controller's config stream and CA on loopback; node tokens `token-a` and `token-b`.
 async fn controller() -> (String, Publisher) {
     let publisher = Publisher::new();
-    let now = time::OffsetDateTime::now_utc();
-    let material = CaMaterial::generate("cluster.local", now).expect("root");
-    let authority = Authority::new("cluster.local", &material, now).expect("authority");
     let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
-    let tokens = HashMap::from([
-        ("token-a".to_string(), Caller { node: "node-a".into(), identity: proxy.clone() }),
-        ("token-b".to_string(), Caller { node: "node-b".into(), identity: proxy }),
-    ]);
-    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
+    let service =
+        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(mesh_controller::app::serve(

@@ -1,15 +1,11 @@
 //! The certificate authority over a real gRPC connection on loopback: a node proxy's CSR is
 //! signed only with a good token and only for identities of pods on its node.
 
-use std::collections::HashMap;
-
 use mesh_api::identity::SpiffeId;
 use mesh_api::model::{Config, ObjectKey, Workload};
 use mesh_api::proto::SignRequest;
 use mesh_api::proto::certificates_client::CertificatesClient;
 use mesh_controller::ca::CertificateService;
-use mesh_controller::ca::authority::{Authority, CaMaterial};
-use mesh_controller::ca::authorize::{Authenticator, Caller};
 use mesh_controller::config_server::Publisher;
 use rcgen::{CertificateParams, KeyPair, SanType, string::Ia5String};
 use tonic::Code;
@@ -37,15 +33,10 @@ fn cluster() -> Config {
 async fn start() -> (String, mesh_controller::ca::CertificateService) {
     let publisher = Publisher::new();
     publisher.publish(cluster());
-    let now = time::OffsetDateTime::now_utc();
-    let material = CaMaterial::generate("cluster.local", now).expect("root");
-    let authority = Authority::new("cluster.local", &material, now).expect("authority");
     let proxy: SpiffeId = PROXY.parse().expect("id");
-    let tokens = HashMap::from([
-        ("token-a".to_string(), Caller { node: "node-a".into(), identity: proxy.clone() }),
-        ("token-b".to_string(), Caller { node: "node-b".into(), identity: proxy }),
-    ]);
-    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
+    let service =
+        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(mesh_controller::app::serve(

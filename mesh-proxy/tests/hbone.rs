@@ -2,7 +2,6 @@
 //! CA over gRPC: streams flow and share one mTLS connection, the server learns the client's
 //! SPIFFE identity, and every impostor is refused.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +9,6 @@ use std::time::Duration;
 use mesh_api::identity::SpiffeId;
 use mesh_api::model::{Config, ObjectKey, Workload};
 use mesh_controller::ca::CertificateService;
-use mesh_controller::ca::authority::{Authority, CaMaterial};
-use mesh_controller::ca::authorize::{Authenticator, Caller};
 use mesh_controller::config_server::Publisher;
 use mesh_proxy::hbone::client::{HboneClient, HboneError, PoolKey};
 use mesh_proxy::hbone::server::{Destination, HboneServer};
@@ -46,19 +43,31 @@ async fn controller() -> String {
     config.workloads.insert("shop/frontend".into(), workload("frontend", "node-a", CLIENT));
     config.workloads.insert("shop/checkout".into(), workload("checkout", "node-b", SERVER));
     publisher.publish(config);
-    let now = time::OffsetDateTime::now_utc();
-    let material = CaMaterial::generate("cluster.local", now).expect("root");
-    let authority = Authority::new("cluster.local", &material, now).expect("authority");
     let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
-    let tokens = HashMap::from([
-        ("token-a".to_string(), Caller { node: "node-a".into(), identity: proxy.clone() }),
-        ("token-b".to_string(), Caller { node: "node-b".into(), identity: proxy }),
-    ]);
-    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
+    let service =
+        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(mesh_controller::app::serve(publisher, Some(service), listener, std::future::pending()));
     url
+}
+
+/// A controller, node A's identities, node B's :15008 for checkout, and checkout's echo app.
+struct Lab {
+    /// Holds the token files: bind it (`_dir`, not `_`) for as long as the test runs.
+    _dir: tempfile::TempDir,
+    node_a: Arc<IdentityManager>,
+    node: Node,
+    pod: SocketAddr,
+}
+
+async fn lab() -> Lab {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller().await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let node = destination_node(&node_b).await;
+    Lab { _dir: dir, node_a, node, pod: echo_pod().await }
 }
 
 fn identities(url: &str, token: &str, dir: &tempfile::TempDir) -> Arc<IdentityManager> {
@@ -131,11 +140,7 @@ async fn round_trip(tunnel: &mut hbone::client::Tunnel, message: &[u8]) -> Vec<u
 
 #[tokio::test]
 async fn streams_share_one_mutual_tls_connection_and_carry_the_clients_identity() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = controller().await;
-    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
-    let node = destination_node(&node_b).await;
-    let pod = echo_pod().await;
+    let Lab { _dir, node_a, node, pod } = lab().await;
 
     let client = HboneClient::default();
     let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
@@ -159,11 +164,7 @@ async fn streams_share_one_mutual_tls_connection_and_carry_the_clients_identity(
 
 #[tokio::test]
 async fn a_rotated_certificate_leaves_open_streams_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = controller().await;
-    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
-    let node = destination_node(&node_b).await;
-    let pod = echo_pod().await;
+    let Lab { _dir, node_a, node, pod } = lab().await;
     let client = HboneClient::default();
 
     let first = node_a.certificate(&id(CLIENT)).await.expect("first certificate");
@@ -185,11 +186,7 @@ async fn a_rotated_certificate_leaves_open_streams_alone() {
 
 #[tokio::test]
 async fn impostors_and_strays_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = controller().await;
-    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
-    let node = destination_node(&node_b).await;
-    let pod = echo_pod().await;
+    let Lab { _dir, node_a, node, pod } = lab().await;
     let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
 
     // The server is checkout; a client expecting someone else refuses it.

@@ -75,6 +75,28 @@ impl CertificateService {
         }
     }
 
+    /// A CA with a root generated in memory and static node tokens (`(token, node)`), every
+    /// node proxy having `proxy_identity`: for tests and throwaway setups, where nothing has
+    /// to outlive the process.
+    pub fn ephemeral(
+        trust_domain: &str,
+        tokens: &[(&str, &str)],
+        proxy_identity: &SpiffeId,
+        publisher: Publisher,
+    ) -> Result<Self, authority::CaError> {
+        let now = OffsetDateTime::now_utc();
+        let authority =
+            Authority::new(trust_domain, &authority::CaMaterial::generate(trust_domain, now)?, now)?;
+        let tokens = tokens
+            .iter()
+            .map(|(token, node)| {
+                let caller = authorize::Caller { node: node.to_string(), identity: proxy_identity.clone() };
+                (token.to_string(), caller)
+            })
+            .collect();
+        Ok(Self::new(authority, Authenticator::Static(tokens), publisher))
+    }
+
     pub fn server(&self) -> CertificatesServer<Self> {
         CertificatesServer::new(self.clone())
     }
