@@ -78,11 +78,12 @@ impl MeshTraffic {
         let Ok(mut upstreams) = self.upstreams.lock() else {
             return self.new_upstream(pod, source);
         };
-        // Forget the pools of pods that are gone.
-        upstreams.retain(|_, (owner, _)| owner.strong_count() > 0);
         if let Some((_, upstream)) = upstreams.get(pod.uid()) {
             return upstream.clone();
         }
+        // A new pod: the moment to forget the pools of pods that are gone, rather than on
+        // every connection.
+        upstreams.retain(|_, (owner, _)| owner.strong_count() > 0);
         let upstream = self.new_upstream(pod, source);
         upstreams.insert(pod.uid().to_string(), (Arc::downgrade(pod), upstream.clone()));
         upstream
