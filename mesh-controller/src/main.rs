@@ -42,6 +42,11 @@ struct Args {
     /// The node proxies' ServiceAccount, in --namespace: only its tokens get certificates.
     #[arg(long, default_value = "weft-proxy")]
     proxy_service_account: String,
+    /// Give each Gateway that names no `spec.addresses` an address of its own from this CIDR
+    /// (where no load-balancer provider exists; the node proxies serve it). Without it, such
+    /// Gateways are served on 127.0.0.1.
+    #[arg(long, value_name = "CIDR")]
+    gateway_address_pool: Option<ipnet::IpNet>,
     /// DNS suffix of Service hostnames.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
     let settings = mesh_controller::resolve::Settings {
         trust_domain: args.trust_domain,
         cluster_domain: args.cluster_domain,
+        gateway_address_pool: args.gateway_address_pool,
         ..Default::default()
     };
     let proxy_identity =

@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Settings;
+use super::address_pool;
 use super::backends::GATEWAY_GROUP;
 use super::reference_grants::{self, From, To};
 use super::selector::LabelSelector;
@@ -134,12 +135,36 @@ pub fn gateways(
     settings: &Settings,
     classes: &BTreeSet<String>,
 ) -> BTreeMap<ObjectKey, GatewayState> {
-    store
+    let ours: Vec<(&ObjectKey, &Gateway)> = store
         .gateways
         .iter()
+        .map(|(key, gw)| (key, gw.as_ref()))
         .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
-        .map(|(key, gw)| (key.clone(), gateway(store, settings, key, gw)))
-        .collect()
+        .collect();
+    let mut states: BTreeMap<ObjectKey, GatewayState> =
+        ours.iter().map(|(key, gw)| ((*key).clone(), gateway(store, settings, key, gw))).collect();
+    if let Some(pool) = &settings.gateway_address_pool {
+        let asks_for_none = |gw: &Gateway| gw.spec.addresses.as_ref().is_none_or(Vec::is_empty);
+        let taken = states.values().flat_map(|s| s.addresses.iter().copied()).collect();
+        let wanting: Vec<address_pool::Wanting> = ours
+            .iter()
+            .filter(|(_, gw)| asks_for_none(gw))
+            .map(|(key, gw)| address_pool::Wanting { key: (*key).clone(), recorded: recorded_addresses(gw) })
+            .collect();
+        let assigned = address_pool::assign(pool, taken, &wanting);
+        for w in &wanting {
+            if let Some(state) = states.get_mut(&w.key) {
+                state.addresses = assigned.get(&w.key).copied().into_iter().collect();
+            }
+        }
+    }
+    states
+}
+
+/// The IP addresses the Gateway's status holds: what this controller assigned last time.
+fn recorded_addresses(gw: &Gateway) -> Vec<IpAddr> {
+    let addresses = gw.status.as_ref().and_then(|s| s.addresses.as_ref());
+    addresses.into_iter().flatten().filter_map(|a| a.value.parse().ok()).collect()
 }
 
 fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) -> GatewayState {
@@ -158,7 +183,8 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
             }
         }
     }
-    if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty) {
+    // With a pool, `gateways` assigns these afterwards, seeing all Gateways at once.
+    if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty) && settings.gateway_address_pool.is_none() {
         addresses = settings.default_gateway_addresses.clone();
     }
     let mut listeners: Vec<ListenerState> =

@@ -9,6 +9,7 @@
 //!
 //! Same store in, byte-identical output out: everything iterates ordered maps.
 
+mod address_pool;
 mod backends;
 pub mod gateways;
 pub mod hostnames;
@@ -39,8 +40,10 @@ pub use self::rules::duration_ms;
 pub struct Settings {
     pub trust_domain: String,
     pub cluster_domain: String,
-    /// Where a Gateway without `spec.addresses` is served.
+    /// Where a Gateway without `spec.addresses` is served, when there is no pool.
     pub default_gateway_addresses: Vec<IpAddr>,
+    /// Each Gateway without `spec.addresses` gets an address of its own from here.
+    pub gateway_address_pool: Option<ipnet::IpNet>,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
             default_gateway_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            gateway_address_pool: None,
         }
     }
 }

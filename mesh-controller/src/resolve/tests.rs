@@ -664,3 +664,68 @@ spec:
     assert_eq!(l.protocol, mesh_api::model::ListenerProtocol::Tls);
     assert_eq!(l.tls.as_ref().map(|t| t.mode), Some(mesh_api::model::TlsMode::Passthrough));
 }
+
+fn gateway_named(name: &str, addresses: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: infra, generation: 1}}
+spec:
+  gatewayClassName: weft
+  addresses: {addresses}
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+"#
+    )
+}
+
+fn resolve_with_pool(yaml: &str, pool: &str) -> Resolution {
+    let loaded = load_str(yaml, Path::new("case.yaml")).expect("test manifests parse");
+    let settings =
+        Settings { gateway_address_pool: Some(pool.parse().expect("pool")), ..Settings::default() };
+    resolve(&loaded.store, &settings)
+}
+
+#[test]
+fn with_a_pool_each_gateway_gets_its_own_address_and_listeners_bind_it() {
+    let yaml = with_class(
+        &(gateway_named("one", "[]")
+            + &gateway_named("two", "[]")
+            + &gateway_named("pinned", "[{type: IPAddress, value: 10.250.128.7}]")),
+    );
+    let r = resolve_with_pool(&yaml, "10.250.128.0/24");
+    let address = |name: &str| {
+        let gw = gateway(&r, "infra", name);
+        assert_condition(&gw.conditions, "Programmed", "True", "Programmed");
+        assert_eq!(gw.addresses.len(), 1, "{name}: one address");
+        gw.addresses[0].value.clone()
+    };
+    let (one, two, pinned) = (address("one"), address("two"), address("pinned"));
+    assert_eq!(pinned, "10.250.128.7", "spec.addresses is honoured");
+    assert!(one.starts_with("10.250.128.") && two.starts_with("10.250.128."), "{one} {two}");
+    assert!(one != two && one != pinned && two != pinned, "{one} {two} {pinned}");
+    // The proxies bind each Gateway's listener on its own address, so all three share port 80.
+    let mut bound: Vec<String> = r
+        .config
+        .listeners
+        .values()
+        .flat_map(|l| l.addresses.iter().map(move |ip| format!("{ip}:{}", l.port)))
+        .collect();
+    bound.sort();
+    bound.dedup();
+    assert_eq!(bound.len(), 3, "{bound:?}");
+}
+
+#[test]
+fn an_exhausted_pool_leaves_the_gateway_unprogrammed_with_a_reason() {
+    let yaml =
+        with_class(&(gateway_named("a", "[]") + &gateway_named("b", "[]") + &gateway_named("c", "[]")));
+    let r = resolve_with_pool(&yaml, "10.250.128.0/31");
+    let unassigned: Vec<&str> =
+        ["a", "b", "c"].into_iter().filter(|n| gateway(&r, "infra", n).addresses.is_empty()).collect();
+    assert_eq!(unassigned.len(), 1, "a /31 holds two Gateways");
+    let gw = gateway(&r, "infra", unassigned[0]);
+    assert_condition(&gw.conditions, "Programmed", "False", "AddressNotAssigned");
+}

@@ -120,6 +120,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     // A restarted proxy must rebind at once, not after TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // A Gateway's address may not be on any interface of this node yet (a pool address the
+    // node answers for through a local route, or one still being announced): bind anyway.
+    match addr {
+        SocketAddr::V4(_) => socket2::SockRef::from(&socket).set_freebind_v4(true)?,
+        SocketAddr::V6(_) => socket2::SockRef::from(&socket).set_freebind_v6(true)?,
+    }
     socket.bind(addr)?;
     // Backlog: enough for bursts of new connections while the accept loop is busy.
     socket.listen(1024)
