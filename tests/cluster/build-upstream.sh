@@ -28,35 +28,9 @@ usage() {
   sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
-command -v go >/dev/null || die "go is not on PATH (Go >= 1.24 is needed)"
-
-export GOPATH="${WEFT_CACHE}/go/path"
-export GOMODCACHE="${WEFT_CACHE}/go/mod"
-export GOCACHE="${WEFT_CACHE}/go/cache"
-export GOFLAGS="-buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-export GO111MODULE=on
-SRC_DIR="${UPSTREAM_DIR}/src"
-BUILD_LOG_DIR="${UPSTREAM_DIR}/logs"
-mkdir -p "${GOPATH}" "${GOMODCACHE}" "${GOCACHE}" "${SRC_DIR}" "${BUILD_LOG_DIR}"
+go_env
 
 declare -a SUMMARY=()
-
-# json_field FIELD < `go mod download -json` output
-json_field() { sed -n "s/^[[:space:]]*\"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" | head -n1; }
-
-# mod_info MODULE@VERSION -> caches the `go mod download -json` output and prints it
-mod_info() {
-  local out
-  # Run outside any module so the global GOFLAGS apply cleanly.
-  out="$(cd / && go mod download -json "$1")" || die "go mod download $1 failed:
-${out}"
-  if grep -q '"Error"' <<<"${out}"; then
-    die "go mod download $1: $(json_field Error <<<"${out}")"
-  fi
-  printf '%s\n' "${out}"
-}
 
 stamp_ok() { # TOOL -> 0 when the binary exists and the stamp names the pinned version
   local tool="$1" dir version
@@ -76,34 +50,6 @@ write_stamp() { # TOOL EXTRA...
     echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     printf '%s\n' "$@"
   } >"${dir}/stamp"
-}
-
-# ensure_wrapper NAME GOMOD_CONTENT -> prints the wrapper module dir. The go.mod
-# is (re)written only when the seed changes, so go.sum is kept between runs.
-ensure_wrapper() {
-  local content="$2" dir="${SRC_DIR}/$1"
-  mkdir -p "${dir}"
-  if [[ ! -f "${dir}/go.mod.seed" ]] || [[ "$(cat "${dir}/go.mod.seed")" != "${content}" ]]; then
-    printf '%s\n' "${content}" >"${dir}/go.mod.seed"
-    printf '%s\n' "${content}" >"${dir}/go.mod"
-    rm -f "${dir}/go.sum"
-    log "wrote wrapper module ${dir}/go.mod"
-  fi
-  echo "${dir}"
-}
-
-# go_build WRAPPER_DIR PACKAGE OUT LDFLAGS
-go_build() {
-  local wdir="$1" pkg="$2" out="$3" ldflags="$4" tmp logf
-  mkdir -p "$(dirname "${out}")"
-  tmp="${out}.tmp.$$"
-  logf="${BUILD_LOG_DIR}/$(basename "${out}").log"
-  if ! (cd "${wdir}" && nice -n 10 go build -mod=mod -trimpath -ldflags "${ldflags}" -o "${tmp}" "${pkg}") >"${logf}" 2>&1; then
-    rm -f "${tmp}"
-    tail -n 40 "${logf}" >&2
-    die "go build ${pkg} failed (full log: ${logf})"
-  fi
-  mv -f "${tmp}" "${out}"
 }
 
 # --- Kubernetes ------------------------------------------------------------

@@ -14,7 +14,9 @@
 # pods in 10.244.0.0/24, services in 10.96.0.0/16, cluster DNS 10.96.0.10.
 # Containerd, runc, CNI plugins, nftables, conntrack come from Debian; kubelet,
 # kube-proxy, coredns from build-upstream.sh. Images are built locally and
-# imported into containerd's k8s.io namespace; nothing is pulled.
+# imported into containerd's k8s.io namespace; nothing is pulled. `up` also
+# imports whatever tests/cluster/images.sh has built (`images.sh import` does it
+# again later, e.g. after a rebuild of Weft's binaries).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,31 +74,6 @@ netns_up() {
 
 # --- images --------------------------------------------------------------------
 
-# oci_image NAME ROOTFS_DIR OUT_TAR ENTRYPOINT_JSON -> an OCI image archive
-oci_image() {
-  local name="$1" rootfs="$2" out="$3" entry="$4" work layer ldig lsize cfg cdig csize man mdig msize
-  work="$(mktemp -d "${NODE}/img.XXXXXX")"
-  mkdir -p "${work}/blobs/sha256"
-  layer="${work}/layer.tar"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "${rootfs}" -cf "${layer}" .
-  ldig="$(sha256sum "${layer}" | cut -d' ' -f1)"
-  lsize="$(stat -c %s "${layer}")"
-  mv "${layer}" "${work}/blobs/sha256/${ldig}"
-  cfg="{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Entrypoint\":${entry},\"Env\":[\"PATH=/bin:/usr/bin\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:${ldig}\"]}}"
-  cdig="$(printf '%s' "${cfg}" | sha256sum | cut -d' ' -f1)"
-  csize="$(printf '%s' "${cfg}" | wc -c)"
-  printf '%s' "${cfg}" >"${work}/blobs/sha256/${cdig}"
-  man="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:${cdig}\",\"size\":${csize}},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:${ldig}\",\"size\":${lsize}}]}"
-  mdig="$(printf '%s' "${man}" | sha256sum | cut -d' ' -f1)"
-  msize="$(printf '%s' "${man}" | wc -c)"
-  printf '%s' "${man}" >"${work}/blobs/sha256/${mdig}"
-  printf '{"imageLayoutVersion":"1.0.0"}' >"${work}/oci-layout"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-    "${mdig}" "${msize}" "${name}" "${name##*:}" >"${work}/index.json"
-  tar -C "${work}" -cf "${out}" oci-layout index.json blobs
-  rm -rf "${work}"
-}
-
 build_images() {
   local img="${NODE}/images" src r
   mkdir -p "${img}"
@@ -120,12 +97,12 @@ build_images() {
   for b in sh ls cat echo sleep seq mkdir awk tail printf wget nslookup httpd hostname nc; do ln -sf busybox "${r}/bin/${b}"; done
   oci_image "${BUSYBOX_IMAGE}" "${r}" "${img}/busybox.tar" '["/bin/sh"]'
   rm -rf "${img}"/*-root
-  for r in pause coredns busybox; do
-    ctr_ images import "${img}/${r}.tar" >>"${LOGS}/images.log" 2>&1 || {
-      tail -n 20 "${LOGS}/images.log" >&2
-      die "ctr images import ${img}/${r}.tar failed"
-    }
-  done
+  ctr_import "${CTRD_SOCK}" "${LOGS}/images.log" "${img}/pause.tar" "${img}/coredns.tar" "${img}/busybox.tar"
+  # Whatever images.sh has built (conformance echo servers, Weft's own images).
+  "${here}/images.sh" import --built >>"${LOGS}/images.log" 2>&1 || {
+    tail -n 20 "${LOGS}/images.log" >&2
+    die "images.sh import failed"
+  }
   ctr_ images ls -q >>"${LOGS}/images.log"
 }
 
@@ -553,7 +530,7 @@ case "${1:-}" in
   status) node_status ;;
   env) cmd_env ;;
   *)
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
