@@ -45,3 +45,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask conformance [run.sh flags]`: the Gateway API conformance suite against Weft
+/// installed with its chart into the node tier (`tests/conformance/run.sh` holds the steps).
+pub fn conformance(args: &[String]) -> anyhow::Result<()> {
+    let script = scripts().join("../conformance/run.sh");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !status.success() {
+        bail!("the conformance run failed ({status}); the summary above lists the failed tests");
+    }
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! Developer commands: `cargo xtask demo`, `cargo xtask cluster up|down|status|env`.
+//! Developer commands: `cargo xtask demo`, `cargo xtask cluster up|down|status|env`,
+//! `cargo xtask conformance`.
 
 mod bench_ingress;
 mod bench_mesh;
@@ -74,6 +75,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("conformance") => match cluster::conformance(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("conformance: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("e2e") => match e2e::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -83,7 +91,10 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | e2e | bench mesh|ingress | cluster up|down|status|env [--node]"
+                "usage: cargo xtask demo | e2e | bench mesh|ingress | cluster up|down|status|env [--node] | conformance"
+            );
+            eprintln!(
+                "  conformance   the Gateway API conformance suite against Weft in the node cluster (root; see tests/conformance)"
             );
             eprintln!(
                 "  e2e    the interception tests in network namespaces (root), required rather than skipped"
