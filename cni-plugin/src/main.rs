@@ -53,6 +53,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours only on a terminal: `kubectl logs` would show the escape codes as text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     let (dirs, install) = match args.command {
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
 fn cni() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_CNI_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

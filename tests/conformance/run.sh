@@ -152,7 +152,7 @@ run_suite() {
   (cd "${here}" && nsx env KUBECONFIG="${KUBECONFIG_PATH}" "${SUITE}" "${args[@]}") \
     >"${OUT}/suite.log" 2>&1 && suite_status=0 || suite_status=$?
   kc -n "${NAMESPACE}" logs deployment/weft-controller --tail=-1 >"${OUT}/controller.log" 2>&1 || true
-  kc -n "${NAMESPACE}" logs daemonset/weft-node -c weft-proxy --tail=-1 >"${OUT}/proxy.log" 2>&1 || true
+  kc -n "${NAMESPACE}" logs daemonset/weft-node -c proxy --tail=-1 >"${OUT}/proxy.log" 2>&1 || true
 }
 
 summary() {
