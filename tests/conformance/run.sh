@@ -2,7 +2,9 @@
 # The official Gateway API conformance suite against Weft, installed with its Helm chart into
 # the node-tier test cluster (tests/cluster/node.sh). What `cargo xtask conformance` runs.
 #
-#   run.sh [--profiles GATEWAY-HTTP,...] [--run-test NAME] [--skip-tests A,B] [--down]
+#   run.sh [--profiles GATEWAY-HTTP,...] [--run-test NAME] [--skip-tests A,B] [--down] [--no-build]
+#
+# --no-build uses the release binaries already in target/release as they are.
 #
 # Steps (each timed): Weft's release binaries, upstream binaries, the node cluster, the images,
 # the Gateway address pool, `helm upgrade --install` of charts/weft, the suite's test binary
@@ -57,13 +59,15 @@ FEATURES=(
 run_test=""
 skip_tests=""
 down=false
+build=true
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --profiles) PROFILES="$2"; shift 2 ;;
     --run-test) run_test="$2"; shift 2 ;;
     --skip-tests) skip_tests="$2"; shift 2 ;;
     --down) down=true; shift ;;
-    *) die "usage: run.sh [--profiles P,...] [--run-test NAME] [--skip-tests A,B] [--down]" ;;
+    --no-build) build=false; shift ;;
+    *) die "usage: run.sh [--profiles P,...] [--run-test NAME] [--skip-tests A,B] [--down] [--no-build]" ;;
   esac
 done
 [[ "$(id -u)" == 0 ]] || die "run.sh needs root (the node cluster lives in a network namespace)"
@@ -98,18 +102,20 @@ images() {
 address_pool() { nsx ip route replace local "${GATEWAY_POOL}" dev lo; }
 
 install_weft() {
-  local bin_dir="${WEFT_STATE}/node/cni/bin" conf_dir="${WEFT_STATE}/node/cni/net.d"
+  # The node tier's paths (charts/weft/ci/node-tier-values.yaml), for this WEFT_STATE.
   # A new image under the same tag is only picked up by new pods: restart them after upgrade.
   helm_ upgrade --install "${RELEASE}" "${repo}/charts/weft" \
     --namespace "${NAMESPACE}" --create-namespace \
     --set gateway.addressPool="${GATEWAY_POOL}" \
-    --set cni.binDir="${bin_dir}" --set cni.confDir="${conf_dir}" \
+    --set cni.binDir=/usr/lib/cni --set cni.confDir="${WEFT_STATE}/node/cni/net.d" \
+    --set cni.kubeletRootDir="${WEFT_STATE}/node/kubelet/root" --set runDir="${WEFT_STATE}/weft-run" \
     --wait --timeout 5m >"${OUT}/helm.log" 2>&1 || {
     cat "${OUT}/helm.log" >&2
     kc -n "${NAMESPACE}" get pods -o wide >&2 || true
     die "helm upgrade --install failed"
   }
-  kc -n "${NAMESPACE}" rollout restart deployment daemonset >/dev/null
+  kc -n "${NAMESPACE}" rollout restart deployment >/dev/null
+  kc -n "${NAMESPACE}" rollout restart daemonset >/dev/null
   kc -n "${NAMESPACE}" rollout status deployment --timeout 3m
   kc -n "${NAMESPACE}" rollout status daemonset --timeout 3m
 }
@@ -168,7 +174,7 @@ summary() {
 }
 
 mkdir -p "${OUT}"
-step "weft release binaries" weft_binaries
+if ${build}; then step "weft release binaries" weft_binaries; fi
 step "upstream binaries" upstream
 step "node cluster" cluster_up
 step "images" images
