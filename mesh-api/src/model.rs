@@ -435,6 +435,7 @@ pub enum BackendRef {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `None`: no timeout (a route's "0s" arrives as `None` too).
 pub struct Timeouts {
     pub request_ms: Option<u64>,
     pub backend_request_ms: Option<u64>,

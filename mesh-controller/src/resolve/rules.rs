@@ -132,10 +132,11 @@ fn http_rule(
     let timeouts = match &rule.timeouts {
         None => Timeouts::default(),
         Some(t) => {
-            let request_ms = t.request.as_deref().map(duration_ms).transpose()?;
-            let backend_request_ms = t.backend_request.as_deref().map(duration_ms).transpose()?;
+            // "0s" disables a timeout (GEP-1742): no timeout at all, not an immediate one.
+            let request_ms = t.request.as_deref().map(duration_ms).transpose()?.filter(|ms| *ms != 0);
+            let backend_request_ms =
+                t.backend_request.as_deref().map(duration_ms).transpose()?.filter(|ms| *ms != 0);
             if let (Some(request), Some(backend)) = (request_ms, backend_request_ms)
-                && request != 0
                 && backend > request
             {
                 return Err(format!(

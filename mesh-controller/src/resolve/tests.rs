@@ -729,3 +729,30 @@ fn an_exhausted_pool_leaves_the_gateway_unprogrammed_with_a_reason() {
     let gw = gateway(&r, "infra", unassigned[0]);
     assert_condition(&gw.conditions, "Programmed", "False", "AddressNotAssigned");
 }
+
+#[test]
+fn a_zero_timeout_disables_the_timeout() {
+    let route = |timeouts: &str| {
+        format!(
+            r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: infra, generation: 1}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - timeouts: {timeouts}
+    backendRefs: [{{name: web, namespace: apps, port: 8080}}]
+"#
+        )
+    };
+    let timeouts_of = |timeouts: &str| {
+        let r = resolve_yaml(&with_class(&(simple_gateway("{}") + &route(timeouts) + GRANT_ROUTES_TO_APPS)));
+        r.config.routes["HTTPRoute/infra/r"].rules[0].timeouts.clone()
+    };
+    let disabled = timeouts_of("{request: 0s, backendRequest: 0s}");
+    assert_eq!((disabled.request_ms, disabled.backend_request_ms), (None, None));
+    let set = timeouts_of("{request: 10s, backendRequest: 0s}");
+    assert_eq!((set.request_ms, set.backend_request_ms), (Some(10_000), None));
+}
