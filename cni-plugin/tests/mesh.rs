@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
+use mesh_controller::app::GrpcSecurity;
 use mesh_controller::ca::CertificateService;
 use mesh_controller::config_server::Publisher;
+use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::hbone::client::{HboneClient, PoolKey};
 use mesh_proxy::identity::{CaSettings, IdentityManager, WorkloadCert};
@@ -39,28 +41,40 @@ fn id(s: &str) -> SpiffeId {
     s.parse().expect("identity")
 }
 
-/// weft-controller's config stream and CA on loopback; node tokens `token-a` and `token-b`.
-async fn controller() -> (String, Publisher) {
+/// weft-controller's config stream and CA on loopback, over TLS (its trust bundle in the
+/// returned folder); node tokens `token-a` and `token-b`.
+async fn controller() -> (ControllerEndpoint, Publisher, tempfile::TempDir) {
     let publisher = Publisher::new();
     let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
     let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
     let service =
         CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("controller-ca.crt");
+    std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
+    let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
     tokio::spawn(mesh_controller::app::serve(
         publisher.clone(),
         Some(service),
         listener,
+        security,
         std::future::pending(),
     ));
-    (url, publisher)
+    (ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint"), publisher, dir)
 }
 
-fn identities(url: &str, token: &str, dir: &Path) -> Arc<IdentityManager> {
+fn token_file(token: &str, dir: &Path) -> std::path::PathBuf {
     let token_file = dir.join(format!("{token}.token"));
     std::fs::write(&token_file, token).expect("token file");
-    IdentityManager::new(CaSettings { url: url.into(), token_file, ttl: None }).expect("identity manager")
+    token_file
+}
+
+fn identities(url: &ControllerEndpoint, token: &str, dir: &Path) -> Arc<IdentityManager> {
+    let token_file = token_file(token, dir);
+    IdentityManager::new(CaSettings { endpoint: url.clone(), token_file, ttl: None })
+        .expect("identity manager")
 }
 
 /// A node proxy as weft-proxy runs it: config from the controller, the mesh on its pods.
@@ -69,8 +83,12 @@ struct NodeProxy {
     _inpod: InpodServer,
 }
 
-async fn node_proxy(node: &Node, url: &str, token: &str) -> NodeProxy {
-    let source = Source::Controller(Subscription { url: url.into(), node: node.name.clone() });
+async fn node_proxy(node: &Node, url: &ControllerEndpoint, token: &str) -> NodeProxy {
+    let source = Source::Controller(Subscription {
+        endpoint: url.clone(),
+        node: node.name.clone(),
+        token_file: Some(token_file(token, node.dir.path())),
+    });
     let admin: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let running = mesh_proxy::start(Options { source, admin, access_log: true }).await.expect("proxy");
     let mesh = MeshTraffic::new(
@@ -106,7 +124,7 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     }
     let (a, b) = (node("node-a", "10.201.1.0/24"), node("node-b", "10.201.2.0/24"));
     let (link_a, _) = link(&a, "10.201.1.0/24", &b, "10.201.2.0/24");
-    let (url, publisher) = controller().await;
+    let (url, publisher, _bundle) = controller().await;
     let proxy_a = node_proxy(&a, &url, "token-a").await;
     let proxy_b = node_proxy(&b, &url, "token-b").await;
 

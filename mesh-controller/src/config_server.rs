@@ -19,7 +19,51 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ca::authorize::{self, Authenticator, Caller, Refusal};
 use crate::resolve::incremental::Changed;
+
+/// Who may follow the config stream. The config holds Gateway private keys (Certificate
+/// resources) and every pod's placement: only node proxies get it.
+#[derive(Clone)]
+pub enum Subscribers {
+    /// Node proxies whose bearer token `authenticator` accepts (the same check as the CA's),
+    /// each subscribing as its own node only.
+    Authenticated(Arc<Authenticator>),
+    /// Anyone, as any node: only with `--insecure-plaintext` (local tests and demos).
+    Anyone,
+}
+
+impl Subscribers {
+    /// Decides whether the holder of `token` may subscribe as `node`: `Ok(None)` when
+    /// anyone may, else the authenticated caller; a refusal carries its metric reason.
+    pub async fn admit(
+        &self,
+        token: Option<&str>,
+        node: &str,
+    ) -> Result<Option<Caller>, (&'static str, Status)> {
+        let caller = self.authenticate(token).await?;
+        if let Some(caller) = &caller {
+            authorize::authorize_subscriber(caller, node)
+                .map_err(|refusal| ("wrong_node", Status::permission_denied(refusal.to_string())))?;
+        }
+        Ok(caller)
+    }
+
+    async fn authenticate(&self, token: Option<&str>) -> Result<Option<Caller>, (&'static str, Status)> {
+        let Subscribers::Authenticated(authenticator) = self else { return Ok(None) };
+        let token = token.ok_or(("no_token", Status::unauthenticated(Refusal::NoToken.to_string())))?;
+        match authenticator.authenticate(token).await {
+            Ok(caller) => Ok(Some(caller)),
+            Err(refusal @ Refusal::Unavailable(_)) => {
+                Err(("token_review_unavailable", Status::unavailable(refusal.to_string())))
+            }
+            Err(refusal @ (Refusal::NotTheProxy(..) | Refusal::NoNode(_))) => {
+                Err(("not_the_proxy", Status::permission_denied(refusal.to_string())))
+            }
+            Err(refusal) => Err(("bad_token", Status::unauthenticated(refusal.to_string()))),
+        }
+    }
+}
 
 /// One version of the resolved config.
 #[derive(Clone, Debug, Default)]
@@ -146,8 +190,9 @@ impl Publisher {
         Some(update)
     }
 
-    pub fn service(&self) -> ConfigDiscoveryServer<ConfigService> {
-        ConfigDiscoveryServer::new(ConfigService { publisher: self.clone() })
+    /// The gRPC service, admitting `subscribers`.
+    pub fn service(&self, subscribers: Subscribers) -> ConfigDiscoveryServer<ConfigService> {
+        ConfigDiscoveryServer::new(ConfigService { publisher: self.clone(), subscribers })
             // A full state of 10k Services with 100k endpoints is tens of MB of JSON.
             .max_encoding_message_size(256 * 1024 * 1024)
     }
@@ -173,6 +218,8 @@ pub fn changed_between(before: &Config, after: &Config) -> Changed {
 #[derive(Debug, Default)]
 pub struct ProxyRegistry {
     nodes: Mutex<BTreeMap<String, ProxyState>>,
+    /// Subscriptions refused, by reason.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,6 +236,17 @@ impl ProxyRegistry {
         if let Ok(mut nodes) = self.nodes.lock() {
             f(nodes.entry(node.to_string()).or_default());
         }
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        if let Ok(mut refused) = self.refused.lock() {
+            *refused.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Subscriptions refused so far, by reason.
+    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ProxyState> {
@@ -217,12 +275,22 @@ impl ProxyRegistry {
             "weft_controller_proxies_connected {}\n",
             nodes.values().filter(|s| s.connected).count()
         ));
+        out.push_str(
+            "# HELP weft_controller_subscribe_refused_total Config stream subscriptions refused, by reason.\n\
+             # TYPE weft_controller_subscribe_refused_total counter\n",
+        );
+        for (reason, count) in self.refused() {
+            out.push_str(&format!(
+                "weft_controller_subscribe_refused_total{{reason=\"{reason}\"}} {count}\n"
+            ));
+        }
         out
     }
 }
 
 pub struct ConfigService {
     publisher: Publisher,
+    subscribers: Subscribers,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<ConfigUpdate, Status>> + Send>>;
@@ -238,6 +306,12 @@ impl ConfigDiscovery for ConfigService {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let token = crate::ca::bearer_token(request.metadata());
+        let peer = request.remote_addr();
+        // A token that is not a proxy's is refused before anything is read from the stream.
+        if let Err((reason, status)) = self.subscribers.authenticate(token.as_deref()).await {
+            return Err(self.refused(peer, None, reason, status));
+        }
         let mut inbound = request.into_inner();
         let node = match inbound.next().await {
             Some(Ok(ProxyMessage { message: Some(proxy_message::Message::Subscribe(s)) }))
@@ -253,6 +327,13 @@ impl ConfigDiscovery for ConfigService {
             Some(Err(status)) => return Err(status),
             None => return Err(Status::cancelled("the proxy closed the stream before subscribing")),
         };
+        let caller = match self.subscribers.admit(token.as_deref(), &node).await {
+            Ok(caller) => caller,
+            Err((reason, status)) => return Err(self.refused(peer, Some(&node), reason, status)),
+        };
+        if let Some(caller) = caller {
+            tracing::debug!(%node, identity = %caller.identity, "subscriber authenticated");
+        }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             node,
@@ -265,6 +346,26 @@ impl ConfigDiscovery for ConfigService {
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl ConfigService {
+    fn refused(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        node: Option<&str>,
+        reason: &'static str,
+        status: Status,
+    ) -> Status {
+        self.publisher.proxies.refuse(reason);
+        tracing::warn!(
+            ?peer,
+            node = node.unwrap_or("(not yet sent)"),
+            reason,
+            message = status.message(),
+            "refused a config subscription"
+        );
+        status
     }
 }
 
@@ -382,5 +483,68 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use mesh_api::identity::SpiffeId;
+
+    use super::*;
+
+    fn proxy_on(node: &str) -> Caller {
+        let identity: SpiffeId = "spiffe://cluster.local/ns/weft-system/sa/weft-proxy".parse().expect("id");
+        Caller { node: node.into(), identity }
+    }
+
+    fn authenticated() -> Subscribers {
+        Subscribers::Authenticated(Arc::new(Authenticator::Static(HashMap::from([
+            ("token-a".to_string(), proxy_on("node-a")),
+            ("token-b".to_string(), proxy_on("node-b")),
+        ]))))
+    }
+
+    #[tokio::test]
+    async fn a_proxy_with_its_token_subscribes_as_its_node() {
+        let admitted = authenticated().admit(Some("token-a"), "node-a").await.expect("admitted");
+        assert_eq!(admitted, Some(proxy_on("node-a")));
+    }
+
+    #[tokio::test]
+    async fn no_token_or_an_unknown_one_is_unauthenticated() {
+        for token in [None, Some("guess")] {
+            let (reason, status) = authenticated().admit(token, "node-a").await.expect_err("refused");
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+            assert!(["no_token", "bad_token"].contains(&reason));
+        }
+    }
+
+    #[tokio::test]
+    async fn another_nodes_token_is_permission_denied() {
+        let (reason, status) = authenticated().admit(Some("token-b"), "node-a").await.expect_err("refused");
+        assert_eq!(reason, "wrong_node");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("node-b") && status.message().contains("node-a"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn anyone_is_admitted_only_when_configured_so() {
+        assert_eq!(Subscribers::Anyone.admit(None, "node-x").await.expect("insecure mode"), None);
+    }
+
+    #[test]
+    fn refusals_are_counted_in_metrics() {
+        let registry = ProxyRegistry::default();
+        registry.refuse("no_token");
+        registry.refuse("no_token");
+        assert!(
+            registry.metrics().contains("weft_controller_subscribe_refused_total{reason=\"no_token\"} 2")
+        );
     }
 }

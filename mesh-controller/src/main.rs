@@ -50,6 +50,15 @@ struct Args {
     /// DNS suffix of Service hostnames.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Extra DNS names or IP addresses of the gRPC port's serving certificate (repeat, or
+    /// comma-separate). It always holds weft-controller.<namespace>.svc[.<cluster-domain>] in a
+    /// cluster; localhost, 127.0.0.1, ::1 and the --config-addr IP standalone.
+    #[arg(long = "serving-name", value_name = "NAME", value_delimiter = ',')]
+    serving_names: Vec<String>,
+    /// INSECURE, local tests only: serve the config stream and CA without TLS; without a CA
+    /// (--ca-dir), any client may then subscribe as any node and read Gateway private keys.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 fn main() -> ExitCode {
@@ -75,21 +84,33 @@ fn main() -> ExitCode {
         (Some(dir), Some(node_tokens)) => Some(app::StandaloneCa { dir, node_tokens, proxy_identity }),
         _ => None,
     };
+    let security =
+        app::PortSecurity { serving_names: args.serving_names, insecure_plaintext: args.insecure_plaintext };
     let result = match (&args.manifests, args.once) {
         (Some(dir), true) => app::once(dir, &settings),
-        (Some(dir), false) => {
-            app::serve_manifests(dir.clone(), settings, args.config_addr, args.admin_addr, standalone_ca)
-        }
-        (None, _) => app::serve_cluster(
+        (Some(dir), false) => app::serve_manifests(
+            dir.clone(),
             settings,
-            app::ClusterSettings {
-                namespace: args.namespace,
-                identity: args.identity,
-                proxy_service_account: args.proxy_service_account,
-            },
             args.config_addr,
             args.admin_addr,
+            standalone_ca,
+            security,
         ),
+        (None, _) => {
+            let cluster_domain = settings.cluster_domain.clone();
+            app::serve_cluster(
+                settings,
+                app::ClusterSettings {
+                    namespace: args.namespace,
+                    identity: args.identity,
+                    proxy_service_account: args.proxy_service_account,
+                    cluster_domain,
+                },
+                args.config_addr,
+                args.admin_addr,
+                security,
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

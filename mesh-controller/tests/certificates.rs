@@ -39,10 +39,14 @@ async fn start() -> (String, mesh_controller::ca::CertificateService) {
         CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
+    // Plaintext: the CA's decisions are under test here, the port's TLS in
+    // mesh-proxy/tests/controller_tls.rs.
+    let security = mesh_controller::app::GrpcSecurity::insecure(Some(&service));
     tokio::spawn(mesh_controller::app::serve(
         publisher,
         Some(service.clone()),
         listener,
+        security,
         std::future::pending(),
     ));
     (format!("http://{addr}"), service)

@@ -32,7 +32,10 @@ fn config_with(names: &[&str]) -> Config {
 async fn start(publisher: Publisher) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(mesh_controller::app::serve(publisher, None, listener, std::future::pending()));
+    // Plaintext, anyone subscribing: the stream's semantics are under test here, its security
+    // in mesh-proxy/tests/controller_tls.rs.
+    let security = mesh_controller::app::GrpcSecurity::insecure(None);
+    tokio::spawn(mesh_controller::app::serve(publisher, None, listener, security, std::future::pending()));
     format!("http://{addr}")
 }
 

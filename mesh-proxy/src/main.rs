@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::identity::{CaSettings, IdentityManager};
 use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodTraffic};
@@ -22,9 +23,21 @@ struct Args {
     /// Serve a JSON config file (mesh_api::model::Config).
     #[arg(long, conflicts_with = "controller")]
     config: Option<PathBuf>,
-    /// Follow weft-controller's config stream, e.g. http://127.0.0.1:15010.
+    /// Follow weft-controller's config stream, e.g. https://127.0.0.1:15010 (TLS, verified
+    /// with --controller-ca-bundle for the URL's host).
     #[arg(long, requires = "node")]
     controller: Option<String>,
+    /// The CA certificates (PEM) the controller's serving certificate must chain to: the
+    /// ConfigMap weft-ca-root in a cluster, the CA folder's ca.crt standalone. Re-read at each
+    /// connection.
+    #[arg(long, env = "WEFT_CONTROLLER_CA_BUNDLE", value_name = "FILE")]
+    controller_ca_bundle: Option<PathBuf>,
+    /// The token the proxy presents on the config stream; defaults to --ca-token-file.
+    #[arg(long, env = "WEFT_CONTROLLER_TOKEN_FILE", value_name = "FILE")]
+    controller_token_file: Option<PathBuf>,
+    /// INSECURE, local tests only: reach an http:// controller (and CA) without TLS.
+    #[arg(long)]
+    controller_insecure_plaintext: bool,
     /// The node this proxy serves (with --controller).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
@@ -68,10 +81,21 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let ca_address = args.ca_address.clone().or_else(|| args.controller.clone());
-    let source = match (args.manifests, args.config, args.controller, args.node) {
+    let endpoint = |url: &str| {
+        ControllerEndpoint::new(url, args.controller_ca_bundle.clone(), args.controller_insecure_plaintext)
+    };
+    let source = match (args.manifests, args.config, args.controller.clone(), args.node) {
         (Some(dir), _, _, _) => Source::Manifests(dir),
         (_, Some(file), _, _) => Source::File(file),
-        (_, _, Some(url), Some(node)) => Source::Controller(Subscription { url, node }),
+        (_, _, Some(url), Some(node)) => {
+            let token_file = args.controller_token_file.clone().or_else(|| args.ca_token_file.clone());
+            if token_file.is_none() {
+                tracing::warn!(
+                    "no --controller-token-file or --ca-token-file: only an insecure controller serves a proxy without a token"
+                );
+            }
+            Source::Controller(Subscription { endpoint: endpoint(&url)?, node, token_file })
+        }
         _ => anyhow::bail!("one of --manifests, --config or --controller (with --node) is required"),
     };
     let running =
@@ -81,7 +105,11 @@ async fn main() -> anyhow::Result<()> {
             let traffic: Arc<dyn PodTraffic> = match args.ca_token_file {
                 Some(token_file) => {
                     let url = ca_address.context("--ca-token-file needs --ca-address or --controller")?;
-                    let identities = IdentityManager::new(CaSettings { url, token_file, ttl: None })?;
+                    let identities = IdentityManager::new(CaSettings {
+                        endpoint: endpoint(&url)?,
+                        token_file,
+                        ttl: None,
+                    })?;
                     let mesh = MeshTraffic::new(
                         running.store.clone(),
                         running.proxy.clone(),

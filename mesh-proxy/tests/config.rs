@@ -10,6 +10,7 @@ use mesh_api::model::*;
 use mesh_api::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use mesh_api::proto::{self, ConfigUpdate, ProxyMessage, ResourceKind, proxy_message};
 use mesh_proxy::Source;
+use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use support::*;
 use tokio::sync::mpsc;
@@ -137,7 +138,12 @@ async fn controller_updates_are_acked_bad_ones_nacked_and_the_proxy_reconnects()
             .serve_with_incoming(TcpListenerStream::new(socket)),
     );
 
-    let proxy = start_with(Source::Controller(Subscription { url, node: "node-a".into() })).await;
+    // A fake controller speaking plaintext: the stream's semantics are under test here, its
+    // security in controller_tls.rs.
+    let endpoint = ControllerEndpoint::new(&url, None, true).expect("endpoint");
+    let proxy =
+        start_with(Source::Controller(Subscription { endpoint, node: "node-a".into(), token_file: None }))
+            .await;
     let mut session = next_session(&mut sessions).await;
     assert_eq!(admin_get(&proxy, "/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
     match next_message(&mut session).await {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
 use mesh_api::model::{Config, ObjectKey, Workload};
+use mesh_controller::app::GrpcSecurity;
 use mesh_controller::ca::CertificateService;
 use mesh_controller::config_server::Publisher;
+use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::hbone::client::{HboneClient, HboneError, PoolKey};
 use mesh_proxy::hbone::server::{Destination, HboneServer};
 use mesh_proxy::hbone::{self, direct_connector};
@@ -36,8 +38,9 @@ fn workload(name: &str, node: &str, identity: &str) -> Workload {
     }
 }
 
-/// The controller's CA on loopback, knowing a frontend pod on node-a and checkout on node-b.
-async fn controller() -> String {
+/// The controller's CA on loopback (TLS, its trust bundle written into `dir`), knowing a
+/// frontend pod on node-a and checkout on node-b.
+async fn controller(dir: &tempfile::TempDir) -> ControllerEndpoint {
     let publisher = Publisher::new();
     let mut config = Config::default();
     config.workloads.insert("shop/frontend".into(), workload("frontend", "node-a", CLIENT));
@@ -48,9 +51,18 @@ async fn controller() -> String {
     let service =
         CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(mesh_controller::app::serve(publisher, Some(service), listener, std::future::pending()));
-    url
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let bundle = dir.path().join("controller-ca.crt");
+    std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
+    let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
+    tokio::spawn(mesh_controller::app::serve(
+        publisher,
+        Some(service),
+        listener,
+        security,
+        std::future::pending(),
+    ));
+    ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint")
 }
 
 /// A controller, node A's identities, node B's :15008 for checkout, and checkout's echo app.
@@ -64,16 +76,16 @@ struct Lab {
 
 async fn lab() -> Lab {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = controller().await;
+    let url = controller(&dir).await;
     let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
     let node = destination_node(&node_b).await;
     Lab { _dir: dir, node_a, node, pod: echo_pod().await }
 }
 
-fn identities(url: &str, token: &str, dir: &tempfile::TempDir) -> Arc<IdentityManager> {
+fn identities(url: &ControllerEndpoint, token: &str, dir: &tempfile::TempDir) -> Arc<IdentityManager> {
     let token_file = dir.path().join(token);
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-    IdentityManager::new(CaSettings { url: url.into(), token_file, ttl: None }).expect("manager")
+    IdentityManager::new(CaSettings { endpoint: url.clone(), token_file, ttl: None }).expect("manager")
 }
 
 /// An echo "pod" on loopback.
@@ -251,7 +263,7 @@ async fn impostors_and_strays_are_refused() {
 #[tokio::test]
 async fn no_certificate_for_a_pod_of_another_node() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = controller().await;
+    let url = controller(&dir).await;
     let node_a = identities(&url, "token-a", &dir);
     let refused = node_a.certificate(&id(SERVER)).await.expect_err("checkout runs on node-b");
     assert!(refused.reason.contains("no pod with identity"), "{}", refused.reason);

@@ -219,6 +219,98 @@ impl Authority {
     }
 }
 
+/// The controller's own TLS serving certificate, with the key it was issued for.
+pub struct ServingIssued {
+    /// The leaf first, then the intermediates up to (not including) the root.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 DER of the leaf's key (generated here; it never leaves the controller).
+    pub key_pkcs8: Vec<u8>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Authority {
+    /// Issues the controller's own serving certificate for `names` (DNS names or IP
+    /// addresses), valid for `ttl` (capped by the issuer's expiry), server usage only. The key
+    /// is generated here, as a proxy would for its CSR.
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<ServingIssued, SignError> {
+        let mut sans = Vec::with_capacity(names.len());
+        for name in names {
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    name.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| SignError::Sign(format!("server name {name:?}: {e}")))?,
+                ),
+            };
+            sans.push(san);
+        }
+        if sans.is_empty() {
+            return Err(SignError::Sign("a serving certificate needs at least one name".into()));
+        }
+        let key = KeyPair::generate().map_err(|e| SignError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "weft");
+        name.push(DnType::CommonName, "weft-controller");
+        params.distinguished_name = name;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let not_before = now - BACKDATE;
+        let not_after = (now + ttl).min(self.issuer_not_after);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        let leaf = params.signed_by(&key, &self.issuer).map_err(|e| SignError::Sign(e.to_string()))?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.intermediates.iter().cloned());
+        Ok(ServingIssued { chain, key_pkcs8: key.serialize_der(), not_before, not_after })
+    }
+
+    /// The roots as PEM: the trust bundle clients of the controller verify it with (public).
+    pub fn roots_pem(&self) -> String {
+        self.roots
+            .iter()
+            .map(|der| {
+                let body = base64_lines(der);
+                format!("-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
+            })
+            .collect()
+    }
+}
+
+/// Standard base64 in 64-column lines, each ending in a newline (PEM's body).
+fn base64_lines(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len() * 4 / 3 + 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len() + text.len() / 64 + 1);
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
 fn describe_san(san: &SanType) -> String {
     match san {
         SanType::URI(uri) => format!("URI:{}", uri.as_str()),
@@ -406,6 +498,42 @@ mod tests {
         assert_eq!(issued.roots, vec![root_der]);
         assert!(issued.not_after <= now() + Duration::from_secs(30 * 24 * 3600), "capped by the issuer");
         verify(&issued, now()).expect("chain to the user's root");
+    }
+
+    #[test]
+    fn issues_a_serving_certificate_for_dns_names_and_ips() {
+        let ca = authority();
+        let names = vec!["weft-controller.weft-system.svc".to_string(), "127.0.0.1".to_string()];
+        let issued = ca.issue_serving(&names, Duration::from_secs(24 * 3600), now()).expect("issued");
+        let anchors: Vec<_> = ca
+            .roots()
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).expect("anchor").to_owned())
+            .collect();
+        let leaf = webpki::EndEntityCert::try_from(&issued.chain[0]).expect("leaf");
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(now().unix_timestamp() as u64));
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &issued.chain[1..],
+            time,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .expect("a client accepts the chain");
+        for name in ["weft-controller.weft-system.svc", "127.0.0.1"] {
+            let name = rustls_pki_types::ServerName::try_from(name).expect("name");
+            leaf.verify_is_valid_for_subject_name(&name).expect("valid for its names");
+        }
+        let other = rustls_pki_types::ServerName::try_from("evil.example").expect("name");
+        assert!(leaf.verify_is_valid_for_subject_name(&other).is_err());
+        assert!(ca.issue_serving(&[], Duration::from_secs(60), now()).is_err());
+        // The published bundle is the root, as PEM.
+        let bundle = CertificateDer::pem_slice_iter(ca.roots_pem().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("pem");
+        assert_eq!(bundle, ca.roots().to_vec());
     }
 
     #[test]

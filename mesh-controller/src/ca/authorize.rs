@@ -36,6 +36,8 @@ pub enum Refusal {
     Unavailable(String),
     #[error("no pod with identity {identity} runs on node {node}")]
     NotOnNode { identity: String, node: String },
+    #[error("the token is node {caller}'s; it cannot subscribe as node {asked}")]
+    WrongNode { caller: String, asked: String },
 }
 
 /// Turns a bearer token into a [`Caller`].
@@ -119,6 +121,16 @@ pub fn authorize(caller: &Caller, wanted: &SpiffeId, config: &Config) -> Result<
     }
 }
 
+/// May `caller` follow the config stream as `node`? Only as its own node: the config holds
+/// Gateway private keys and every pod's placement, so a proxy gets it under its own name only.
+pub fn authorize_subscriber(caller: &Caller, node: &str) -> Result<(), Refusal> {
+    if caller.node == node {
+        Ok(())
+    } else {
+        Err(Refusal::WrongNode { caller: caller.node.clone(), asked: node.to_string() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use mesh_api::model::{ObjectKey, Workload};
@@ -195,6 +207,16 @@ mod tests {
         let auth = Authenticator::Static(HashMap::from([("secret-a".to_string(), proxy_on("node-a"))]));
         assert_eq!(auth.authenticate("secret-a").await, Ok(proxy_on("node-a")));
         assert!(matches!(auth.authenticate("secret-b").await, Err(Refusal::BadToken(_))));
+    }
+
+    #[test]
+    fn a_proxy_subscribes_as_its_own_node_only() {
+        assert_eq!(authorize_subscriber(&proxy_on("node-a"), "node-a"), Ok(()));
+        assert_eq!(
+            authorize_subscriber(&proxy_on("node-a"), "node-b"),
+            Err(Refusal::WrongNode { caller: "node-a".into(), asked: "node-b".into() })
+        );
+        assert!(authorize_subscriber(&proxy_on("node-a"), "").is_err());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! - [`authority`]: CA material and signing (pure).
 //! - [`authorize`]: who may have which identity.
 //! - [`storage`]: where the root lives (Secret `weft-ca` or a folder).
+//! - [`serving`]: the controller's own serving certificate and the published trust bundle.
 //! - this module: the `Certificates` gRPC service tying them to the published config.
 
 pub mod authority;
 pub mod authorize;
+pub mod serving;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -97,6 +99,16 @@ impl CertificateService {
         Ok(Self::new(authority, Authenticator::Static(tokens), publisher))
     }
 
+    /// The signing half, shared with the controller's own serving certificate.
+    pub fn authority(&self) -> Arc<Authority> {
+        self.authority.clone()
+    }
+
+    /// Who callers are: the config stream authenticates its subscribers with the same one.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.authenticator.clone()
+    }
+
     pub fn server(&self) -> CertificatesServer<Self> {
         CertificatesServer::new(self.clone())
     }
@@ -133,15 +145,20 @@ impl CertificateService {
     }
 }
 
+/// The bearer token of a request's `authorization` metadata.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
 #[tonic::async_trait]
 impl Certificates for CertificateService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let token = bearer_token(request.metadata());
         let peer = request.remote_addr();
         let wanted = request.get_ref().identity.clone();
         match CertificateService::sign(self, token.as_deref(), request.into_inner()).await {

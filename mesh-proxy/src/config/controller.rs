@@ -1,9 +1,12 @@
-//! `--controller URL --node NAME`: the config stream from weft-controller.
+//! `--controller URL --node NAME`: the config stream from weft-controller, over TLS verified
+//! against the controller's CA (see [`connection`](super::connection)), authenticated with the
+//! proxy's token (the controller serves a node's config only to that node's proxy).
 //!
 //! Each update is applied to the last good config as a whole; it is ACKed once it is serving,
 //! or NACKed with the reason while the last good config keeps serving. When the stream breaks,
 //! the proxy reconnects with capped exponential backoff and serves what it has meanwhile.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ConfigStore;
+use super::connection::{ControllerEndpoint, bearer};
 
 /// First wait after a failure: short, so a controller restart costs little.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -27,8 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTGOING_QUEUE: usize = 16;
 
 pub struct Subscription {
-    pub url: String,
+    pub endpoint: ControllerEndpoint,
     pub node: String,
+    /// The proxy's token (a projected ServiceAccount token in a cluster, a static node token
+    /// standalone), re-read at each connection; `None` sends none (only an insecure
+    /// controller accepts that).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Follows the controller until the task is dropped.
@@ -37,13 +45,13 @@ pub async fn follow(sub: Subscription, store: Arc<ConfigStore>) {
     loop {
         match session(&sub, &store).await {
             Ok(received) => {
-                tracing::warn!(url = %sub.url, "config stream ended; reconnecting");
+                tracing::warn!(url = %sub.endpoint.url(), "config stream ended; reconnecting");
                 if received {
                     backoff = INITIAL_BACKOFF;
                 }
             }
             Err(SessionError { received, error }) => {
-                tracing::warn!(url = %sub.url, %error, "config stream failed; serving the last good config");
+                tracing::warn!(url = %sub.endpoint.url(), %error, "config stream failed; serving the last good config");
                 if received {
                     backoff = INITIAL_BACKOFF;
                 }
@@ -67,10 +75,7 @@ struct SessionError {
 async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, SessionError> {
     let mut received = false;
     let fail = |received, error: anyhow::Error| SessionError { received, error };
-    let endpoint = tonic::transport::Endpoint::from_shared(sub.url.clone())
-        .map_err(|e| fail(false, e.into()))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    let channel = endpoint.connect().await.map_err(|e| fail(false, e.into()))?;
+    let channel = sub.endpoint.connect(CONNECT_TIMEOUT).await.map_err(|e| fail(false, e))?;
     let mut client = ConfigDiscoveryClient::new(channel);
 
     let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
@@ -79,9 +84,12 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, Sessio
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
     });
     tx.send(ProxyMessage { message: Some(subscribe) }).await.map_err(|e| fail(false, e.into()))?;
-    let mut updates =
-        client.stream(ReceiverStream::new(rx)).await.map_err(|e| fail(false, e.into()))?.into_inner();
-    tracing::info!(url = %sub.url, node = %sub.node, "subscribed to the controller");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token_file) = &sub.token_file {
+        request.metadata_mut().insert("authorization", bearer(token_file).map_err(|e| fail(false, e))?);
+    }
+    let mut updates = client.stream(request).await.map_err(|e| fail(false, refused(e)))?.into_inner();
+    tracing::info!(url = %sub.endpoint.url(), node = %sub.node, "subscribed to the controller");
 
     loop {
         let update = match updates.message().await {
@@ -94,6 +102,18 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, Sessio
         if tx.send(ProxyMessage { message: Some(reply) }).await.is_err() {
             return Err(fail(received, anyhow::anyhow!("the controller closed its side of the stream")));
         }
+    }
+}
+
+/// A refusal by the controller, said plainly: a token or node problem is not a network one.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
+            "the controller refused this proxy ({:?}): {} (check the token file and --node)",
+            status.code(),
+            status.message()
+        ),
+        _ => status.into(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! A request loads the current snapshot once and uses it to the end, so a swap never changes
 //! the routes, filters or backends of a request already in flight.
 
+pub mod connection;
 pub mod controller;
 pub mod file;
 pub mod manifests;

@@ -40,8 +40,8 @@ pub struct Unavailable {
 /// Where certificates come from.
 #[derive(Clone, Debug)]
 pub struct CaSettings {
-    /// The controller's gRPC address, e.g. `http://127.0.0.1:15010`.
-    pub url: String,
+    /// The controller's gRPC port and how to trust it.
+    pub endpoint: crate::config::connection::ControllerEndpoint,
     /// This proxy's token: a projected ServiceAccount token in a cluster (re-read for every
     /// request, since the kubelet rotates it), a static node token standalone.
     pub token_file: PathBuf,
@@ -70,9 +70,7 @@ pub struct IdentityManager {
 
 impl IdentityManager {
     pub fn new(settings: CaSettings) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(settings.url.clone())?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy();
+        let channel = settings.endpoint.connect_lazy(Duration::from_secs(3))?;
         Ok(Arc::new(Self {
             client: CertificatesClient::new(channel),
             settings,
@@ -184,18 +182,14 @@ impl IdentityManager {
     }
 
     async fn request(&self, identity: &SpiffeId) -> Result<WorkloadCert, String> {
-        let token = std::fs::read_to_string(&self.settings.token_file).map_err(|e| {
-            format!("cannot read the proxy token {}: {e}", self.settings.token_file.display())
-        })?;
+        let header =
+            crate::config::connection::bearer(&self.settings.token_file).map_err(|e| format!("{e:#}"))?;
         let csr = certificate::Request::new(identity).map_err(|e| e.to_string())?;
         let mut request = tonic::Request::new(SignRequest {
             identity: identity.to_string(),
             csr_der: csr.csr_der.clone(),
             ttl_seconds: self.settings.ttl.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX)),
         });
-        let header = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| "the proxy token holds characters a header cannot carry".to_string())?;
         request.metadata_mut().insert("authorization", header);
         let response = self
             .client

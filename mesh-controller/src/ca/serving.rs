@@ -1,0 +1,179 @@
+//! The controller's own TLS: a serving certificate for its gRPC port (config stream and
+//! certificate authority), signed by the same CA that signs the workloads, short-lived and
+//! re-issued at half-life; and the trust bundle (the CA's public roots) proxies verify it with.
+//!
+//! The key is generated in memory at each issue and never written anywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+
+use super::authority::Authority;
+
+/// The serving certificate lives a day; it is re-issued at half-life, so a controller always
+/// serves one with at least 12 h left.
+pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// After a failed re-issue, try again this soon (the current one is still valid for hours).
+const RETRY: Duration = Duration::from_secs(60);
+
+/// The ConfigMap, in the controller's namespace, that holds the trust bundle (`ca.crt`, public
+/// certificates only) for the node proxies to mount.
+pub const BUNDLE_CONFIGMAP: &str = "weft-ca-root";
+/// Its key.
+pub const BUNDLE_KEY: &str = "ca.crt";
+
+/// The names the controller's certificate is valid for: its Service's DNS names, then `extra`.
+pub fn service_names(namespace: &str, cluster_domain: &str, extra: &[String]) -> Vec<String> {
+    let mut names = vec![
+        format!("weft-controller.{namespace}.svc"),
+        format!("weft-controller.{namespace}.svc.{}", cluster_domain.trim_end_matches('.')),
+    ];
+    for name in extra {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// The current serving certificate, swapped atomically when re-issued; rustls asks it on every
+/// handshake.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn issue(
+    authority: &Authority,
+    names: &[String],
+    now: OffsetDateTime,
+) -> anyhow::Result<(CertifiedKey, OffsetDateTime, OffsetDateTime)> {
+    let issued = authority.issue_serving(names, SERVING_TTL, now)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_pkcs8));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .context("rustls cannot sign with the serving key")?;
+    Ok((CertifiedKey::new(issued.chain, signer), issued.not_before, issued.not_after))
+}
+
+impl ServingCert {
+    /// Issues a first certificate for `names` and keeps it fresh from a background task
+    /// (tokio) for as long as the returned value lives anywhere.
+    pub fn start(authority: Arc<Authority>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
+        let (key, not_before, not_after) = issue(&authority, &names, OffsetDateTime::now_utc())
+            .context("cannot issue the controller's serving certificate")?;
+        tracing::info!(names = ?names, %not_after, "issued the controller's serving certificate");
+        let cert = Arc::new(ServingCert { current: ArcSwap::from_pointee(key) });
+        let weak = Arc::downgrade(&cert);
+        tokio::spawn(async move {
+            let mut renew_at = half_life(not_before, not_after);
+            loop {
+                let wait = (renew_at - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+                tokio::time::sleep(wait.unsigned_abs()).await;
+                let Some(cert) = weak.upgrade() else { return };
+                match issue(&authority, &names, OffsetDateTime::now_utc()) {
+                    Ok((key, not_before, not_after)) => {
+                        cert.current.store(Arc::new(key));
+                        tracing::info!(%not_after, "re-issued the controller's serving certificate");
+                        renew_at = half_life(not_before, not_after);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot re-issue the controller's serving certificate; retrying");
+                        renew_at = OffsetDateTime::now_utc() + RETRY;
+                    }
+                }
+            }
+        });
+        Ok(cert)
+    }
+
+    /// rustls server config with this certificate: TLS 1.2+ (ring), ALPN h2, no client certs
+    /// (proxies authenticate with their token, on top of the server-authenticated channel).
+    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("rustls protocol versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The leaf currently served (tests, diagnostics).
+    pub fn current_leaf(&self) -> Option<rustls_pki_types::CertificateDer<'static>> {
+        self.current.load().cert.first().cloned()
+    }
+}
+
+fn half_life(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    not_before + (not_after - not_before) / 2
+}
+
+/// Writes the trust bundle into ConfigMap [`BUNDLE_CONFIGMAP`] (server-side apply: created
+/// when absent, updated when the roots changed, untouched otherwise). Every replica does it at
+/// start; they all hold the same roots (Secret weft-ca), so they agree.
+pub async fn publish_bundle(client: kube::Client, namespace: &str, roots_pem: &str) -> anyhow::Result<()> {
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
+    let configmap = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(BUNDLE_CONFIGMAP.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "weft-controller".into())])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(BUNDLE_KEY.into(), roots_pem.to_string())])),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(&configmap).context("ConfigMap as JSON")?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("apiVersion".into(), "v1".into());
+        object.insert("kind".into(), "ConfigMap".into());
+    }
+    api.patch(BUNDLE_CONFIGMAP, &PatchParams::apply("weft-controller").force(), &Patch::Apply(value))
+        .await
+        .with_context(|| format!("cannot write ConfigMap {BUNDLE_CONFIGMAP} in {namespace}"))?;
+    tracing::info!(%namespace, "published the CA trust bundle in ConfigMap {BUNDLE_CONFIGMAP}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_cover_the_service_and_extras_once() {
+        assert_eq!(
+            service_names(
+                "weft-system",
+                "cluster.local.",
+                &["127.0.0.1".into(), "weft-controller.weft-system.svc".into()]
+            ),
+            vec![
+                "weft-controller.weft-system.svc".to_string(),
+                "weft-controller.weft-system.svc.cluster.local".to_string(),
+                "127.0.0.1".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn renewal_is_at_half_life() {
+        let start = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time");
+        assert_eq!(half_life(start, start + time::Duration::hours(24)), start + time::Duration::hours(12));
+    }
+}

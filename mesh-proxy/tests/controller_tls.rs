@@ -1,0 +1,241 @@
+//! The controller's gRPC port as node proxies meet it: TLS with a serving certificate from the
+//! controller's own CA, verified by the proxy against the trust bundle and the URL's host; the
+//! config stream (Gateway private keys included) only for a proxy presenting its node's token.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_api::identity::SpiffeId;
+use mesh_api::model::{Certificate, Config, ObjectKey, Service};
+use mesh_api::proto::config_discovery_client::ConfigDiscoveryClient;
+use mesh_api::proto::{ConfigUpdate, ProxyMessage, Subscribe, proxy_message};
+use mesh_controller::app::GrpcSecurity;
+use mesh_controller::ca::CertificateService;
+use mesh_controller::config_server::Publisher;
+use mesh_proxy::Source;
+use mesh_proxy::config::connection::ControllerEndpoint;
+use mesh_proxy::config::controller::Subscription;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// Stands for a Gateway's private key: it must reach node-a's proxy and nobody else.
+const KEY_MARKER: &str = "weft-test-private-key-7c1e";
+
+struct Controller {
+    addr: std::net::SocketAddr,
+    publisher: Publisher,
+    dir: tempfile::TempDir,
+    bundle: PathBuf,
+}
+
+impl Controller {
+    /// The controller on loopback, TLS for `names`, static tokens `token-a` (node-a) and
+    /// `token-b` (node-b).
+    async fn start(names: &[&str]) -> Self {
+        let publisher = Publisher::new();
+        let mut config = Config::default();
+        config.insert_service(Service {
+            key: ObjectKey::new("default", "web"),
+            hostname: "web.default.svc.cluster.local".into(),
+            vips: vec![],
+            ports: vec![],
+        });
+        config.certificates.insert(
+            "shop/gateway-tls".into(),
+            Certificate {
+                key: ObjectKey::new("shop", "gateway-tls"),
+                chain_pem: "chain".into(),
+                key_pem: KEY_MARKER.into(),
+                dns_names: vec!["shop.example".into()],
+            },
+        );
+        publisher.publish(config);
+        let proxy: SpiffeId = "spiffe://cluster.local/ns/weft-system/sa/weft-proxy".parse().expect("id");
+        let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
+        let service =
+            CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("ca.crt");
+        std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
+        let security =
+            GrpcSecurity::tls(&service, names.iter().map(|n| n.to_string()).collect()).expect("serving cert");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(mesh_controller::app::serve(
+            publisher.clone(),
+            Some(service),
+            listener,
+            security,
+            std::future::pending(),
+        ));
+        Controller { addr, publisher, dir, bundle }
+    }
+
+    fn endpoint(&self) -> ControllerEndpoint {
+        ControllerEndpoint::new(&format!("https://{}", self.addr), Some(self.bundle.clone()), false)
+            .expect("endpoint")
+    }
+
+    fn token_file(&self, token: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{token}.token"));
+        std::fs::write(&path, format!("{token}\n")).expect("token file");
+        path
+    }
+}
+
+/// Subscribes as `node` with `token` over `endpoint`; the first update, or the refusal.
+async fn subscribe(
+    endpoint: &ControllerEndpoint,
+    token: Option<&str>,
+    node: &str,
+) -> Result<ConfigUpdate, tonic::Status> {
+    let channel = endpoint.connect(WAIT).await.expect("TLS connection");
+    let mut client = ConfigDiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let subscribe =
+        proxy_message::Message::Subscribe(Subscribe { node: node.into(), proxy_version: "test".into() });
+    tx.send(ProxyMessage { message: Some(subscribe) }).await.expect("queue");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    }
+    let mut updates =
+        tokio::time::timeout(WAIT, client.stream(request)).await.expect("answer in time")?.into_inner();
+    let update = tokio::time::timeout(WAIT, updates.message()).await.expect("update in time")?;
+    let _keep_stream_open = tx;
+    update.ok_or_else(|| tonic::Status::cancelled("stream ended"))
+}
+
+fn carries_key(update: &ConfigUpdate) -> bool {
+    let bytes = prost::Message::encode_to_vec(update);
+    bytes.windows(KEY_MARKER.len()).any(|w| w == KEY_MARKER.as_bytes())
+}
+
+#[tokio::test]
+async fn a_proxy_with_its_nodes_token_gets_the_config_over_tls() {
+    let controller = Controller::start(&["127.0.0.1"]).await;
+
+    // The proxy as weft-proxy runs it.
+    let source = Source::Controller(Subscription {
+        endpoint: controller.endpoint(),
+        node: "node-a".into(),
+        token_file: Some(controller.token_file("token-a")),
+    });
+    let proxy = start_with(source).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !proxy.store.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy never got its config");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(proxy.store.load().config.services.contains_key("default/web"));
+    assert!(proxy.store.load().config.certificates.contains_key("shop/gateway-tls"));
+
+    // And on the wire: the full state, Gateway keys included, to node-a's proxy.
+    let update = subscribe(&controller.endpoint(), Some("token-a"), "node-a").await.expect("served");
+    assert!(update.full_state);
+    assert!(carries_key(&update), "the Gateway key reaches the authenticated proxy");
+    let connected = controller.publisher.proxies.snapshot();
+    assert!(connected.get("node-a").is_some_and(|s| s.connected), "{connected:?}");
+}
+
+#[tokio::test]
+async fn no_token_a_wrong_token_or_another_nodes_token_is_refused() {
+    let controller = Controller::start(&["127.0.0.1"]).await;
+    let endpoint = controller.endpoint();
+
+    let none = subscribe(&endpoint, None, "node-a").await.expect_err("no token");
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    assert!(none.message().contains("bearer token"), "{}", none.message());
+
+    let wrong = subscribe(&endpoint, Some("guessed"), "node-a").await.expect_err("wrong token");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+
+    let other = subscribe(&endpoint, Some("token-b"), "node-a").await.expect_err("node-b's token");
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    assert!(other.message().contains("node-b") && other.message().contains("node-a"), "{}", other.message());
+
+    let refused = controller.publisher.proxies.refused();
+    assert_eq!(refused.get("no_token"), Some(&1), "{refused:?}");
+    assert_eq!(refused.get("bad_token"), Some(&1), "{refused:?}");
+    assert_eq!(refused.get("wrong_node"), Some(&1), "{refused:?}");
+    let metrics = controller.publisher.proxies.metrics();
+    assert!(
+        metrics.contains("weft_controller_subscribe_refused_total{reason=\"wrong_node\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !controller.publisher.proxies.snapshot().get("node-a").is_some_and(|s| s.connected),
+        "no refused caller counts as connected"
+    );
+
+    // The proxy itself, with node-b's token, never installs node-a's config.
+    let source = Source::Controller(Subscription {
+        endpoint,
+        node: "node-a".into(),
+        token_file: Some(controller.token_file("token-b")),
+    });
+    let proxy = start_with(source).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!proxy.store.is_ready());
+    assert!(proxy.store.load().config.certificates.is_empty());
+}
+
+fn other_ca_bundle(dir: &Path) -> PathBuf {
+    let other = mesh_controller::ca::authority::CaMaterial::generate(
+        "cluster.local",
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("another CA");
+    let path = dir.join("other-ca.crt");
+    std::fs::write(&path, other.chain_pem).expect("write");
+    path
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_ca_or_expects_another_name_fails_the_handshake() {
+    let controller = Controller::start(&["127.0.0.1"]).await;
+
+    let untrusting = ControllerEndpoint::new(
+        &format!("https://{}", controller.addr),
+        Some(other_ca_bundle(controller.dir.path())),
+        false,
+    )
+    .expect("endpoint");
+    let error = untrusting.connect(WAIT).await.expect_err("a CA the client does not trust");
+    let text = format!("{error:#}");
+    assert!(text.contains("TLS with the controller failed"), "{text}");
+    assert!(text.contains("invalid peer certificate"), "{text}");
+
+    // The certificate holds 127.0.0.1, not localhost.
+    let port = controller.addr.port();
+    let misnamed =
+        ControllerEndpoint::new(&format!("https://localhost:{port}"), Some(controller.bundle.clone()), false)
+            .expect("endpoint");
+    let error = misnamed.connect(WAIT).await.expect_err("a name the certificate does not hold");
+    assert!(format!("{error:#}").to_lowercase().contains("name"), "{error:#}");
+
+    // Plaintext gets nothing from a TLS port.
+    let plaintext =
+        ControllerEndpoint::new(&format!("http://{}", controller.addr), None, true).expect("endpoint");
+    let refused = match plaintext.connect(WAIT).await {
+        Err(_) => true,
+        Ok(channel) => {
+            let mut client = ConfigDiscoveryClient::new(channel);
+            let (tx, rx) = mpsc::channel(1);
+            let subscribe = proxy_message::Message::Subscribe(Subscribe {
+                node: "node-a".into(),
+                proxy_version: "test".into(),
+            });
+            let _ = tx.send(ProxyMessage { message: Some(subscribe) }).await;
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            request.metadata_mut().insert("authorization", "Bearer token-a".parse().expect("ascii"));
+            tokio::time::timeout(WAIT, client.stream(request)).await.expect("answer in time").is_err()
+        }
+    };
+    assert!(refused, "a plaintext client must not be served");
+}
