@@ -49,9 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The controller's in-cluster address the node proxies dial. */}}
+{{/* The controller's in-cluster address the node proxies dial (TLS; its certificate holds this name). */}}
 {{- define "weft.controller.url" -}}
-{{- printf "http://weft-controller.%s.svc.%s:%v" .Release.Namespace .Values.clusterDomain .Values.controller.configPort -}}
+{{- printf "https://weft-controller.%s.svc.%s:%v" .Release.Namespace .Values.clusterDomain .Values.controller.configPort -}}
 {{- end -}}
 
 {{/* The API server URL weft-cni (on the host network) uses. */}}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{ObjectMeta, PostParams};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -124,31 +124,58 @@ fn half_life(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDat
     not_before + (not_after - not_before) / 2
 }
 
-/// Writes the trust bundle into ConfigMap [`BUNDLE_CONFIGMAP`] (server-side apply: created
-/// when absent, updated when the roots changed, untouched otherwise). Every replica does it at
-/// start; they all hold the same roots (Secret weft-ca), so they agree.
+/// Writes the trust bundle into ConfigMap [`BUNDLE_CONFIGMAP`]: created when absent, updated
+/// when its roots differ, untouched otherwise (get, create, update: no patch, so RBAC can name
+/// the object). Every replica does it at start; they all hold the same roots (Secret
+/// weft-ca), so they agree.
 pub async fn publish_bundle(client: kube::Client, namespace: &str, roots_pem: &str) -> anyhow::Result<()> {
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
-    let configmap = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(BUNDLE_CONFIGMAP.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "weft-controller".into())])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(BUNDLE_KEY.into(), roots_pem.to_string())])),
-        ..Default::default()
-    };
-    let mut value = serde_json::to_value(&configmap).context("ConfigMap as JSON")?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert("apiVersion".into(), "v1".into());
-        object.insert("kind".into(), "ConfigMap".into());
+    let wanted = BTreeMap::from([(BUNDLE_KEY.to_string(), roots_pem.to_string())]);
+    let what = || format!("ConfigMap {BUNDLE_CONFIGMAP} in {namespace}");
+    for _ in 0..3 {
+        match api.get_opt(BUNDLE_CONFIGMAP).await.with_context(|| format!("cannot read {}", what()))? {
+            Some(existing) if existing.data.as_ref() == Some(&wanted) => {
+                tracing::info!(%namespace, "the CA trust bundle in ConfigMap {BUNDLE_CONFIGMAP} is current");
+                return Ok(());
+            }
+            Some(mut existing) => {
+                existing.data = Some(wanted.clone());
+                match api.replace(BUNDLE_CONFIGMAP, &PostParams::default(), &existing).await {
+                    Ok(_) => {
+                        tracing::info!(%namespace, "updated the CA trust bundle in ConfigMap {BUNDLE_CONFIGMAP}");
+                        return Ok(());
+                    }
+                    // Another replica wrote it meanwhile: look again.
+                    Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                    Err(e) => return Err(e).with_context(|| format!("cannot update {}", what())),
+                }
+            }
+            None => {
+                let configmap = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(BUNDLE_CONFIGMAP.into()),
+                        namespace: Some(namespace.into()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".into(),
+                            "weft-controller".into(),
+                        )])),
+                        ..Default::default()
+                    },
+                    data: Some(wanted.clone()),
+                    ..Default::default()
+                };
+                match api.create(&PostParams::default(), &configmap).await {
+                    Ok(_) => {
+                        tracing::info!(%namespace, "published the CA trust bundle in ConfigMap {BUNDLE_CONFIGMAP}");
+                        return Ok(());
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                    Err(e) => return Err(e).with_context(|| format!("cannot create {}", what())),
+                }
+            }
+        }
     }
-    api.patch(BUNDLE_CONFIGMAP, &PatchParams::apply("weft-controller").force(), &Patch::Apply(value))
-        .await
-        .with_context(|| format!("cannot write ConfigMap {BUNDLE_CONFIGMAP} in {namespace}"))?;
-    tracing::info!(%namespace, "published the CA trust bundle in ConfigMap {BUNDLE_CONFIGMAP}");
-    Ok(())
+    anyhow::bail!("{} kept changing under us", what())
 }
 
 #[cfg(test)]
