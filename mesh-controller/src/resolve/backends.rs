@@ -16,12 +16,21 @@ pub struct RefProblem {
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Whether a backendRef into another namespace needs a ReferenceGrant there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grants {
+    Required,
+    /// Mesh routes (see `rules::is_mesh_only`).
+    NotNeeded,
+}
+
 /// Resolves one backendRef of a route of kind `kind` in namespace `route_namespace`.
 pub fn resolve(
     store: &Store,
     kind: RouteKind,
     route_namespace: &str,
     r: &BackendReference,
+    grants: Grants,
 ) -> Result<BackendKey, RefProblem> {
     let group = r.group.as_deref().unwrap_or("");
     let target_kind = r.kind.as_deref().unwrap_or("Service");
@@ -35,11 +44,12 @@ pub fn resolve(
             ),
         });
     }
-    let allowed = reference_grants::permits(
-        store,
-        From { group: GATEWAY_GROUP, kind: kind.as_str(), namespace: route_namespace },
-        To { group: "", kind: "Service", namespace, name: &r.name },
-    );
+    let allowed = grants == Grants::NotNeeded
+        || reference_grants::permits(
+            store,
+            From { group: GATEWAY_GROUP, kind: kind.as_str(), namespace: route_namespace },
+            To { group: "", kind: "Service", namespace, name: &r.name },
+        );
     if !allowed {
         return Err(RefProblem {
             reason: "RefNotPermitted",

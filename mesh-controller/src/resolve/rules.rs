@@ -37,7 +37,12 @@ pub struct ConvertedRules {
 
 pub fn convert(store: &Store, route: &RouteSpec<'_>) -> ConvertedRules {
     let mut out = ConvertedRules::default();
-    let ctx = Context { store, kind: route.key.kind, namespace: &route.key.object.namespace };
+    let ctx = Context {
+        store,
+        kind: route.key.kind,
+        namespace: &route.key.object.namespace,
+        mesh_only: is_mesh_only(route),
+    };
     let results: Vec<(usize, Option<&str>, Result<Rule, String>)> = match &route.rules {
         Rules::Http(rules) => rules
             .iter()
@@ -71,11 +76,26 @@ struct Context<'a> {
     store: &'a Store,
     kind: RouteKind,
     namespace: &'a str,
+    /// Every parent is a Service: a mesh (GAMMA) route.
+    mesh_only: bool,
+}
+
+/// Mesh routes may send traffic to backends in any namespace without a ReferenceGrant
+/// (GEP-1294): they re-route traffic that could already reach those Services, unlike a
+/// Gateway route, which exposes them. A route with a Gateway parent among its parents gets no
+/// such pass.
+fn is_mesh_only(route: &RouteSpec<'_>) -> bool {
+    !route.parent_refs.is_empty()
+        && route
+            .parent_refs
+            .iter()
+            .all(|p| p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service"))
 }
 
 impl Context<'_> {
     fn backend(&self, r: &BackendReference, problems: &mut Vec<RefProblem>) -> BackendRef {
-        match backends::resolve(self.store, self.kind, self.namespace, r) {
+        let grants = if self.mesh_only { backends::Grants::NotNeeded } else { backends::Grants::Required };
+        match backends::resolve(self.store, self.kind, self.namespace, r, grants) {
             Ok(key) => BackendRef::Service(key),
             Err(problem) => {
                 let reason = problem.message.clone();

@@ -756,3 +756,28 @@ spec:
     let set = timeouts_of("{request: 10s, backendRequest: 0s}");
     assert_eq!((set.request_ms, set.backend_request_ms), (Some(10_000), None));
 }
+
+/// GEP-1294: a mesh route may send traffic to Services in any namespace without a
+/// ReferenceGrant (MeshConsumerRoute); a Gateway route may not.
+#[test]
+fn mesh_routes_need_no_reference_grant_for_backends_in_other_namespaces() {
+    let consumer = mesh_route("client", "{group: \"\", kind: Service, name: web, namespace: apps}");
+    let r = resolve_yaml(&with_class(&consumer));
+    let rule = &r.config.routes["HTTPRoute/client/r"].rules[0];
+    assert!(
+        matches!(rule.backends[0].backend, BackendRef::Service(_)),
+        "the backend resolves: {:?}",
+        rule.backends[0].backend
+    );
+    assert_condition(&route_parent(&r, "client", "r", 0).conditions, "ResolvedRefs", "True", "ResolvedRefs");
+
+    // The same route with a Gateway parent too needs the grant.
+    let mixed = consumer.replace(
+        "parentRefs: [{group: \"\", kind: Service, name: web, namespace: apps}]",
+        "parentRefs: [{group: \"\", kind: Service, name: web, namespace: apps}, {name: gw, namespace: infra}]",
+    );
+    assert_ne!(mixed, consumer);
+    let r = resolve_yaml(&with_class(&(simple_gateway("{namespaces: {from: All}}") + &mixed)));
+    let rule = &r.config.routes["HTTPRoute/client/r"].rules[0];
+    assert!(matches!(rule.backends[0].backend, BackendRef::Invalid { .. }), "{:?}", rule.backends[0].backend);
+}
