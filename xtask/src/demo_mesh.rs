@@ -139,7 +139,11 @@ impl Lab {
             std::fs::write(&token, format!("token-of-{}", node.name))?;
             let mut proxy = node.netns.command(bin("weft-proxy"));
             proxy
-                .args(["--controller", &format!("http://{CONTROLLER}"), "--node", &node.name, "--inpod"])
+                // TLS to the controller (its certificate holds 10.98.0.1), verified with the
+                // CA folder's ca.crt; the node token also authenticates the config stream.
+                .args(["--controller", &format!("https://{CONTROLLER}"), "--node", &node.name, "--inpod"])
+                .arg("--controller-ca-bundle")
+                .arg(work.path().join("ca").join("ca.crt"))
                 .arg("--inpod-socket")
                 .arg(node.socket())
                 .arg("--ca-token-file")
