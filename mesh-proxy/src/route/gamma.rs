@@ -74,8 +74,9 @@ impl MeshRoutes {
         for ((frontend, consumers), mut list) in entries {
             list.sort_by(|a, b| a.order.cmp(&b.order));
             let routes = ListenerRoutes {
+                listener_hosts: Vec::new(),
                 port: frontend.port(),
-                hosts: vec![HostBucket { pattern: None, entries: list }],
+                hosts: vec![HostBucket { listener: None, pattern: None, entries: list }],
             };
             let service = frontends.entry(frontend).or_default();
             match consumers {

@@ -49,7 +49,13 @@ impl RoutingTable {
             for addr in &addrs {
                 by_addr
                     .entry(*addr)
-                    .or_insert_with(|| ListenerRoutes { port: listener.port, hosts: Vec::new() });
+                    .or_insert_with(|| ListenerRoutes {
+                        port: listener.port,
+                        listener_hosts: Vec::new(),
+                        hosts: Vec::new(),
+                    })
+                    .listener_hosts
+                    .push(listener.hostname.as_ref().map(|h| h.to_ascii_lowercase()));
                 if listener.protocol == ListenerProtocol::Https {
                     https.entry(*addr).or_default().push(listener);
                 }
@@ -57,7 +63,10 @@ impl RoutingTable {
             addr_of.insert(listener.key.to_string(), (addrs, listener.hostname.clone()));
         }
 
-        let mut buckets: HashMap<SocketAddr, BTreeMap<Option<String>, Vec<Entry>>> = HashMap::new();
+        // Keyed by (listener hostname, route hostname): a request is first given to the listener
+        // whose hostname matches it best, and only that listener's routes can answer it.
+        type BucketKey = (Option<String>, Option<String>);
+        let mut buckets: HashMap<SocketAddr, BTreeMap<BucketKey, Vec<Entry>>> = HashMap::new();
         for route in config.routes.values() {
             if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc) {
                 continue;
@@ -72,8 +81,9 @@ impl RoutingTable {
                 let listener_name = listener_key.to_string();
                 let Some((addrs, listener_hostname)) = addr_of.get(&listener_name) else { continue };
                 let listener_name: Arc<str> = listener_name.into();
+                let listener_hostname = listener_hostname.as_ref().map(|h| h.to_ascii_lowercase());
                 let hostnames: Vec<Option<String>> = if parent.hostnames.is_empty() {
-                    vec![listener_hostname.as_ref().map(|h| h.to_ascii_lowercase())]
+                    vec![listener_hostname.clone()]
                 } else {
                     parent.hostnames.iter().map(|h| Some(h.to_ascii_lowercase())).collect()
                 };
@@ -89,14 +99,13 @@ impl RoutingTable {
                         let order = MatchOrder::new(route, rule_index, match_index, m);
                         for addr in addrs {
                             for hostname in &hostnames {
-                                buckets.entry(*addr).or_default().entry(hostname.clone()).or_default().push(
-                                    Entry {
-                                        order: order.clone(),
-                                        matcher: matcher.clone(),
-                                        rule: compiled.clone(),
-                                        listener: listener_name.clone(),
-                                    },
-                                );
+                                let key = (listener_hostname.clone(), hostname.clone());
+                                buckets.entry(*addr).or_default().entry(key).or_default().push(Entry {
+                                    order: order.clone(),
+                                    matcher: matcher.clone(),
+                                    rule: compiled.clone(),
+                                    listener: listener_name.clone(),
+                                });
                             }
                         }
                     }
@@ -105,9 +114,9 @@ impl RoutingTable {
         }
         for (addr, hosts) in buckets {
             let Some(routes) = by_addr.get_mut(&addr) else { continue };
-            for (pattern, mut entries) in hosts {
+            for ((listener, pattern), mut entries) in hosts {
                 entries.sort_by(|a, b| a.order.cmp(&b.order));
-                routes.hosts.push(HostBucket { pattern, entries });
+                routes.hosts.push(HostBucket { listener, pattern, entries });
             }
         }
         let tls = https
@@ -157,10 +166,15 @@ impl RoutingTable {
 /// The routes reachable through one bound address.
 pub struct ListenerRoutes {
     pub port: u16,
+    /// Hostnames of the listeners sharing this address (`None`: a listener without one). Empty
+    /// for mesh routes, which have no listeners.
+    listener_hosts: Vec<Option<String>>,
     hosts: Vec<HostBucket>,
 }
 
 struct HostBucket {
+    /// The hostname of the listener these routes attach through.
+    listener: Option<String>,
     /// Lower-cased hostname or `*.` wildcard; `None` is any host.
     pattern: Option<String>,
     /// In precedence order.
@@ -182,12 +196,27 @@ pub struct Selected<'a> {
 }
 
 impl ListenerRoutes {
-    /// Only the most specific hostname that matches `host` is considered; within it, the first
-    /// match in precedence order wins.
+    /// The request goes to the listener whose hostname matches `host` best (listener
+    /// isolation: a route on `*.example.com` never answers a host that `foo.example.com`'s
+    /// listener takes, even when that listener has no matching route). Among that listener's
+    /// routes only the most specific hostname that matches `host` is considered; within it, the
+    /// first match in precedence order wins.
     pub fn select(&self, host: &str, req: &RequestView<'_>) -> Option<Selected<'_>> {
+        let listener = if self.listener_hosts.is_empty() {
+            None
+        } else {
+            Some(
+                self.listener_hosts
+                    .iter()
+                    .filter_map(|l| hostname_rank(l.as_deref(), host).map(|rank| (rank, l)))
+                    .min_by(|a, b| a.0.cmp(&b.0))?
+                    .1,
+            )
+        };
         let bucket = self
             .hosts
             .iter()
+            .filter(|b| listener.is_none_or(|l| *l == b.listener))
             .filter_map(|b| hostname_rank(b.pattern.as_deref(), host).map(|rank| (rank, b)))
             .min_by(|a, b| a.0.cmp(&b.0))?
             .1;
@@ -327,5 +356,85 @@ impl CompiledRule {
             ticket -= weight;
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, Method};
+    use mesh_api::model::*;
+
+    use super::RoutingTable;
+    use super::matching::RequestView;
+    use crate::balance::Registry;
+
+    const ADDR: &str = "10.250.128.9:80";
+
+    fn listener(config: &mut Config, section: &str, hostname: Option<&str>) {
+        config.insert_listener(Listener {
+            key: ListenerKey { gateway: ObjectKey::new("infra", "gw"), section: section.into() },
+            addresses: vec!["10.250.128.9".parse().expect("ip")],
+            port: 80,
+            protocol: ListenerProtocol::Http,
+            hostname: hostname.map(str::to_owned),
+            tls: None,
+        });
+    }
+
+    fn route(config: &mut Config, name: &str, section: &str, hostnames: &[&str], path: &str) {
+        config.insert_route(Route {
+            key: RouteKey { kind: RouteKind::Http, object: ObjectKey::new("infra", name) },
+            created: 0,
+            parents: vec![RouteParent {
+                target: ParentTarget::Listener(ListenerKey {
+                    gateway: ObjectKey::new("infra", "gw"),
+                    section: section.into(),
+                }),
+                hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
+            }],
+            rules: vec![Rule {
+                matches: vec![RouteMatch::Http(HttpMatch {
+                    path: PathMatch::Prefix(path.into()),
+                    ..Default::default()
+                })],
+                backends: vec![WeightedBackend {
+                    weight: 1,
+                    backend: BackendRef::Invalid { reason: "not needed here".into() },
+                    filters: vec![],
+                }],
+                ..Default::default()
+            }],
+        });
+    }
+
+    fn chosen(table: &RoutingTable, host: &str, path: &str) -> Option<String> {
+        let headers = HeaderMap::new();
+        let view = RequestView { method: &Method::GET, path, query: None, headers: &headers };
+        let routes = table.listener(&ADDR.parse().expect("addr"))?;
+        routes.select(host, &view).map(|s| s.rule.route.clone())
+    }
+
+    /// GatewayHTTPListenerIsolation: the listener with the most specific matching hostname
+    /// takes the request, and only its routes may answer it.
+    #[test]
+    fn a_request_is_answered_only_by_the_routes_of_the_best_matching_listener() {
+        let mut config = Config::default();
+        listener(&mut config, "any", None);
+        listener(&mut config, "wildcard", Some("*.example.com"));
+        listener(&mut config, "exact", Some("foo.example.com"));
+        // On the hostname-less listener, a route that names hostnames the other listeners take.
+        route(&mut config, "everything", "any", &["bar.com", "*.example.com", "foo.example.com"], "/");
+        route(&mut config, "wild", "wildcard", &[], "/wild");
+        let table = RoutingTable::build(&config, &Registry::default());
+
+        assert_eq!(chosen(&table, "bar.com", "/").as_deref(), Some("HTTPRoute/infra/everything"));
+        assert_eq!(chosen(&table, "bar.example.com", "/wild").as_deref(), Some("HTTPRoute/infra/wild"));
+        assert_eq!(chosen(&table, "bar.example.com", "/"), None, "the wildcard listener has no route for /");
+        assert_eq!(chosen(&table, "foo.example.com", "/wild"), None, "the exact listener has no routes");
+        assert_eq!(
+            chosen(&table, "example.com", "/"),
+            None,
+            "bar.com etc. only; no listener or route for it"
+        );
     }
 }
