@@ -56,15 +56,21 @@ FEATURES=(
   MeshHTTPRouteNamedRouteRule
 )
 
+# Tests of v1.5.1 that cannot pass on any implementation, skipped with the reason:
+# - MeshHTTPRoute307Redirect applies tests/mesh/httproute-303-redirect.yaml (a route for
+#   /redirect only) and then expects a 307 for /temporary (httproute-307-redirect.go:42); v1.6.0
+#   applies httproute-307-redirect.yaml instead.
+BROKEN_UPSTREAM="MeshHTTPRoute307Redirect"
+
 run_test=""
-skip_tests=""
+skip_tests="${BROKEN_UPSTREAM}"
 down=false
 build=true
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --profiles) PROFILES="$2"; shift 2 ;;
     --run-test) run_test="$2"; shift 2 ;;
-    --skip-tests) skip_tests="$2"; shift 2 ;;
+    --skip-tests) skip_tests="${BROKEN_UPSTREAM},$2"; shift 2 ;;
     --down) down=true; shift ;;
     --no-build) build=false; shift ;;
     *) die "usage: run.sh [--profiles P,...] [--run-test NAME] [--skip-tests A,B] [--down] [--no-build]" ;;
@@ -100,6 +106,24 @@ images() {
 }
 
 address_pool() { nsx ip route replace local "${GATEWAY_POOL}" dev lo; }
+
+# The suite applies mesh/manifests.yaml and then waits only for the pods that already exist,
+# so on a cluster slower to create pods than the suite is to start its first mesh test, that
+# test finds no pods ("no pods found in app app=echo,version=v1"). Applying the suite's own
+# manifests first (in enrolled namespaces, as the suite would label them) and waiting for the
+# Deployments removes the race; the suite's apply is then a no-op.
+mesh_warmup() {
+  local manifests ns
+  manifests="$(go_env && cd "${here}" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)/mesh/manifests.yaml"
+  for ns in gateway-conformance-mesh gateway-conformance-mesh-consumer; do
+    kc create namespace "${ns}" --dry-run=client -o yaml | kc apply -f - >/dev/null
+    kc label --overwrite namespace "${ns}" weft.dev/mesh=enabled >/dev/null
+  done
+  kc apply -f "${manifests}" >/dev/null
+  for ns in gateway-conformance-mesh gateway-conformance-mesh-consumer; do
+    kc -n "${ns}" wait --for condition=Available deployment --all --timeout 3m >/dev/null
+  done
+}
 
 install_weft() {
   # The node tier's paths (charts/weft/ci/node-tier-values.yaml), for this WEFT_STATE.
@@ -180,6 +204,7 @@ step "node cluster" cluster_up
 step "images" images
 step "gateway address pool" address_pool
 step "helm install" install_weft
+step "mesh workloads" mesh_warmup
 step "suite binary" suite_binary
 suite_status=1
 step "suite" run_suite
