@@ -320,16 +320,27 @@ async fn token_review_names_the_proxy_pods_node_and_the_ca_secret_is_reused() {
         tokens.push(issued.status.expect("token status").token);
     }
 
-    let authenticator = Authenticator::TokenReview {
+    let authenticator = std::sync::Arc::new(Authenticator::TokenReview {
         client: client.clone(),
         proxy_username: format!("system:serviceaccount:{ns}:weft-proxy"),
         trust_domain: "cluster.local".into(),
-    };
+    });
     let caller = authenticator.authenticate(&tokens[0]).await.expect("the proxy's token is good");
     assert_eq!(caller.node, node_name);
     assert_eq!(caller.identity.to_string(), format!("spiffe://cluster.local/ns/{ns}/sa/weft-proxy"));
     assert!(matches!(authenticator.authenticate(&tokens[1]).await, Err(Refusal::NotTheProxy(..))));
     assert!(matches!(authenticator.authenticate("not-a-jwt").await, Err(Refusal::BadToken(_))));
+
+    // The config stream admits the same token, for its own node only.
+    let subscribers = mesh_controller::config_server::Subscribers::Authenticated(authenticator.clone());
+    let admitted = subscribers.admit(Some(&tokens[0]), &node_name).await.expect("the proxy, as its node");
+    assert_eq!(admitted.map(|c| c.node), Some(node_name.clone()));
+    let (reason, status) = subscribers.admit(Some(&tokens[0]), "another-node").await.expect_err("other node");
+    assert_eq!((reason, status.code()), ("wrong_node", tonic::Code::PermissionDenied));
+    let (reason, status) = subscribers.admit(Some(&tokens[1]), &node_name).await.expect_err("not the proxy");
+    assert_eq!((reason, status.code()), ("not_the_proxy", tonic::Code::PermissionDenied));
+    let (reason, status) = subscribers.admit(Some("not-a-jwt"), &node_name).await.expect_err("bad token");
+    assert_eq!((reason, status.code()), ("bad_token", tonic::Code::Unauthenticated));
 
     let first = mesh_controller::ca::storage::load_or_create_secret(client.clone(), &ns, "cluster.local")
         .await
@@ -338,6 +349,29 @@ async fn token_review_names_the_proxy_pods_node_and_the_ca_secret_is_reused() {
         .await
         .expect("read back");
     assert_eq!(first, second, "a second replica signs with the same root");
+
+    // The trust bundle: created, left alone when current, updated when the roots change;
+    // public certificates only.
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use mesh_controller::ca::serving::{BUNDLE_CONFIGMAP, BUNDLE_KEY, publish_bundle};
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    publish_bundle(client.clone(), &ns, &first.bundle_pem).await.expect("created");
+    let created = configmaps.get(BUNDLE_CONFIGMAP).await.expect("ConfigMap");
+    let data = created.data.clone().expect("data");
+    assert_eq!(data.keys().collect::<Vec<_>>(), vec![BUNDLE_KEY]);
+    assert_eq!(data[BUNDLE_KEY], first.bundle_pem);
+    assert!(!data[BUNDLE_KEY].contains("PRIVATE KEY"));
+    publish_bundle(client.clone(), &ns, &first.bundle_pem).await.expect("unchanged");
+    let unchanged = configmaps.get(BUNDLE_CONFIGMAP).await.expect("ConfigMap");
+    assert_eq!(unchanged.metadata.resource_version, created.metadata.resource_version, "no needless write");
+    let rotated = mesh_controller::ca::authority::CaMaterial::generate(
+        "cluster.local",
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("another root");
+    publish_bundle(client.clone(), &ns, &rotated.bundle_pem).await.expect("updated");
+    let updated = configmaps.get(BUNDLE_CONFIGMAP).await.expect("ConfigMap");
+    assert_eq!(updated.data.expect("data")[BUNDLE_KEY], rotated.bundle_pem);
 
     nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete node");
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
