@@ -60,11 +60,27 @@ pub struct Running {
     pub store: Arc<ConfigStore>,
     pub metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
+    /// The Gateway listeners' task, and how to stop it ([`Running::shutdown`]).
+    listeners: Option<JoinHandle<()>>,
+    stop_listeners: tokio::sync::watch::Sender<Option<listener::Stop>>,
+}
+
+impl Running {
+    /// Closes the Gateway listeners — each once a new proxy listens beside it, when
+    /// `handover` (see [`inpod::handover`]) — and waits for their open connections to finish,
+    /// all by `until`.
+    pub async fn shutdown(&mut self, until: std::time::Instant, handover: bool) {
+        let _ = self.stop_listeners.send(Some(listener::Stop { until, handover }));
+        if let Some(task) = self.listeners.take() {
+            let _ = task.await;
+        }
+        listener::drained(&self.store, until).await;
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.listeners) {
             task.abort();
         }
     }
@@ -81,15 +97,14 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let more_metrics = Arc::new(admin::MoreMetrics::default());
     tracing::info!(%admin, "admin listening");
 
-    let mut tasks = vec![
-        tokio::spawn(admin::serve(admin_socket, store.clone(), more_metrics.clone())),
-        tokio::spawn(listener::run(store.clone(), proxy.clone())),
-    ];
+    let mut tasks = vec![tokio::spawn(admin::serve(admin_socket, store.clone(), more_metrics.clone()))];
+    let (stop_listeners, stop) = tokio::sync::watch::channel(None);
+    let listeners = Some(tokio::spawn(listener::run(store.clone(), proxy.clone(), stop)));
     match options.source {
         Source::Manifests(dir) => tasks.push(tokio::spawn(config::manifests::watch(dir, store.clone()))),
         Source::File(path) => store.install(1, config::file::load(&path)?),
         Source::Controller(sub) => tasks.push(tokio::spawn(config::controller::follow(sub, store.clone()))),
         Source::Fixed(config) => store.install(1, config),
     }
-    Ok(Running { admin, more_metrics, proxy, store, metrics, tasks })
+    Ok(Running { admin, more_metrics, proxy, store, metrics, tasks, listeners, stop_listeners })
 }

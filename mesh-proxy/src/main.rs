@@ -64,7 +64,8 @@ struct Args {
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// On shutdown, how long meshed pods' open connections may finish (seconds).
+    /// On shutdown, how long the hand-over to a new proxy (an upgrade) and then the open
+    /// connections of meshed pods and Gateway listeners may take, in all (seconds).
     #[arg(long, default_value_t = mesh_proxy::inpod::DEFAULT_DRAIN_DEADLINE.as_secs())]
     drain_seconds: u64,
 }
@@ -136,11 +137,21 @@ async fn main() -> anyhow::Result<()> {
         }
         false => None,
     };
+    let mut running = running;
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    if let Some(inpod) = inpod {
-        inpod.shutdown(Duration::from_secs(args.drain_seconds)).await;
-    }
+    // One deadline for everything: handing the pods and the Gateway listeners over to a new
+    // proxy, if one has started (an upgrade), then draining open connections.
+    let drain = Duration::from_secs(args.drain_seconds);
+    let until = std::time::Instant::now() + drain;
+    let handover = inpod.as_ref().is_some_and(InpodServer::superseded);
+    tracing::info!(handover, ?drain, "shutting down");
+    let pods = async {
+        if let Some(inpod) = inpod {
+            inpod.shutdown(drain).await;
+        }
+    };
+    tokio::join!(pods, running.shutdown(until, handover));
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -102,7 +102,16 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 
 /// Binds the admin address (port 0 picks one; the bound address is returned).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    // During an upgrade the new proxy starts while the old one still serves this port (on the
+    // host network both use the node's): both listen (inpod::handover).
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@
 //! needed. Accepted connections go to a [`PodTraffic`]; the proxy's own connections are made
 //! from inside the pod's netns by its [`PodSocketFactory`], with mark 0x5746 so the rules let
 //! them pass. [`Passthrough`] is the default: deliver unchanged.
+//!
+//! Upgrades overlap the old and the new proxy without refusing a connection: [`handover`].
 
+pub mod handover;
 pub mod metrics;
 pub mod netns;
 pub mod pod;

@@ -1,6 +1,7 @@
 //! One adopted pod: its three listeners, opened inside its netns, the accept loops that hand
 //! connections to [`PodTraffic`], and draining.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::handover::{Proto, SocketTables};
 use super::metrics::InpodMetrics;
 use super::netns::PodNetns;
 use super::socket::{PodSocketFactory, listen_here};
@@ -55,6 +57,10 @@ enum Kind {
 
 pub struct AdoptedPod {
     pub context: Arc<PodContext>,
+    /// Where this pod's listeners are bound, and their sockets' inodes: what a successor
+    /// proxy must listen on too before this one lets go ([`super::handover`]).
+    bound: Vec<SocketAddr>,
+    inodes: HashSet<u64>,
     phase: watch::Sender<Phase>,
     /// Closed (all senders dropped) once every accept loop and connection has finished.
     finished: mpsc::Receiver<()>,
@@ -67,6 +73,9 @@ struct Listeners {
 }
 
 fn open_listeners(ports: Ports, mark: u32) -> io::Result<Listeners> {
+    if let Err(error) = super::handover::enable_migration_here() {
+        tracing::debug!(%error, "tcp_migrate_req not set in the pod");
+    }
     let mut listeners = Vec::new();
     // Outbound arrives by `redirect` in the output hook, which rewrites the destination to
     // loopback; listening there only keeps the port unreachable from outside the pod.
@@ -129,6 +138,12 @@ impl AdoptedPod {
     ) -> io::Result<AdoptedPod> {
         let netns = Arc::new(netns);
         let Listeners { listeners } = netns.run_on_thread(move || open_listeners(ports, mark))??;
+        let mut bound = Vec::new();
+        let mut inodes = HashSet::new();
+        for (_, listener) in &listeners {
+            bound.push(listener.local_addr()?);
+            inodes.insert(super::handover::inode(listener)?);
+        }
         let context = Arc::new(PodContext { info, sockets: PodSocketFactory::new(netns, mark) });
         let (phase, _) = watch::channel(Phase::Running);
         let (done, finished) = mpsc::channel(1);
@@ -147,7 +162,19 @@ impl AdoptedPod {
                 done: done.clone(),
             })));
         }
-        Ok(AdoptedPod { context, phase, finished, accept_loops })
+        Ok(AdoptedPod { context, bound, inodes, phase, finished, accept_loops })
+    }
+
+    /// Whether another proxy listens on every address this pod's listeners are bound to, in
+    /// the pod's netns: a successor has adopted the pod.
+    pub fn taken_over(&self) -> io::Result<bool> {
+        let mut tables = self.context.netns().run_here(|| SocketTables::open_here(Proto::Tcp))??;
+        for addr in &self.bound {
+            if !tables.someone_else_on(*addr, &self.inodes)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether `netns` is the namespace this pod was adopted with.
@@ -199,17 +226,41 @@ struct AcceptLoop {
 async fn accept_loop(mut l: AcceptLoop) {
     loop {
         let accepted = tokio::select! {
-            _ = l.phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = l.phase.wait_for(|p| *p != Phase::Running) => break,
             accepted = l.listener.accept() => accepted,
         };
-        let conn = match accepted {
-            Ok((conn, _peer)) => conn,
+        match accepted {
+            Ok((conn, _peer)) => l.serve(conn),
             Err(error) => {
                 tracing::warn!(pod = l.pod.uid(), kind = ?l.kind, %error, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
             }
-        };
+        }
+    }
+    // Connections the kernel has already queued on this listener would be reset when it
+    // closes: take them first. (During a hand-over the successor's listener gets every new
+    // connection that arrives after the close.)
+    let Ok(listener) = listener_std(&l.listener) else { return };
+    while let Ok((conn, _)) = listener.accept() {
+        match conn.set_nonblocking(true).and_then(|()| TcpStream::from_std(conn)) {
+            Ok(conn) => l.serve(conn),
+            Err(error) => tracing::debug!(pod = l.pod.uid(), %error, "queued connection dropped"),
+        }
+    }
+}
+
+/// A second handle on the tokio listener's socket, non-blocking, for the final accepts.
+fn listener_std(listener: &TcpListener) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::SockRef::from(listener);
+    let dup = socket.try_clone()?;
+    dup.set_nonblocking(true)?;
+    Ok(dup.into())
+}
+
+impl AcceptLoop {
+    /// Hands one accepted connection to the pod's traffic handler.
+    fn serve(&self, conn: TcpStream) {
+        let l = self;
         let _ = conn.set_nodelay(true);
         let pod = l.pod.clone();
         let handler = match l.kind {
@@ -227,13 +278,13 @@ async fn accept_loop(mut l: AcceptLoop) {
                     // it "through" would connect the proxy to itself.
                     Ok(dst) if dst.port() == own_port => {
                         tracing::debug!(pod = l.pod.uid(), %dst, "connection to the proxy port itself refused");
-                        continue;
+                        return;
                     }
                     Ok(dst) => dst,
                     Err(error) => {
                         InpodMetrics::inc(&l.metrics.original_dst_failures);
                         tracing::warn!(pod = l.pod.uid(), %error, "no original destination; connection dropped");
-                        continue;
+                        return;
                     }
                 };
                 InpodMetrics::inc(counter);

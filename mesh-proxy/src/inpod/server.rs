@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mesh_api::inpod::{PodInfo, Reply, Request};
 use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket};
@@ -80,9 +80,14 @@ pub struct InpodServer {
     state: Arc<State>,
     accept: JoinHandle<()>,
     path: PathBuf,
+    /// (device, inode) of the socket file this server bound at `path`: when `path` names
+    /// another file, a successor proxy has started ([`super::handover`]).
+    socket_file: Option<(u64, u64)>,
 }
 
-/// Creates the listening socket at `path`, replacing a stale one a previous proxy left.
+/// Creates the listening socket at `path`, replacing the one a previous proxy left there. That
+/// proxy may still be running (an upgrade): it keeps its socket, now unnamed, and the
+/// connections it accepted on it, while every new client reaches this one.
 fn listen_at(path: &Path) -> io::Result<OwnedFd> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -109,6 +114,7 @@ impl InpodServer {
     pub async fn start(config: InpodConfig, traffic: Arc<dyn PodTraffic>) -> io::Result<InpodServer> {
         let listener = super::wire::register(listen_at(&config.socket)?)?;
         let path = config.socket.clone();
+        let socket_file = super::handover::file_id(&path)?;
         tracing::info!(socket = %path.display(), "in-pod server listening");
         let state = Arc::new(State {
             config,
@@ -118,7 +124,7 @@ impl InpodServer {
             clock: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone()));
-        Ok(InpodServer { state, accept, path })
+        Ok(InpodServer { state, accept, path, socket_file })
     }
 
     pub fn metrics(&self) -> &Arc<InpodMetrics> {
@@ -143,13 +149,43 @@ impl InpodServer {
         uids
     }
 
+    /// Whether another proxy has bound the in-pod socket path since this one did: it gets
+    /// every new pod and, from weft-cni's repair loop, every live one.
+    pub fn superseded(&self) -> bool {
+        match super::handover::file_id(&self.path) {
+            Ok(now) => now.is_some() && now != self.socket_file,
+            Err(_) => false,
+        }
+    }
+
     /// Stops taking requests, closes every pod's listeners, and lets open connections finish
-    /// for up to `deadline`.
+    /// for up to `deadline`. When a successor proxy has started ([`superseded`]), each pod's
+    /// listeners stay open until the successor listens beside them (or the deadline), so the
+    /// pods' new connections always find a proxy; the deadline covers both phases.
+    ///
+    /// [`superseded`]: Self::superseded
     pub async fn shutdown(self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        let handover = self.superseded();
         self.accept.abort();
         let entries: Vec<Entry> = self.state.pods().drain().map(|(_, entry)| entry).collect();
-        futures::future::join_all(entries.into_iter().map(|e| e.pod.drain(deadline))).await;
-        let _ = std::fs::remove_file(&self.path);
+        if handover {
+            tracing::info!(pods = entries.len(), "a new proxy has started: handing the pods over");
+        }
+        futures::future::join_all(entries.into_iter().map(|e| async move {
+            if handover {
+                let uid = e.pod.context.uid().to_string();
+                if super::handover::wait_until_taken(&uid, until, || e.pod.taken_over()).await {
+                    tracing::info!(pod = uid, "pod taken over by the new proxy");
+                }
+            }
+            e.pod.drain(until.saturating_duration_since(Instant::now())).await
+        }))
+        .await;
+        // The path is the successor's now; only a socket file of our own is ours to remove.
+        if !handover && super::handover::file_id(&self.path).ok().flatten() == self.socket_file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

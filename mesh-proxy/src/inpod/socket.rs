@@ -53,9 +53,12 @@ impl PodSocketFactory {
 }
 
 /// Binds and listens a socket already created in the right namespace. `SO_REUSEADDR` lets a
-/// restarted proxy bind its ports again while the previous one's connections sit in TIME_WAIT.
+/// restarted proxy bind its ports again while the previous one's connections sit in TIME_WAIT;
+/// `SO_REUSEPORT` lets a new proxy listen beside the old one during an upgrade
+/// ([`super::handover`]).
 pub fn bind_std(socket: Socket, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         // One listener per family: an IPv4-mapped connection on an IPv6 socket would need the
         // IPv6 original-destination lookup to answer for an IPv4 redirect, which it does not.

@@ -7,20 +7,23 @@ pub mod sni;
 pub mod tls;
 pub mod udp;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mesh_api::model::{Listener, ListenerProtocol, TlsMode};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigStore;
+use crate::inpod;
+use crate::inpod::handover::Proto;
 use crate::proxy::{Inbound, Proxy};
 
 /// Largest request head accepted: generous for cookies and tokens, small enough that a client
@@ -64,23 +67,48 @@ fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
         .collect()
 }
 
-/// Reconciles the bound sockets with every config change, until the task is dropped.
-pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+/// How the Gateway listeners stop ([`run`]'s `stop`).
+#[derive(Clone, Copy, Debug)]
+pub struct Stop {
+    /// Everything (the hand-over and the open connections) is over by then.
+    pub until: Instant,
+    /// A new proxy has started: keep each listener until it listens on the same address.
+    /// Also assumed when, at the stop, another socket already listens on one of ours.
+    pub handover: bool,
+}
+
+/// One bound address.
+struct Bound {
+    task: AbortOnDrop,
+    /// The socket's inode, to tell it from a successor's in the kernel's tables.
+    inode: u64,
+    /// Tells the accept loop to take what is queued and close (TCP).
+    close: watch::Sender<bool>,
+}
+
+/// Reconciles the bound sockets with every config change until `stop` says otherwise, then
+/// closes them (after a hand-over, see [`Stop`]) and returns. Connections already accepted run
+/// on in their own tasks; [`drained`] waits for them.
+pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>, mut stop: watch::Receiver<Option<Stop>>) {
     let mut changes = store.subscribe();
-    let mut bound: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
-    let mut udp_bound: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
-    loop {
+    let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
+    let mut udp_bound: HashMap<SocketAddr, Bound> = HashMap::new();
+    let how = loop {
         let udp_wanted: BTreeSet<SocketAddr> = store.load().routes.udp_addresses().copied().collect();
         udp_bound.retain(|addr, _| udp_wanted.contains(addr));
         for addr in udp_wanted {
             if udp_bound.contains_key(&addr) {
                 continue;
             }
-            match tokio::net::UdpSocket::bind(addr).await {
+            match bind_udp(addr) {
                 Ok(socket) => {
                     tracing::info!(%addr, "listening (UDP)");
+                    let inode = inpod::handover::inode(&socket).unwrap_or_default();
                     let task = tokio::spawn(udp::serve(socket, addr, store.clone()));
-                    udp_bound.insert(addr, AbortOnDrop(task));
+                    udp_bound.insert(
+                        addr,
+                        Bound { task: AbortOnDrop(task), inode, close: watch::Sender::new(false) },
+                    );
                 }
                 Err(error) => tracing::error!(%addr, %error, "cannot bind UDP listener"),
             }
@@ -100,16 +128,79 @@ pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
             match bind(addr) {
                 Ok(socket) => {
                     tracing::info!(%addr, "listening");
-                    let task = tokio::spawn(accept(socket, addr, store.clone(), proxy.clone()));
-                    bound.insert(addr, AbortOnDrop(task));
+                    let inode = inpod::handover::inode(&socket).unwrap_or_default();
+                    let (close, closing) = watch::channel(false);
+                    let task = tokio::spawn(accept(socket, addr, store.clone(), proxy.clone(), closing));
+                    bound.insert(addr, Bound { task: AbortOnDrop(task), inode, close });
                 }
                 // Tried again on the next config change.
                 Err(error) => tracing::error!(%addr, %error, "cannot bind listener"),
             }
         }
-        if changes.changed().await.is_err() {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            how = stop.wait_for(Option::is_some) => match how {
+                Ok(how) => break *how,
+                Err(_) => return,
+            },
+        }
+    };
+    let Some(Stop { until, handover }) = how else { return };
+    close_all(bound, udp_bound, until, handover).await;
+}
+
+/// Closes every listener, each once a successor listens on its address when there is one.
+async fn close_all(
+    bound: HashMap<SocketAddr, Bound>,
+    udp_bound: HashMap<SocketAddr, Bound>,
+    until: Instant,
+    handover: bool,
+) {
+    let ours: HashSet<u64> = bound.values().chain(udp_bound.values()).map(|b| b.inode).collect();
+    let tables = |proto| inpod::handover::SocketTables::open_here(proto);
+    let handover = handover || {
+        // A new proxy that serves no pods (a standalone gateway) is seen by its sockets.
+        let mut tcp = tables(Proto::Tcp).ok();
+        bound
+            .keys()
+            .any(|addr| tcp.as_mut().is_some_and(|t| t.someone_else_on(*addr, &ours).unwrap_or(false)))
+    };
+    let all = bound.into_iter().map(|(addr, b)| (addr, b, Proto::Tcp));
+    let all = all.chain(udp_bound.into_iter().map(|(addr, b)| (addr, b, Proto::Udp)));
+    futures::future::join_all(all.map(|(addr, bound, proto)| {
+        let ours = &ours;
+        async move {
+            if handover {
+                let what = addr.to_string();
+                let mut table = tables(proto);
+                let taken = inpod::handover::wait_until_taken(&what, until, || match &mut table {
+                    Ok(table) => table.someone_else_on(addr, ours),
+                    Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+                });
+                if taken.await {
+                    tracing::info!(%addr, "listener taken over by the new proxy");
+                }
+            }
+            let _ = bound.close.send(true);
+            if proto == Proto::Tcp {
+                // The accept loop takes what is queued, then ends (closing the socket).
+                let _ = tokio::time::timeout(Duration::from_secs(1), bound.task.wait()).await;
+            }
+            tracing::info!(%addr, "listener closed");
+        }
+    }))
+    .await;
+}
+
+/// Waits until no accepted Gateway connection is open, or `until`.
+pub async fn drained(store: &ConfigStore, until: Instant) {
+    let metrics = store.metrics();
+    while metrics.active_connections.load(Ordering::Relaxed) > 0 {
+        if Instant::now() >= until {
+            tracing::info!("drain deadline passed; closing open Gateway connections");
             return;
         }
+        tokio::time::sleep(inpod::handover::POLL).await;
     }
 }
 
@@ -120,6 +211,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     // A restarted proxy must rebind at once, not after TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // A new proxy listens beside the old one during an upgrade (inpod::handover).
+    socket.set_reuseport(true)?;
     // A Gateway's address may not be on any interface of this node yet (a pool address the
     // node answers for through a local route, or one still being announced): bind anyway.
     match addr {
@@ -131,7 +224,30 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A UDP listener socket, shareable with a new proxy during an upgrade like [`bind`]'s.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => {
+            socket.set_only_v6(true)?;
+            socket.set_freebind_v6(true)?;
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -154,57 +270,103 @@ pub fn http_server() -> auto::Builder<TokioExecutor> {
     server
 }
 
-async fn accept(socket: TcpListener, bind: SocketAddr, store: Arc<ConfigStore>, proxy: Arc<Proxy>) {
+async fn accept(
+    socket: TcpListener,
+    bind: SocketAddr,
+    store: Arc<ConfigStore>,
+    proxy: Arc<Proxy>,
+    mut close: watch::Receiver<bool>,
+) {
     let server = Arc::new(http_server());
     loop {
-        let (stream, peer) = match socket.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            _ = close.wait_for(|c| *c) => break,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => serve(stream, peer, bind, &store, &proxy, &server, &close),
             Err(error) => {
                 // Usually out of file descriptors: back off instead of spinning.
                 tracing::warn!(%bind, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
+        }
+    }
+    // Connections the kernel already queued would be reset by the close: take them first.
+    let Ok(queued) = socket2::SockRef::from(&socket).try_clone() else { return };
+    let queued: std::net::TcpListener = queued.into();
+    if queued.set_nonblocking(true).is_err() {
+        return;
+    }
+    while let Ok((stream, peer)) = queued.accept() {
+        if let Ok(stream) =
+            stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            serve(stream, peer, bind, &store, &proxy, &server, &close);
+        }
+    }
+}
+
+/// Serves one accepted connection in its own task. Once `closing` (the listener was handed
+/// over), HTTP connections finish their request in progress and close, so keep-alive clients
+/// reconnect to the new proxy.
+fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    bind: SocketAddr,
+    store: &Arc<ConfigStore>,
+    proxy: &Arc<Proxy>,
+    server: &Arc<auto::Builder<TokioExecutor>>,
+    closing: &watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let server = server.clone();
+    let proxy = proxy.clone();
+    let store = store.clone();
+    let mut closing = closing.clone();
+    // Counted before the task runs, so a drain never sees zero while one is about to start.
+    store.metrics().active_connections.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let metrics = store.metrics();
+        // TCP and TLS-passthrough connections are spliced; what they leave is HTTP(S).
+        let Some(stream) = l4::serve(stream, bind, &store).await else {
+            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+            return;
         };
-        let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let proxy = proxy.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            let metrics = store.metrics();
-            metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-            // TCP and TLS-passthrough connections are spliced; what they leave is HTTP(S).
-            let Some(stream) = l4::serve(stream, bind, &store).await else {
-                metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-                return;
-            };
-            // The snapshot current at accept time says whether this address terminates TLS.
-            let tls = store.load().routes.tls(&bind);
-            let verdicts = framing::Verdicts::default();
-            let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone(), mesh: None };
-            let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
-            let result = match tls {
-                None => {
-                    let stream = framing::Scanned::new(stream, verdicts);
-                    server.serve_connection_with_upgrades(TokioIo::new(stream), service).await
-                }
-                Some(config) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let stream = framing::Scanned::new(stream, verdicts);
-                            server.serve_connection_with_upgrades(TokioIo::new(stream), service).await
-                        }
-                        // Garbage or a client that gives up: only this connection closes.
-                        Ok(Err(error)) => Err(error.into()),
-                        Err(_) => Err("TLS handshake timed out".into()),
+        // The snapshot current at accept time says whether this address terminates TLS.
+        let tls = store.load().routes.tls(&bind);
+        let verdicts = framing::Verdicts::default();
+        let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone(), mesh: None };
+        let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
+        macro_rules! serve_until_closed {
+            ($io:expr) => {{
+                let mut conn = std::pin::pin!(server.serve_connection_with_upgrades($io, service));
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    Ok(()) = async { closing.wait_for(|c| *c).await.map(drop) } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
                     }
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            }};
+        }
+        let result = match tls {
+            None => serve_until_closed!(TokioIo::new(framing::Scanned::new(stream, verdicts))),
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_until_closed!(TokioIo::new(framing::Scanned::new(stream, verdicts)))
+                    }
+                    // Garbage or a client that gives up: only this connection closes.
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                }
             }
-            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+        metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+    });
 }
