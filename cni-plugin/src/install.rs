@@ -9,8 +9,17 @@
 //!    own DaemonSet, typically) rewrites the file.
 //! 4. Repair: keeps a connection to the proxy's in-pod socket; on every (re)connect it re-hands
 //!    every pod in the state dir, then says SnapshotSent, so a restarted proxy re-adopts the
-//!    pods without touching them.
-//! 5. On SIGTERM/SIGINT (or `weft-cni uninstall`), removes the entry and the binary.
+//!    pods without touching them. A new proxy that starts while the old one still runs (an
+//!    upgrade: see mesh-proxy's `inpod::handover`) binds a fresh socket at the same path; the
+//!    loop notices that the path names another socket than the one it is connected to and
+//!    hands the new proxy every pod the same way.
+//! 5. On SIGTERM/SIGINT (or `weft-cni uninstall`), removes the entry and the binary — unless a
+//!    newer installer has started meanwhile. During an upgrade the old and the new DaemonSet
+//!    pod overlap, each with an installer: the newest one to start writes its token to
+//!    `<state dir>/.installer` and from then on alone manages the chain (two watchers would
+//!    rewrite the file after each other forever); the old one, on SIGTERM, leaves the config
+//!    and binary to it. If the owner stops and removes the token while an older installer
+//!    still runs, that one takes over again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,14 +172,65 @@ pub fn uninstall(options: &InstallOptions) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps the conf dir chained until `stop`.
-fn watch_conf_dir(options: &InstallOptions, stop: &AtomicBool) -> anyhow::Result<()> {
+/// Which installer is in charge of the node's CNI config (module docs, 5).
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    path: PathBuf,
+    token: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Me,
+    Another,
+    Nobody,
+}
+
+impl Ownership {
+    /// This process's claim, kept in `state_dir`.
+    pub fn new(state_dir: &Path) -> Ownership {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Ownership { path: state_dir.join(".installer"), token: format!("{}-{nanos}", std::process::id()) }
+    }
+
+    /// Takes charge (the newest installer always does).
+    pub fn claim(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        write_atomic(&self.path, self.token.as_bytes())
+    }
+
+    pub fn owner(&self) -> Owner {
+        match std::fs::read_to_string(&self.path) {
+            Ok(token) if token == self.token => Owner::Me,
+            Ok(_) => Owner::Another,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Owner::Nobody,
+            // Unreadable: do not fight over it.
+            Err(_) => Owner::Another,
+        }
+    }
+
+    /// Gives up the charge, if it is still ours.
+    pub fn release(&self) {
+        if self.owner() == Owner::Me {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Keeps the conf dir chained until `stop`, while this installer is in charge.
+fn watch_conf_dir(options: &InstallOptions, ownership: &Ownership, stop: &AtomicBool) -> anyhow::Result<()> {
     use notify::Watcher as _;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(tx)?;
     watcher.watch(&options.cni_conf_dir, notify::RecursiveMode::NonRecursive)?;
     let entry = options.entry();
     let mut last_check = std::time::Instant::now();
+    let mut superseded = false;
     while !stop.load(Ordering::Relaxed) {
         // Short waits, to notice `stop` promptly.
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -185,6 +245,25 @@ fn watch_conf_dir(options: &InstallOptions, stop: &AtomicBool) -> anyhow::Result
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
         last_check = std::time::Instant::now();
+        match ownership.owner() {
+            Owner::Me => {}
+            Owner::Another => {
+                if !superseded {
+                    tracing::info!("a newer weft-cni installer manages the CNI config now");
+                    superseded = true;
+                }
+                continue;
+            }
+            Owner::Nobody => {
+                // The newer installer stopped and uninstalled while this one runs on.
+                tracing::info!("no other weft-cni installer in charge: installing again");
+                if let Err(error) = ownership.claim().and_then(|()| copy_binary(options)) {
+                    tracing::warn!(error = format!("{error:#}"), "cannot install weft-cni");
+                    continue;
+                }
+            }
+        }
+        superseded = false;
         if let Err(error) = ensure_chained(&options.cni_conf_dir, &entry) {
             tracing::warn!(error = format!("{error:#}"), "cannot chain weft-cni");
         }
@@ -223,6 +302,9 @@ fn send_snapshot(conn: &Connection, state_dir: &Path) -> anyhow::Result<usize> {
 pub fn repair_loop(socket: &Path, state_dir: &Path, stop: &AtomicBool) {
     let mut logged_down = false;
     while !stop.load(Ordering::Relaxed) {
+        // Read before connecting: if a new proxy replaces the socket in between, the next
+        // check sees a change and hands it the pods again (harmless), never the reverse.
+        let connected_to = socket_file(socket);
         let conn = match Connection::connect(socket, REPLY_TIMEOUT) {
             Ok(conn) => conn,
             Err(error) => {
@@ -243,19 +325,36 @@ pub fn repair_loop(socket: &Path, state_dir: &Path, stop: &AtomicBool) {
                 continue;
             }
         }
-        conn.wait_closed(RECONNECT_INTERVAL, || stop.load(Ordering::Relaxed));
-        tracing::info!("proxy connection closed");
+        let mut replaced = false;
+        conn.wait_closed(RECONNECT_INTERVAL, || {
+            let now = socket_file(socket);
+            replaced = now.is_some() && now != connected_to;
+            replaced || stop.load(Ordering::Relaxed)
+        });
+        if replaced {
+            tracing::info!("a new proxy listens on the in-pod socket: handing it every pod");
+        } else {
+            tracing::info!("proxy connection closed");
+        }
     }
+}
+
+/// (device, inode) of the socket file at `path`: which proxy's socket it is.
+fn socket_file(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then uninstalls.
 pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
+    let ownership = Ownership::new(&options.state_dir);
+    ownership.claim()?;
     copy_binary(&options)?;
     ensure_chained(&options.cni_conf_dir, &options.entry())?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (options, stop) = (options.clone(), stop.clone());
-        std::thread::spawn(move || watch_conf_dir(&options, &stop))
+        let (options, ownership, stop) = (options.clone(), ownership.clone(), stop.clone());
+        std::thread::spawn(move || watch_conf_dir(&options, &ownership, &stop))
     };
     let repair = {
         let (options, stop) = (options.clone(), stop.clone());
@@ -267,7 +366,6 @@ pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("stopping: removing weft-cni");
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || {
         let watched = watcher.join();
@@ -275,7 +373,14 @@ pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
         watched
     })
     .await;
-    uninstall(&options)
+    if ownership.owner() != Owner::Me {
+        tracing::info!("stopping: a newer weft-cni installer is in charge, leaving weft-cni installed");
+        return Ok(());
+    }
+    tracing::info!("stopping: removing weft-cni");
+    let result = uninstall(&options);
+    ownership.release();
+    result
 }
 
 #[cfg(test)]

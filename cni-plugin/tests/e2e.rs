@@ -475,6 +475,115 @@ async fn proxy_shutdown_stops_accepting_and_drains_open_connections_until_the_de
     assert!(cut.is_err(), "after the drain deadline the connection is closed: {cut:?}");
 }
 
+/// A steady stream of new connections, each a [`ping`] from a pod to an echo server, until
+/// stopped: how many were answered and how many failed (refused, reset, timed out).
+struct Stream {
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Stream {
+    fn start(routes: Vec<(PathBuf, SocketAddr)>, every: Duration) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let worker = std::thread::spawn(move || {
+            let (mut answered, mut failed) = (0, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                for (netns, addr) in &routes {
+                    match ping(netns, *addr) {
+                        Ok(answer) if answer.starts_with("ping from ") => answered += 1,
+                        Ok(answer) => failed.push(format!("{addr}: answered {answer:?}")),
+                        Err(error) => failed.push(format!("{addr}: {error}")),
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            (answered, failed)
+        });
+        Stream { stop, worker }
+    }
+
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.worker.join().expect("stream thread")
+    }
+}
+
+/// An upgrade as the DaemonSet does it (maxSurge 1): proxy B and its installer start while
+/// proxy A and its installer still run; B binds the in-pod socket path and the running
+/// installer hands it every pod; A, told to stop, keeps serving until B listens in the pod,
+/// then closes and drains; the old installer, stopped, leaves weft-cni installed for the new
+/// one. Meanwhile a meshed pod makes (and takes) new connections without pause: none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
+    if !support::netns_available(&[]) {
+        return;
+    }
+    let node = new_node();
+    let cni = tempfile::tempdir().expect("tempdir");
+    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let primary = conf.join("10-bridge.conflist");
+    std::fs::write(
+        &primary,
+        json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}]}).to_string(),
+    )
+    .expect("write conflist");
+    let chained = || {
+        std::fs::read_to_string(&primary).is_ok_and(|c| c.contains("weft-cni"))
+            && bin.join("weft-cni").exists()
+    };
+
+    let seen_by_a = Arc::new(Recorder::default());
+    let proxy_a = start_proxy(&node, seen_by_a.clone()).await;
+    let mut installer_a = Installer::start(&node, &bin, &conf);
+    eventually("the first installer to chain itself", chained).await;
+    let client = node.try_add_pod("e2e", "ua", meshed(json!({}))).expect("meshed ADD");
+    let server = node.try_add_pod("e2e", "ub", unmeshed()).expect("unmeshed ADD");
+    let _echo_out = Echo::start(&server.path(), 8080);
+    let _echo_in = Echo::start(&client.path(), 8081);
+    // Outbound from the meshed pod (its 15001) and inbound to it (its 15006).
+    let routes = vec![(client.path(), server.addr(8080)), (server.path(), client.addr(8081))];
+    let stream = Stream::start(routes, Duration::from_millis(1));
+    eventually("A to serve the stream", || seen_by_a.seen().len() >= 20).await;
+
+    // The new DaemonSet pod starts (its proxy, then its installer) and the old pod is told to
+    // stop at once, before the new proxy has any pod: A must serve on until B has taken over.
+    let seen_by_b = Arc::new(Recorder::default());
+    let proxy_b = start_proxy(&node, seen_by_b.clone()).await;
+    assert!(proxy_a.superseded(), "A sees that a new proxy has started");
+    assert!(proxy_b.pods().is_empty());
+    let stopped = Instant::now();
+    let shutdown_a = tokio::spawn(proxy_a.shutdown(Duration::from_secs(5)));
+    let installer_b = Installer::start(&node, &bin, &conf);
+    eventually("B to adopt the pod", || proxy_b.pods() == vec![client.spec.uid.clone()]).await;
+    eventually("B to serve the pod", || !seen_by_b.seen().is_empty()).await;
+    assert!(installer_a.stop(), "old installer exits cleanly");
+    assert!(chained(), "the old installer leaves weft-cni to the new one");
+    shutdown_a.await.expect("A's shutdown");
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(2), "A let go as soon as B listened, took {took:?}");
+    let served_by_a = seen_by_a.seen().len();
+    let served_by_b = seen_by_b.seen().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (answered, failed) = tokio::task::spawn_blocking(move || stream.stop()).await.expect("join");
+    eprintln!("{answered} connections answered, {} failed; A served {served_by_a}", failed.len());
+    assert!(failed.is_empty(), "connections failed during the upgrade: {failed:?}");
+    assert!(answered >= 100, "only {answered} connections: the test proves nothing");
+    assert_eq!(seen_by_a.seen().len(), served_by_a, "A serves nothing once stopped");
+    assert!(seen_by_b.seen().len() > served_by_b + 10, "B serves the pod after A is gone");
+    assert!(node.socket().exists(), "A left B's socket in place");
+
+    // B alone from here: a pod added now is B's, and it stays installed after A's installer.
+    let later = node.try_add_pod("e2e", "uc", meshed(json!({}))).expect("meshed ADD after the upgrade");
+    let mut want = vec![client.spec.uid.clone(), later.spec.uid.clone()];
+    want.sort();
+    assert_eq!(proxy_b.pods(), want);
+    drop(installer_b);
+    proxy_b.shutdown(Duration::ZERO).await;
+}
+
 /// Sorted-sample percentile.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
