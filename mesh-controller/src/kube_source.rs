@@ -82,15 +82,19 @@ fn spawn_watch<K>(
 }
 
 /// Which Gateway API kinds the API server serves; a kind whose CRD is not installed is
-/// treated as having no objects, and a warning says so.
-async fn served_gateway_kinds(client: &Client) -> BTreeSet<String> {
+/// treated as having no objects, and a warning says so. Kinds come with the version served.
+async fn served_gateway_kinds(client: &Client) -> BTreeSet<(String, String)> {
     let mut served = BTreeSet::new();
     let discovery = kube::Discovery::new(client.clone()).filter(&["gateway.networking.k8s.io"]).run().await;
     match discovery {
         Ok(d) => {
+            // Every served version, not only the group's preferred one: TCPRoute and UDPRoute
+            // exist only as v1alpha2 while the group prefers v1.
             for group in d.groups() {
-                for (resource, _) in group.recommended_resources() {
-                    served.insert(resource.kind);
+                for version in group.versions() {
+                    for (resource, _) in group.versioned_resources(version) {
+                        served.insert((resource.kind, resource.version));
+                    }
                 }
             }
         }
@@ -106,11 +110,12 @@ pub async fn start_watches(client: &Client, tx: mpsc::Sender<Change>) -> BTreeSe
     let all = watcher::Config::default;
     macro_rules! gateway_kind {
         ($ty:ty, $name:literal, $kind:expr, $variant:path) => {
-            if served.contains($name) {
+            let version = <$ty as kube::Resource>::version(&()).into_owned();
+            if served.contains(&($name.to_owned(), version.clone())) {
                 spawn_watch(Api::<$ty>::all(client.clone()), all(), $kind, $variant, tx.clone());
                 watched.insert($kind);
             } else {
-                tracing::warn!(kind = $name, "not served by the API server; treating as empty");
+                tracing::warn!(kind = $name, %version, "not served by the API server; treating as empty");
             }
         };
     }

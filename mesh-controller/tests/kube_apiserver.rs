@@ -376,3 +376,18 @@ async fn token_review_names_the_proxy_pods_node_and_the_ca_secret_is_reused() {
     nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete node");
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
 }
+
+/// Kinds served only at an older version than the group's preferred one (TCPRoute and UDPRoute
+/// are v1alpha2 while the group prefers v1) are watched too, not taken as missing.
+#[tokio::test]
+async fn every_served_gateway_api_kind_is_watched_whatever_its_version() {
+    let Some(client) = client().await else { return };
+    let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+    let watched = mesh_controller::kube_source::start_watches(&client, tx).await;
+    use mesh_controller::store::Kind;
+    for kind in
+        [Kind::Gateway, Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute, Kind::TcpRoute, Kind::UdpRoute]
+    {
+        assert!(watched.contains(&kind), "{kind:?} is not watched: {watched:?}");
+    }
+}
