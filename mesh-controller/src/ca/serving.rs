@@ -24,6 +24,9 @@ use super::authority::Authority;
 pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 /// After a failed re-issue, try again this soon (the current one is still valid for hours).
 const RETRY: Duration = Duration::from_secs(60);
+/// Never re-issue more often than this, even when the CA's own expiry cuts the certificate
+/// short (its half-life may then already be past): a floor, not a schedule.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The ConfigMap, in the controller's namespace, that holds the trust bundle (`ca.crt`, public
 /// certificates only) for the node proxies to mount.
@@ -80,20 +83,22 @@ impl ServingCert {
         let cert = Arc::new(ServingCert { current: ArcSwap::from_pointee(key) });
         let weak = Arc::downgrade(&cert);
         tokio::spawn(async move {
-            let mut renew_at = half_life(not_before, not_after);
+            let mut wait = renew_in(not_before, not_after, OffsetDateTime::now_utc());
             loop {
-                let wait = (renew_at - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-                tokio::time::sleep(wait.unsigned_abs()).await;
+                tokio::time::sleep(wait).await;
                 let Some(cert) = weak.upgrade() else { return };
                 match issue(&authority, &names, OffsetDateTime::now_utc()) {
                     Ok((key, not_before, not_after)) => {
                         cert.current.store(Arc::new(key));
                         tracing::info!(%not_after, "re-issued the controller's serving certificate");
-                        renew_at = half_life(not_before, not_after);
+                        wait = renew_in(not_before, not_after, OffsetDateTime::now_utc());
                     }
                     Err(error) => {
-                        tracing::error!(%error, "cannot re-issue the controller's serving certificate; retrying");
-                        renew_at = OffsetDateTime::now_utc() + RETRY;
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "cannot re-issue the controller's serving certificate; retrying"
+                        );
+                        wait = RETRY;
                     }
                 }
             }
@@ -122,6 +127,13 @@ impl ServingCert {
 
 fn half_life(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
     not_before + (not_after - not_before) / 2
+}
+
+/// How long until a certificate valid `not_before..not_after` is re-issued: at its half-life,
+/// and never sooner than [`MIN_RENEW_INTERVAL`].
+fn renew_in(not_before: OffsetDateTime, not_after: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    let until = half_life(not_before, not_after) - now;
+    if until.is_positive() { until.unsigned_abs().max(MIN_RENEW_INTERVAL) } else { MIN_RENEW_INTERVAL }
 }
 
 /// Writes the trust bundle into ConfigMap [`BUNDLE_CONFIGMAP`]: created when absent, updated
@@ -199,8 +211,31 @@ mod tests {
     }
 
     #[test]
-    fn renewal_is_at_half_life() {
+    fn renewal_is_at_half_life_and_never_in_a_tight_loop() {
         let start = OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time");
-        assert_eq!(half_life(start, start + time::Duration::hours(24)), start + time::Duration::hours(12));
+        let day = start + time::Duration::hours(24);
+        assert_eq!(half_life(start, day), start + time::Duration::hours(12));
+        assert_eq!(renew_in(start, day, start), Duration::from_secs(12 * 3600));
+        // A certificate cut short (the CA expires soon): its half-life is past; still a pause.
+        let short = start + time::Duration::seconds(30);
+        assert_eq!(renew_in(start, short, start + time::Duration::seconds(20)), MIN_RENEW_INTERVAL);
+        assert_eq!(renew_in(start, day, start + time::Duration::hours(12)), MIN_RENEW_INTERVAL);
+    }
+
+    #[tokio::test]
+    async fn the_served_certificate_is_short_lived_and_not_a_ca() {
+        let now = OffsetDateTime::now_utc();
+        let material = super::super::authority::CaMaterial::generate("cluster.local", now).expect("CA");
+        let authority = Arc::new(Authority::new("cluster.local", &material, now).expect("authority"));
+        let cert = ServingCert::start(authority.clone(), vec!["127.0.0.1".into()]).expect("started");
+        let leaf = cert.current_leaf().expect("a leaf");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).expect("parse");
+        let lifetime = parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert!(
+            lifetime <= (SERVING_TTL + Duration::from_secs(600)).as_secs() as i64,
+            "short-lived: {lifetime}s"
+        );
+        assert!(!parsed.is_ca());
+        cert.server_config().expect("a rustls config");
     }
 }
