@@ -38,6 +38,8 @@ pub const PLUGIN_TYPE: &str = "weft-cni";
 /// pods again at most this long after its socket appears, well inside the 1 s the mesh promises
 /// for re-adoption, while an absent proxy costs one failed connect() per period.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// How soon pods the proxy refused are offered to it again.
+const RETRY_REFUSED: Duration = Duration::from_secs(1);
 /// How long to wait for each of the proxy's replies during a snapshot; as for ADD.
 const REPLY_TIMEOUT: Duration = crate::netconf::DEFAULT_ACK_TIMEOUT;
 /// Safety net besides file notifications: re-check the conf dir this often anyway (a watch can
@@ -272,8 +274,9 @@ fn watch_conf_dir(options: &InstallOptions, ownership: &Ownership, stop: &Atomic
 }
 
 /// Sends every recorded pod, then SnapshotSent, on `conn`.
-fn send_snapshot(conn: &Connection, state_dir: &Path) -> anyhow::Result<usize> {
-    let mut sent = 0;
+/// Returns how many pods the proxy took and how many it refused.
+fn send_snapshot(conn: &Connection, state_dir: &Path) -> anyhow::Result<(usize, usize)> {
+    let (mut sent, mut refused) = (0, 0);
     for record in state::list(state_dir)? {
         let netns = match std::fs::File::open(&record.netns) {
             Ok(netns) => netns,
@@ -288,13 +291,14 @@ fn send_snapshot(conn: &Connection, state_dir: &Path) -> anyhow::Result<usize> {
         match conn.request(&Request::AddPod { pod: record.pod }, Some(&netns.into()), REPLY_TIMEOUT) {
             Ok(()) => sent += 1,
             Err(crate::handoff::HandoffError::Refused(message)) => {
-                tracing::warn!(pod = uid, %message, "proxy refused a recorded pod");
+                tracing::warn!(pod = uid, %message, "proxy refused a recorded pod; will retry");
+                refused += 1;
             }
             Err(error) => return Err(error.into()),
         }
     }
     conn.request(&Request::SnapshotSent, None, REPLY_TIMEOUT)?;
-    Ok(sent)
+    Ok((sent, refused))
 }
 
 /// The repair loop: one long-lived connection to the proxy, re-established and re-snapshotted
@@ -317,23 +321,38 @@ pub fn repair_loop(socket: &Path, state_dir: &Path, stop: &AtomicBool) {
             }
         };
         logged_down = false;
-        match send_snapshot(&conn, state_dir) {
-            Ok(pods) => tracing::info!(pods, "snapshot sent to the proxy"),
+        // Refused pods are offered again after a while: the proxy could not open its listeners
+        // there, e.g. because an older proxy without SO_REUSEPORT still holds the ports (the
+        // first upgrade to an overlapping version), which it gives up at its SIGTERM.
+        let retry_at = match send_snapshot(&conn, state_dir) {
+            Ok((pods, 0)) => {
+                tracing::info!(pods, "snapshot sent to the proxy");
+                None
+            }
+            Ok((pods, refused)) => {
+                tracing::info!(
+                    pods,
+                    refused,
+                    "snapshot sent to the proxy; offering the refused pods again soon"
+                );
+                Some(std::time::Instant::now() + RETRY_REFUSED)
+            }
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "snapshot failed; reconnecting");
                 std::thread::sleep(RECONNECT_INTERVAL);
                 continue;
             }
-        }
-        let mut replaced = false;
+        };
+        let (mut replaced, mut retry) = (false, false);
         conn.wait_closed(RECONNECT_INTERVAL, || {
             let now = socket_file(socket);
             replaced = now.is_some() && now != connected_to;
-            replaced || stop.load(Ordering::Relaxed)
+            retry = retry_at.is_some_and(|at| std::time::Instant::now() >= at);
+            replaced || retry || stop.load(Ordering::Relaxed)
         });
         if replaced {
             tracing::info!("a new proxy listens on the in-pod socket: handing it every pod");
-        } else {
+        } else if !retry {
             tracing::info!("proxy connection closed");
         }
     }

@@ -90,14 +90,39 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ConfigStore::new(metrics.clone()));
     let proxy = Arc::new(Proxy::new(store.clone(), metrics.clone(), options.access_log));
-    let admin_socket = admin::bind(options.admin)
-        .await
-        .with_context(|| format!("cannot bind admin on {}", options.admin))?;
-    let admin = admin_socket.local_addr()?;
+    let admin_socket = match admin::bind(options.admin).await {
+        Ok(socket) => Some(socket),
+        // An older proxy without SO_REUSEPORT still holds the port (the first upgrade to an
+        // overlapping version, see inpod::handover): serve it once that one is gone.
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(admin = %options.admin, "admin port in use by another process; retrying");
+            None
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot bind admin on {}", options.admin)),
+    };
+    let admin = match &admin_socket {
+        Some(socket) => socket.local_addr()?,
+        None => options.admin,
+    };
     let more_metrics = Arc::new(admin::MoreMetrics::default());
-    tracing::info!(%admin, "admin listening");
+    let serve_admin = {
+        let (store, more_metrics) = (store.clone(), more_metrics.clone());
+        async move {
+            let socket = match admin_socket {
+                Some(socket) => socket,
+                None => loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    if let Ok(socket) = admin::bind(admin).await {
+                        break socket;
+                    }
+                },
+            };
+            tracing::info!(%admin, "admin listening");
+            admin::serve(socket, store, more_metrics).await
+        }
+    };
 
-    let mut tasks = vec![tokio::spawn(admin::serve(admin_socket, store.clone(), more_metrics.clone()))];
+    let mut tasks = vec![tokio::spawn(serve_admin)];
     let (stop_listeners, stop) = tokio::sync::watch::channel(None);
     let listeners = Some(tokio::spawn(listener::run(store.clone(), proxy.clone(), stop)));
     match options.source {

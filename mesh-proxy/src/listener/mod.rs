@@ -56,6 +56,14 @@ pub fn serves_http(listener: &Listener) -> bool {
     }
 }
 
+/// How often binds that failed are tried again (besides at every config change).
+const RETRY_BIND: Duration = Duration::from_secs(1);
+
+/// How many TCP and UDP addresses the config asks for.
+fn wanted_count(store: &ConfigStore) -> usize {
+    wanted(store).len() + store.load().routes.udp_addresses().collect::<BTreeSet<_>>().len()
+}
+
 fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
     let snapshot = store.load();
     snapshot
@@ -137,8 +145,12 @@ pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>, mut stop: watch::Re
                 Err(error) => tracing::error!(%addr, %error, "cannot bind listener"),
             }
         }
+        // An address another process holds (an older proxy without SO_REUSEPORT, during the
+        // first upgrade to an overlapping version) is tried again every so often.
+        let failed = wanted_count(&store) > bound.len() + udp_bound.len();
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RETRY_BIND), if failed => {}
             how = stop.wait_for(Option::is_some) => match how {
                 Ok(how) => break *how,
                 Err(_) => return,
