@@ -17,6 +17,10 @@ use crate::meshed::{self, Decision};
 use crate::netconf::{CniError, Env, NetConf, SUPPORTED_VERSIONS, code};
 use crate::state::{self, PodRecord};
 
+/// The per-netns sysctl that migrates a closing listener's queued connections to another
+/// listener of its SO_REUSEPORT group.
+pub const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
 /// What a successful call prints on stdout (nothing for DEL and CHECK).
 pub type Output = Option<Value>;
 
@@ -91,6 +95,14 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let settings = Settings { exclusions, probe_sources, ..Settings::default() };
     mesh_init::apply_in(netns_path, &settings)
         .map_err(|e| CniError::new(code::MESH_SETUP, "cannot install the interception rules", e))?;
+    // During an upgrade, connections queued on the old proxy's listener when it closes move to
+    // the new proxy's instead of being reset (mesh-proxy's inpod::handover). Best effort: a
+    // kernel before 5.14 has no such setting, and the pod works without it.
+    match mesh_init::nft::in_netns(netns_path, || Ok(std::fs::write(TCP_MIGRATE_REQ, "1"))) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
+        Err(error) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
+    }
 
     let uid = decision.uid.clone().unwrap_or_else(|| env.pod_key());
     let pod = PodInfo {

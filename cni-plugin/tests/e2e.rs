@@ -540,6 +540,13 @@ async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
     eventually("the first installer to chain itself", chained).await;
     let client = node.try_add_pod("e2e", "ua", meshed(json!({}))).expect("meshed ADD");
     let server = node.try_add_pod("e2e", "ub", unmeshed()).expect("unmeshed ADD");
+    let migrate = |pod: &Pod<'_>| {
+        in_netns(&pod.path(), || std::fs::read_to_string(cni_plugin::plugin::TCP_MIGRATE_REQ))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(migrate(&client), "1", "ADD lets a closing proxy listener's queue move to the new one");
+    assert_eq!(migrate(&server), "0", "an unmeshed pod's netns is untouched");
     let _echo_out = Echo::start(&server.path(), 8080);
     let _echo_in = Echo::start(&client.path(), 8081);
     // Outbound from the meshed pod (its 15001) and inbound to it (its 15006).
