@@ -10,7 +10,7 @@
 # the Gateway address pool, `helm upgrade --install` of charts/weft, the suite's test binary
 # (built from tests/conformance/go.mod, cached by its inputs' hash), the run, a summary.
 # The report goes to tests/conformance/reports/<gateway-api-version>-weft.yaml; the suite's
-# output, the controller's and the proxies' logs to $WEFT_STATE/logs/conformance/.
+# output, the controller's and the proxies' logs to /tmp/weft-conformance/.
 # Needs root (network namespaces). The cluster stays up afterwards unless --down is given.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +29,8 @@ NAMESPACE=weft-system
 RELEASE=weft
 KUBECONFIG_PATH="${WEFT_STATE}/admin.kubeconfig"
 REPORT="${here}/reports/${GATEWAY_API_VERSION}-weft.yaml"
-OUT="${WEFT_STATE}/logs/conformance"
+# Outside the cluster's state dir, which node.sh creates (and removes) itself.
+OUT="${WEFT_CONFORMANCE_LOGS:-${TMPDIR:-/tmp}/weft-conformance}"
 
 # The profiles of issue 8. GATEWAY-TCP/UDP come after these.
 PROFILES="GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,MESH-HTTP,MESH-GRPC"
