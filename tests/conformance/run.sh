@@ -51,6 +51,7 @@ FEATURES=(
   HTTPRoute307RedirectStatusCode HTTPRoute308RedirectStatusCode
   GRPCRoute GRPCRouteNamedRouteRule
   TLSRoute TLSRouteModeTerminate TLSRouteModeMixed
+  UDPRoute
   Mesh MeshClusterIPMatching MeshConsumerRoute MeshHTTPRouteRewritePath
   MeshHTTPRouteSchemeRedirect MeshHTTPRouteRedirectPort MeshHTTPRouteRedirectPath
   MeshHTTPRouteBackendRequestHeaderModification MeshHTTPRouteQueryParamMatching
