@@ -122,6 +122,8 @@ pub struct GatewayState {
     pub addresses: Vec<IpAddr>,
     /// Why the Gateway's addresses cannot be used, when they cannot.
     pub address_problem: Option<String>,
+    /// Why an address the Gateway asks for cannot be served here (outside the address pool).
+    pub address_unusable: Option<String>,
 }
 
 impl GatewayState {
@@ -152,6 +154,19 @@ pub fn gateways(
             .map(|(key, gw)| address_pool::Wanting { key: (*key).clone(), recorded: recorded_addresses(gw) })
             .collect();
         let assigned = address_pool::assign(pool, taken, &wanting);
+        // Where a pool says which addresses the nodes answer for, a static address outside it
+        // would be programmed on nothing that receives its traffic.
+        for state in states.values_mut() {
+            let outside: Vec<String> =
+                state.addresses.iter().filter(|ip| !pool.contains(*ip)).map(ToString::to_string).collect();
+            if !outside.is_empty() {
+                state.address_unusable = Some(format!(
+                    "{} outside the address pool {pool}; the node proxies cannot receive traffic for it",
+                    outside.join(", ")
+                ));
+                state.addresses.clear();
+            }
+        }
         for w in &wanting {
             if let Some(state) = states.get_mut(&w.key) {
                 state.addresses = assigned.get(&w.key).copied().into_iter().collect();
@@ -205,6 +220,7 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
         listeners,
         addresses,
         address_problem,
+        address_unusable: None,
     }
 }
 
@@ -469,9 +485,11 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
     }
 }
 
-/// The model listeners (programmed ones only) and the certificates they use.
+/// The model listeners (programmed ones only) and the certificates they use. A Gateway without
+/// an address (its pool is full, or its address is outside the pool) gets none: the proxies
+/// would otherwise bind their default address for it.
 pub fn add_listeners(states: &BTreeMap<ObjectKey, GatewayState>, config: &mut mesh_api::model::Config) {
-    for gw in states.values().filter(|g| g.accepted()) {
+    for gw in states.values().filter(|g| g.accepted() && !g.addresses.is_empty()) {
         for l in gw.listeners.iter().filter(|l| l.programmed()) {
             let Some(protocol) = l.protocol else { continue };
             config.insert_listener(Listener {
@@ -584,6 +602,8 @@ pub fn status(gw: &GatewayState, attached: &super::AttachedRoutes) -> GatewaySta
     let programmed_listeners = gw.listeners.iter().filter(|l| l.programmed()).count();
     let programmed = if !accepted.is_true() {
         Condition::new("Programmed", false, "Invalid", "the Gateway is not accepted", generation)
+    } else if let Some(unusable) = &gw.address_unusable {
+        Condition::new("Programmed", false, "AddressNotUsable", unusable.clone(), generation)
     } else if gw.addresses.is_empty() {
         Condition::new(
             "Programmed",

@@ -781,3 +781,30 @@ fn mesh_routes_need_no_reference_grant_for_backends_in_other_namespaces() {
     let rule = &r.config.routes["HTTPRoute/client/r"].rules[0];
     assert!(matches!(rule.backends[0].backend, BackendRef::Invalid { .. }), "{:?}", rule.backends[0].backend);
 }
+
+/// GatewayStaticAddresses: an unsupported address type is not accepted; with a pool, an
+/// address outside it is accepted but not programmed; one inside it is served.
+#[test]
+fn static_addresses_are_checked_against_the_pool() {
+    let yaml = with_class(
+        &(gateway_named("fake", "[{type: test/fake-invalid-type, value: nope}]")
+            + &gateway_named("outside", "[{type: IPAddress, value: 203.0.113.7}]")
+            + &gateway_named("inside", "[{type: IPAddress, value: 10.250.128.250}]")),
+    );
+    let r = resolve_with_pool(&yaml, "10.250.128.0/24");
+    assert_condition(&gateway(&r, "infra", "fake").conditions, "Accepted", "False", "UnsupportedAddress");
+    let outside = gateway(&r, "infra", "outside");
+    assert_condition(&outside.conditions, "Accepted", "True", "Accepted");
+    assert_condition(&outside.conditions, "Programmed", "False", "AddressNotUsable");
+    let inside = gateway(&r, "infra", "inside");
+    assert_condition(&inside.conditions, "Programmed", "True", "Programmed");
+    assert_eq!(inside.addresses[0].value, "10.250.128.250");
+    let bound: Vec<String> =
+        r.config.listeners.values().flat_map(|l| l.addresses.iter().map(ToString::to_string)).collect();
+    assert!(!bound.contains(&"203.0.113.7".to_owned()), "an unusable address is not bound: {bound:?}");
+    let outside_listeners = r.config.listeners.values().filter(|l| l.key.gateway.name == "outside").count();
+    assert_eq!(
+        outside_listeners, 0,
+        "nor is anything else for that Gateway (no fallback to the default address)"
+    );
+}
