@@ -25,6 +25,10 @@ source "${cluster}/lib.sh"
 # the cluster's network namespace: a local route there makes the node answer for all of it,
 # as an L2/BGP announcer would on a real network.
 GATEWAY_POOL="${WEFT_GATEWAY_POOL:-10.250.128.0/24}"
+# GatewayStaticAddresses: an address in the pool, and one outside it (TEST-NET-3, RFC 5737:
+# documentation only, never routed; the test only checks that it is refused).
+USABLE_ADDRESS="${WEFT_USABLE_ADDRESS:-10.250.128.250}"
+UNUSABLE_ADDRESS=203.0.113.7
 NAMESPACE=weft-system
 RELEASE=weft
 KUBECONFIG_PATH="${WEFT_STATE}/admin.kubeconfig"
@@ -37,10 +41,12 @@ PROFILES="GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,MESH-HTTP,MESH-GRPC"
 
 # Exactly the features Weft implements (pkg/features of sigs.k8s.io/gateway-api v1.5.1). A test
 # of a claimed feature that fails is listed in the README with the reason, not unclaimed.
-# Not claimed, because not built yet: BackendTLSPolicy*, ListenerSet, GatewayStaticAddresses,
-# GatewayInfrastructurePropagation, GatewayFrontendClientCertificateValidation*.
+# Not claimed, because not built yet: BackendTLSPolicy*, ListenerSet,
+# GatewayInfrastructurePropagation, GatewayFrontendClientCertificateValidation*,
+# GatewayBackendClientCertificate, GatewayHTTPSListenerDetectMisdirectedRequests.
 FEATURES=(
-  Gateway GatewayPort8080 GatewayHTTPListenerIsolation GatewayAddressEmpty ReferenceGrant
+  Gateway GatewayPort8080 GatewayHTTPListenerIsolation GatewayAddressEmpty GatewayStaticAddresses
+  ReferenceGrant
   HTTPRoute HTTPRouteDestinationPortMatching HTTPRouteBackendRequestHeaderModification
   HTTPRouteQueryParamMatching HTTPRouteMethodMatching HTTPRouteResponseHeaderModification
   HTTPRoutePortRedirect HTTPRouteSchemeRedirect HTTPRoutePathRedirect HTTPRouteHostRewrite
@@ -172,6 +178,7 @@ run_suite() {
     -conformance-profiles "${PROFILES}"
     -supported-features "${features}"
     -namespace-labels weft.dev/mesh=enabled
+    -usable-address "${USABLE_ADDRESS}" -unusable-address "${UNUSABLE_ADDRESS}"
     -report-output "${REPORT}"
     -organization weft.dev -project weft -url https://weft.dev
     -version "${version}" -contact https://weft.dev/issues
