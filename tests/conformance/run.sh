@@ -104,6 +104,20 @@ weft_binaries() {
   (cd "${repo}" && cargo build --release --locked -p mesh-controller -p mesh-proxy -p cni-plugin)
 }
 
+# What the node tier needs from Debian, installed when missing (as .ci/run does for its own).
+system_packages() {
+  local p missing=()
+  for p in containerd runc containernetworking-plugins nftables conntrack iptables iproute2 \
+    gcc libc6-dev busybox-static curl util-linux; do
+    dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed" || missing+=("${p}")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
 upstream() { "${cluster}/build-upstream.sh" all; }
 
 cluster_up() { "${cluster}/node.sh" up; }
@@ -208,6 +222,7 @@ summary() {
 
 mkdir -p "${OUT}"
 if ${build}; then step "weft release binaries" weft_binaries; fi
+step "system packages" system_packages
 step "upstream binaries" upstream
 step "node cluster" cluster_up
 step "images" images
