@@ -160,6 +160,23 @@ fn new_node() -> Node {
     support::node("node", "10.77.0.0/24")
 }
 
+/// A host's CNI bin and conf dirs (in a temp dir) whose primary network is `conflist`.
+struct HostCni {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    conf: std::path::PathBuf,
+    primary: std::path::PathBuf,
+}
+
+fn host_cni(conflist: &Value) -> HostCni {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    let primary = conf.join("10-bridge.conflist");
+    std::fs::write(&primary, conflist.to_string()).expect("write conflist");
+    HostCni { dir, bin, conf, primary }
+}
+
 /// The proxy's in-pod server for `node`, in this process, with `traffic` behind it.
 async fn start_proxy(node: &Node, traffic: Arc<dyn PodTraffic>) -> InpodServer {
     let config = InpodConfig { socket: node.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
@@ -373,13 +390,9 @@ async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_
         return;
     }
     let node = new_node();
-    let cni = tempfile::tempdir().expect("tempdir");
-    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    let primary = conf.join("10-bridge.conflist");
     let original =
         json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "portmap"}]});
-    std::fs::write(&primary, original.to_string()).expect("write conflist");
+    let HostCni { dir: _cni, bin, conf, primary } = host_cni(&original);
     std::fs::write(conf.join("99-other.conflist"), original.to_string()).expect("write other");
     let chain = || -> Vec<String> {
         std::fs::read(&primary)
@@ -520,15 +533,8 @@ async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
         return;
     }
     let node = new_node();
-    let cni = tempfile::tempdir().expect("tempdir");
-    let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
-    std::fs::create_dir_all(&conf).expect("conf dir");
-    let primary = conf.join("10-bridge.conflist");
-    std::fs::write(
-        &primary,
-        json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}]}).to_string(),
-    )
-    .expect("write conflist");
+    let HostCni { dir: _cni, bin, conf, primary } =
+        host_cni(&json!({"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}]}));
     let chained = || {
         std::fs::read_to_string(&primary).is_ok_and(|c| c.contains("weft-cni"))
             && bin.join("weft-cni").exists()
