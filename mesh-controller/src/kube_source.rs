@@ -13,7 +13,7 @@ use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant, tcproutes::TcpRoute, tlsroutes::TlsRoute, udproutes::UdpRoute,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config_server::Publisher;
+use crate::gateway_services::ServiceWriter;
 use crate::resolve::Settings;
 use crate::resolve::incremental::Resolver;
 use crate::status_writer::StatusWriter;
@@ -140,8 +141,23 @@ pub async fn start_watches(client: &Client, tx: mpsc::Sender<Change>) -> BTreeSe
     // Only TLS Secrets can be listener certificates; watching no others keeps every other
     // credential in the cluster out of the controller's memory.
     let tls_secrets = watcher::Config::default().fields("type=kubernetes.io/tls");
-    spawn_watch(Api::<Secret>::all(client.clone()), tls_secrets, Kind::Secret, Object::Secret, tx);
-    watched.extend([Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Namespace, Kind::Secret]);
+    spawn_watch(Api::<Secret>::all(client.clone()), tls_secrets, Kind::Secret, Object::Secret, tx.clone());
+    // Gateway parameters. Only the parameter keys' values are kept (see `trim_config_map`).
+    spawn_watch(
+        Api::<ConfigMap>::all(client.clone()),
+        all(),
+        Kind::ConfigMap,
+        |c| Object::ConfigMap(crate::resolve::exposure::trim_config_map(c)),
+        tx,
+    );
+    watched.extend([
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::Secret,
+        Kind::ConfigMap,
+    ]);
     watched
 }
 
@@ -157,6 +173,8 @@ pub async fn run(
     let watched = start_watches(&client, tx).await;
     let mut synced: BTreeSet<Kind> = BTreeSet::new();
     let mut store = Store::default();
+    // Services expose Gateways only where the node proxies can be found.
+    let mut services = settings.gateway_services.is_some().then(|| ServiceWriter::new(client.clone()));
     let mut resolver = Resolver::new(settings);
     loop {
         tokio::select! {
@@ -192,6 +210,11 @@ pub async fn run(
         tracing::debug!(version, objects = store.object_count(), elapsed = ?started.elapsed(), "resolved");
         if *leader.borrow() {
             writer.write(&store, resolver.statuses()).await;
+            if let Some(services) = services.as_mut() {
+                services.write(&store, resolver.exposures()).await;
+            }
+        } else if let Some(services) = services.as_mut() {
+            services.forget();
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod ca;
 pub mod config_server;
+pub mod gateway_services;
 pub mod kube_source;
 pub mod leader;
 pub mod manifest_source;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mesh_api::identity::SpiffeId;
 use mesh_controller::app;
+use mesh_controller::resolve::exposure::{ServiceSettings, parse_selector};
 
 /// weft-controller: resolves the Gateway API into config for the node proxies and writes status.
 #[derive(Parser, Debug)]
@@ -47,6 +48,13 @@ struct Args {
     /// Gateways are served on 127.0.0.1.
     #[arg(long, value_name = "CIDR")]
     gateway_address_pool: Option<ipnet::IpNet>,
+    /// Expose each Gateway with a Service of its own (type LoadBalancer unless its parameters
+    /// say otherwise; see the README), writing its addresses to the Gateway's status. The
+    /// labels (`key=value,...`) of the node proxy Pods in --namespace: NodePort Gateways are
+    /// served on their nodes' addresses. Without it, no Services are created. Cluster mode
+    /// only.
+    #[arg(long, value_name = "LABELS", conflicts_with = "manifests")]
+    gateway_service_selector: Option<String>,
     /// DNS suffix of Service hostnames.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -64,10 +72,21 @@ struct Args {
 fn main() -> ExitCode {
     app::init_logging();
     let args = Args::parse();
+    let gateway_services = match args.gateway_service_selector.as_deref().map(parse_selector).transpose() {
+        Ok(selector) => selector.map(|proxy_selector| ServiceSettings {
+            proxy_namespace: args.namespace.clone(),
+            proxy_selector,
+        }),
+        Err(e) => {
+            eprintln!("weft-controller: error: --gateway-service-selector: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = mesh_controller::resolve::Settings {
         trust_domain: args.trust_domain,
         cluster_domain: args.cluster_domain,
         gateway_address_pool: args.gateway_address_pool,
+        gateway_services,
         ..Default::default()
     };
     let proxy_identity =

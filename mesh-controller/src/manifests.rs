@@ -166,6 +166,7 @@ fn parse_document(doc: &str) -> Result<Parsed, DocumentError> {
         ("", "Pod") => Object::Pod(namespaced(typed(doc)?)),
         ("", "Namespace") => Object::Namespace(typed(doc)?),
         ("", "Secret") => Object::Secret(namespaced(typed(doc)?)),
+        ("", "ConfigMap") => Object::ConfigMap(namespaced(typed(doc)?)),
         _ => return Ok(Parsed::Skipped(kind)),
     };
     Ok(Parsed::Object(Box::new(object)))

@@ -8,7 +8,7 @@ use gateway_api::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant, tcproutes::TcpRoute, tlsroutes::TlsRoute, udproutes::UdpRoute,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use mesh_api::model::ObjectKey;
@@ -31,6 +31,7 @@ pub enum Object {
     Pod(Pod),
     Namespace(Namespace),
     Secret(Secret),
+    ConfigMap(ConfigMap),
 }
 
 /// Objects of one kind by `namespace/name` (cluster-scoped kinds use an empty namespace).
@@ -74,6 +75,8 @@ pub struct Store {
     pub pods: Objects<Pod>,
     pub namespaces: Objects<Namespace>,
     pub secrets: Objects<Secret>,
+    /// Only what Gateway parameters can be: the cluster source keeps no other data of them.
+    pub config_maps: Objects<ConfigMap>,
     changes: ChangeLog,
 }
 
@@ -99,6 +102,7 @@ pub enum Kind {
     Pod,
     Namespace,
     Secret,
+    ConfigMap,
 }
 
 impl Object {
@@ -118,6 +122,7 @@ impl Object {
             Object::Pod(o) => key_of(o),
             Object::Namespace(o) => key_of(o),
             Object::Secret(o) => key_of(o),
+            Object::ConfigMap(o) => key_of(o),
         }
     }
 
@@ -136,6 +141,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Namespace(_) => Kind::Namespace,
             Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 }
@@ -162,6 +168,7 @@ impl Store {
             Object::Pod(o) => put(&mut self.pods, o),
             Object::Namespace(o) => put(&mut self.namespaces, o),
             Object::Secret(o) => put(&mut self.secrets, o),
+            Object::ConfigMap(o) => put(&mut self.config_maps, o),
         }
     }
 
@@ -181,6 +188,7 @@ impl Store {
             Kind::Pod => drop(self.pods.remove(key)),
             Kind::Namespace => drop(self.namespaces.remove(key)),
             Kind::Secret => drop(self.secrets.remove(key)),
+            Kind::ConfigMap => drop(self.config_maps.remove(key)),
         }
     }
 
@@ -201,6 +209,7 @@ impl Store {
             Kind::Pod => self.pods.clear(),
             Kind::Namespace => self.namespaces.clear(),
             Kind::Secret => self.secrets.clear(),
+            Kind::ConfigMap => self.config_maps.clear(),
         }
         for object in objects.into_iter().filter(|o| o.kind() == kind) {
             self.insert(object);
@@ -231,5 +240,6 @@ impl Store {
             + self.pods.len()
             + self.namespaces.len()
             + self.secrets.len()
+            + self.config_maps.len()
     }
 }

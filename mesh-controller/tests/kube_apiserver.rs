@@ -87,9 +87,21 @@ fn condition<'a>(parent: &'a Value, type_: &str) -> Option<&'a Value> {
     parent["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }
 
+/// The tests that run a leading controller take turns: a leader writes the status of every
+/// Gateway of Weft's classes in the cluster, and two with different settings would disagree.
+static LEADERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn spawn_controller(
     client: Client,
     leading: bool,
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Publisher) {
+    spawn_controller_with(client, leading, Settings::default())
+}
+
+fn spawn_controller_with(
+    client: Client,
+    leading: bool,
+    settings: Settings,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Publisher) {
     let publisher = Publisher::new();
     let (_tx, rx) = watch::channel(leading);
@@ -98,7 +110,7 @@ fn spawn_controller(
         let publisher = publisher.clone();
         async move {
             let _keep_sender = _tx;
-            mesh_controller::kube_source::run(client, Settings::default(), publisher, writer, rx).await
+            mesh_controller::kube_source::run(client, settings, publisher, writer, rx).await
         }
     });
     (task, publisher)
@@ -107,6 +119,7 @@ fn spawn_controller(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_written_merged_with_other_controllers_and_not_rewritten_after_restart() {
     let Some(client) = client().await else { return };
+    let _turn = LEADERS.lock().await;
     let ns = unique("weft-it");
     let class = unique("weft-it");
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -389,5 +402,352 @@ async fn every_served_gateway_api_kind_is_watched_whatever_its_version() {
         [Kind::Gateway, Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute, Kind::TcpRoute, Kind::UdpRoute]
     {
         assert!(watched.contains(&kind), "{kind:?} is not watched: {watched:?}");
+    }
+}
+
+/// Polls `check` until it yields a value, or panics with what it last said.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what} did not happen within {SETTLE:?}: {last}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn gateway_condition(gw: &Value, type_: &str) -> (String, String) {
+    let c = gw["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_));
+    c.map(|c| {
+        (c["status"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap_or("").to_string())
+    })
+    .unwrap_or_default()
+}
+
+fn service_ports(service: &Value) -> Vec<(i64, i64, String)> {
+    service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or(0),
+                p["targetPort"].as_i64().unwrap_or(0),
+                p["protocol"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_gateway_gets_a_service_with_its_ports_its_type_and_a_pool_address() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use mesh_controller::resolve::exposure::ServiceSettings;
+
+    let Some(client) = client().await else { return };
+    let _turn = LEADERS.lock().await;
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let ns = unique("weft-svc");
+    let proxies_ns = unique("weft-proxies");
+    let class = unique("weft-svc");
+    let other_class = unique("weft-svc-b");
+    let proxy_label = unique("weft-node");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [&ns, &proxies_ns] {
+        create(&namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+            .await;
+    }
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    for name in [&class, &other_class] {
+        create(
+            &classes,
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": name}, "spec": {"controllerName": "weft.dev/gateway-controller"}}),
+        )
+        .await;
+    }
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), &ns);
+    let gw = create(
+        &gateways,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": ns},
+        "spec": {"gatewayClassName": class, "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+    )
+    .await;
+    let uid = gw.metadata.uid.clone().expect("uid");
+
+    let pool: ipnet::IpNet = "10.250.200.0/24".parse().expect("pool");
+    let settings = Settings {
+        gateway_address_pool: Some(pool),
+        gateway_services: Some(ServiceSettings {
+            proxy_namespace: proxies_ns.clone(),
+            proxy_selector: [("app.kubernetes.io/name".to_string(), proxy_label.clone())].into(),
+        }),
+        ..Settings::default()
+    };
+    let (controller, _publisher) = spawn_controller_with(client.clone(), true, settings);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let service_name = format!("edge-{class}");
+    let get_json = |api: Api<Service>, name: String| async move {
+        match api.get_opt(&name).await {
+            Ok(Some(s)) => Ok(serde_json::to_value(&s).expect("json")),
+            Ok(None) => Err(format!("no Service {name}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+
+    // The Service: LoadBalancer, one port per listener port, owned by the Gateway, addressed
+    // from the pool by Weft (status written), and the same address on the Gateway.
+    let service = eventually("the Gateway's Service with a pool address", || {
+        let (services, name) = (services.clone(), service_name.clone());
+        async move {
+            let s = get_json(services, name).await?;
+            if s["status"]["loadBalancer"]["ingress"][0]["ip"].is_string() {
+                Ok(s)
+            } else {
+                Err(format!("no load-balancer address yet: {s:#}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["loadBalancerClass"], "weft.dev/address-pool");
+    assert_eq!(service["spec"]["allocateLoadBalancerNodePorts"], false);
+    assert_eq!(service["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"], "edge");
+    let owner = &service["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str(), owner["uid"].as_str()),
+        (Some("Gateway"), Some("edge"), Some(uid.as_str()))
+    );
+    assert_eq!(service_ports(&service), vec![(53, 53, "UDP".into()), (80, 80, "TCP".into())]);
+    let ingress = &service["status"]["loadBalancer"]["ingress"][0];
+    assert_eq!(ingress["ipMode"], "Proxy");
+    let address = ingress["ip"].as_str().expect("ip").to_string();
+    assert!(pool.contains(&address.parse::<std::net::IpAddr>().expect("an IP")), "{address}");
+    let gateway_address = eventually("the pool address on the Gateway", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw =
+                serde_json::to_value(gateways.get("edge").await.map_err(|e| e.to_string())?).expect("json");
+            match gw["status"]["addresses"][0]["value"].as_str() {
+                Some(a) => Ok(a.to_string()),
+                None => Err(format!("{:#}", gw["status"])),
+            }
+        }
+    })
+    .await;
+    assert_eq!(gateway_address, address, "the Service's load-balancer address is the Gateway's");
+    let slice = eventually("the Service's EndpointSlice", || {
+        let (slices, name) = (slices.clone(), format!("{service_name}-ipv4"));
+        async move { slices.get_opt(&name).await.map_err(|e| e.to_string())?.ok_or(format!("no {name}")) }
+    })
+    .await;
+    assert_eq!(
+        slice.endpoints[0].addresses,
+        vec![address.clone()],
+        "the ClusterIP leads to the pool address"
+    );
+
+    // Listeners change: the ports follow.
+    gateways
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"listeners": [
+                {"name": "http", "port": 8080, "protocol": "HTTP"},
+                {"name": "tls", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]}})),
+        )
+        .await
+        .expect("edit listeners");
+    eventually("the Service's ports following the listeners", || {
+        let (services, name) = (services.clone(), service_name.clone());
+        async move {
+            let s = get_json(services, name).await?;
+            let ports = service_ports(&s);
+            if ports == vec![(8080, 8080, "TCP".to_string()), (8443, 8443, "TCP".to_string())] {
+                Ok(())
+            } else {
+                Err(format!("ports {ports:?}"))
+            }
+        }
+    })
+    .await;
+
+    // A node proxy runs (its status written by hand: there is no kubelet here), and the
+    // Gateway's own parameters ask for NodePort: the Service becomes NodePort and the
+    // Gateway's address the proxy's node's.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &proxies_ns);
+    create(
+        &pods,
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "proxy-a", "namespace": proxies_ns, "labels": {"app.kubernetes.io/name": proxy_label}},
+        "spec": {"containers": [{"name": "proxy", "image": "weft.local/weft-proxy:dev"}]}}),
+    )
+    .await;
+    pods.patch_status(
+        "proxy-a",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Running", "hostIP": "192.0.2.10", "hostIPs": [{"ip": "192.0.2.10"}],
+            "conditions": [{"type": "Ready", "status": "True"}]}}),
+        ),
+    )
+    .await
+    .expect("proxy status");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    for (name, service_type) in [("node-port", "NodePort"), ("bad", "Ingress")] {
+        create(
+            &config_maps,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
+            "data": {"service.type": service_type}}),
+        )
+        .await;
+    }
+    let set_parameters = |name: &'static str| {
+        let gateways = gateways.clone();
+        async move {
+            gateways
+                .patch(
+                    "edge",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"infrastructure": {"parametersRef": {"group": "", "kind": "ConfigMap", "name": name}}}})),
+                )
+                .await
+                .expect("set parametersRef");
+        }
+    };
+    set_parameters("node-port").await;
+    let service = eventually("a NodePort Service", || {
+        let (services, name) = (services.clone(), service_name.clone());
+        async move {
+            let s = get_json(services, name).await?;
+            if s["spec"]["type"] == "NodePort" { Ok(s) } else { Err(format!("type {}", s["spec"]["type"])) }
+        }
+    })
+    .await;
+    assert!(service["spec"]["loadBalancerClass"].is_null(), "{:#}", service["spec"]);
+    assert!(service["spec"]["ports"][0]["nodePort"].is_i64(), "node ports allocated: {:#}", service["spec"]);
+    eventually("the proxy's node address on the Gateway", || {
+        let gateways = gateways.clone();
+        async move {
+            let gw =
+                serde_json::to_value(gateways.get("edge").await.map_err(|e| e.to_string())?).expect("json");
+            if gw["status"]["addresses"] == json!([{"type": "IPAddress", "value": "192.0.2.10"}]) {
+                Ok(())
+            } else {
+                Err(format!("{:#}", gw["status"]))
+            }
+        }
+    })
+    .await;
+    let slice = slices.get(&format!("{service_name}-ipv4")).await.expect("EndpointSlice");
+    assert_eq!(slice.endpoints[0].addresses, vec!["192.0.2.10".to_string()]);
+
+    // Invalid parameters: the Gateway is not accepted, and its Service goes.
+    set_parameters("bad").await;
+    eventually("Accepted=False InvalidParameters and no Service", || {
+        let (gateways, services, name) = (gateways.clone(), services.clone(), service_name.clone());
+        async move {
+            let gw =
+                serde_json::to_value(gateways.get("edge").await.map_err(|e| e.to_string())?).expect("json");
+            let accepted = gateway_condition(&gw, "Accepted");
+            let service = services.get_opt(&name).await.map_err(|e| e.to_string())?;
+            if accepted == ("False".into(), "InvalidParameters".into()) && service.is_none() {
+                Ok(())
+            } else {
+                Err(format!("Accepted {accepted:?}, Service present: {}", service.is_some()))
+            }
+        }
+    })
+    .await;
+
+    // Valid again, then the Gateway changes class: the old class's Service goes, the new one's
+    // comes.
+    set_parameters("node-port").await;
+    eventually("the Service back", || {
+        let (services, name) = (services.clone(), service_name.clone());
+        async move { get_json(services, name).await.map(drop) }
+    })
+    .await;
+    gateways
+        .patch(
+            "edge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gatewayClassName": other_class}})),
+        )
+        .await
+        .expect("change class");
+    let new_name = format!("edge-{other_class}");
+    eventually("the Service renamed with the class", || {
+        let (services, old, new) = (services.clone(), service_name.clone(), new_name.clone());
+        async move {
+            let old_there = services.get_opt(&old).await.map_err(|e| e.to_string())?.is_some();
+            let new_there = services.get_opt(&new).await.map_err(|e| e.to_string())?.is_some();
+            if !old_there && new_there { Ok(()) } else { Err(format!("old {old_there}, new {new_there}")) }
+        }
+    })
+    .await;
+    assert!(
+        slices.get_opt(&format!("{service_name}-ipv4")).await.expect("get").is_none(),
+        "the old Service's EndpointSlice went with it"
+    );
+
+    // A class whose parametersRef names a missing ConfigMap is not accepted.
+    let bad_class = unique("weft-svc-bad");
+    create(
+        &classes,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": bad_class},
+        "spec": {"controllerName": "weft.dev/gateway-controller",
+                 "parametersRef": {"group": "", "kind": "ConfigMap", "namespace": ns, "name": "missing"}}}),
+    )
+    .await;
+    eventually("the class Accepted=False InvalidParameters", || {
+        let (classes, name) = (classes.clone(), bad_class.clone());
+        async move {
+            let c = serde_json::to_value(classes.get(&name).await.map_err(|e| e.to_string())?).expect("json");
+            let accepted = gateway_condition(&c, "Accepted");
+            if accepted == ("False".into(), "InvalidParameters".into()) {
+                Ok(())
+            } else {
+                Err(format!("{accepted:?}"))
+            }
+        }
+    })
+    .await;
+
+    // The Gateway is deleted: its Service goes (the garbage collector follows the owner
+    // reference; the controller deletes what no Gateway wants, whichever comes first).
+    gateways.delete("edge", &DeleteParams::default()).await.expect("delete Gateway");
+    eventually("the Service gone with its Gateway", || {
+        let (services, name) = (services.clone(), new_name.clone());
+        async move {
+            match services.get_opt(&name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        }
+    })
+    .await;
+
+    controller.abort();
+    for name in [&ns, &proxies_ns] {
+        let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    }
+    for name in [&class, &other_class, &bad_class] {
+        let _ = classes.delete(name, &DeleteParams::default()).await;
     }
 }

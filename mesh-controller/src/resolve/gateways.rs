@@ -18,6 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::Settings;
 use super::address_pool;
 use super::backends::GATEWAY_GROUP;
+use super::exposure::{self, Exposed, Parameters, ServiceType};
 use super::reference_grants::{self, From, To};
 use super::selector::LabelSelector;
 use crate::status::{
@@ -25,28 +26,20 @@ use crate::status::{
 };
 use crate::store::Store;
 
-/// GatewayClasses whose controllerName is Weft's, with their status. Others are not touched.
-pub fn classes(store: &Store) -> (BTreeSet<String>, BTreeMap<String, GatewayClassStatus>) {
-    let mut accepted = BTreeSet::new();
+/// GatewayClasses whose controllerName is Weft's, each accepted one with its parameters (from
+/// the ConfigMap its parametersRef names), and their status. Others are not touched.
+pub fn classes(store: &Store) -> (BTreeMap<String, Parameters>, BTreeMap<String, GatewayClassStatus>) {
+    let mut accepted = BTreeMap::new();
     let mut statuses = BTreeMap::new();
     for (key, class) in &store.gateway_classes {
         if class.spec.controller_name != CONTROLLER_NAME {
             continue;
         }
         let generation = class.metadata.generation;
-        let accepted_condition = match &class.spec.parameters_ref {
-            Some(p) => Condition::new(
-                "Accepted",
-                false,
-                "InvalidParameters",
-                format!(
-                    "parametersRef {}/{} {} is not supported by this version of Weft; remove it",
-                    p.group, p.kind, p.name
-                ),
-                generation,
-            ),
-            None => {
-                accepted.insert(key.name.clone());
+        let accepted_condition = match exposure::class_parameters(store, class) {
+            Err(why) => Condition::new("Accepted", false, "InvalidParameters", why, generation),
+            Ok(parameters) => {
+                accepted.insert(key.name.clone(), parameters);
                 Condition::new(
                     "Accepted",
                     true,
@@ -124,39 +117,81 @@ pub struct GatewayState {
     pub address_problem: Option<String>,
     /// Why an address the Gateway asks for cannot be served here (outside the address pool).
     pub address_unusable: Option<String>,
+    /// Why its parameters (`spec.infrastructure.parametersRef`) are invalid, when they are.
+    pub parameters_problem: Option<String>,
+    /// How it is exposed with a Service; `None` where Weft creates no Services (standalone,
+    /// or no `--gateway-service-selector`).
+    pub exposure: Option<Exposed>,
+    /// The addresses its status reports, when they differ from the ones the proxies listen on
+    /// (`addresses`): a load-balancer provider's, or the nodes' for NodePort.
+    pub status_addresses: Option<Vec<GatewayAddress>>,
+    /// What the Gateway waits for while it has no address to report.
+    pub address_pending: Option<String>,
 }
 
 impl GatewayState {
     pub fn accepted(&self) -> bool {
-        self.address_problem.is_none()
+        self.address_problem.is_none() && self.parameters_problem.is_none()
     }
+
+    /// The addresses its status reports.
+    pub fn reported_addresses(&self) -> Vec<GatewayAddress> {
+        match &self.status_addresses {
+            Some(addresses) => addresses.clone(),
+            None => self.addresses.iter().map(|ip| ip_address(*ip)).collect(),
+        }
+    }
+}
+
+fn ip_address(ip: IpAddr) -> GatewayAddress {
+    GatewayAddress { type_: "IPAddress".into(), value: ip.to_string() }
+}
+
+fn union(a: &[IpAddr], b: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out = a.to_vec();
+    out.extend(b.iter().filter(|ip| !a.contains(ip)));
+    out
 }
 
 pub fn gateways(
     store: &Store,
     settings: &Settings,
-    classes: &BTreeSet<String>,
+    classes: &BTreeMap<String, Parameters>,
 ) -> BTreeMap<ObjectKey, GatewayState> {
     let ours: Vec<(&ObjectKey, &Gateway)> = store
         .gateways
         .iter()
         .map(|(key, gw)| (key, gw.as_ref()))
-        .filter(|(_, gw)| classes.contains(&gw.spec.gateway_class_name))
+        .filter(|(_, gw)| classes.contains_key(&gw.spec.gateway_class_name))
         .collect();
-    let mut states: BTreeMap<ObjectKey, GatewayState> =
-        ours.iter().map(|(key, gw)| ((*key).clone(), gateway(store, settings, key, gw))).collect();
+    let mut states: BTreeMap<ObjectKey, GatewayState> = ours
+        .iter()
+        .map(|(key, gw)| {
+            let class = classes.get(&gw.spec.gateway_class_name).cloned().unwrap_or_default();
+            ((*key).clone(), gateway(store, settings, &class, key, gw))
+        })
+        .collect();
+    // NodePort Gateways are served on the nodes' addresses, not on one of the pool's.
+    let node_port = |key: &ObjectKey| {
+        states
+            .get(key)
+            .and_then(|s| s.exposure.as_ref())
+            .is_some_and(|e| e.service_type == ServiceType::NodePort)
+    };
+    let node_port_keys: BTreeSet<ObjectKey> =
+        ours.iter().map(|(k, _)| (*k).clone()).filter(|k| node_port(k)).collect();
     if let Some(pool) = &settings.gateway_address_pool {
         let asks_for_none = |gw: &Gateway| gw.spec.addresses.as_ref().is_none_or(Vec::is_empty);
         let taken = states.values().flat_map(|s| s.addresses.iter().copied()).collect();
         let wanting: Vec<address_pool::Wanting> = ours
             .iter()
-            .filter(|(_, gw)| asks_for_none(gw))
+            .filter(|(key, gw)| asks_for_none(gw) && !node_port_keys.contains(*key))
             .map(|(key, gw)| address_pool::Wanting { key: (*key).clone(), recorded: recorded_addresses(gw) })
             .collect();
         let assigned = address_pool::assign(pool, taken, &wanting);
         // Where a pool says which addresses the nodes answer for, a static address outside it
         // would be programmed on nothing that receives its traffic.
-        for state in states.values_mut() {
+        for state in states.values_mut().filter(|s| !node_port_keys.contains(&s.key)) {
             let outside: Vec<String> =
                 state.addresses.iter().filter(|ip| !pool.contains(*ip)).map(ToString::to_string).collect();
             if !outside.is_empty() {
@@ -173,7 +208,64 @@ pub fn gateways(
             }
         }
     }
+    if let Some(service_settings) = &settings.gateway_services {
+        let nodes = exposure::proxy_node_addresses(store, service_settings);
+        for (key, gw) in &ours {
+            if let Some(state) = states.get_mut(*key) {
+                expose(store, settings, &nodes, key, gw, state);
+            }
+        }
+    }
     states
+}
+
+/// Where an exposed Gateway's traffic arrives, and so which addresses the proxies listen on
+/// and its status reports.
+fn expose(
+    store: &Store,
+    settings: &Settings,
+    nodes: &[IpAddr],
+    key: &ObjectKey,
+    gw: &Gateway,
+    state: &mut GatewayState,
+) {
+    let Some(exposed) = state.exposure.as_mut() else { return };
+    match exposed.service_type {
+        ServiceType::None => {}
+        ServiceType::LoadBalancer if settings.gateway_address_pool.is_some() => {
+            // Weft is the load-balancer IPAM: the pool address is the Service's too.
+            exposed.weft_ipam = true;
+        }
+        ServiceType::LoadBalancer => {
+            // A provider's load balancer delivers to the nodes (their node ports, then the
+            // EndpointSlice's node addresses); its address is what clients use.
+            exposed.node_addresses = nodes.to_vec();
+            let (ips, hostnames) = exposure::provider_ingress(store, key, gw);
+            let reported: Vec<IpAddr> = union(&state.addresses, &ips);
+            let mut addresses: Vec<GatewayAddress> = reported.iter().map(|ip| ip_address(*ip)).collect();
+            addresses
+                .extend(hostnames.into_iter().map(|h| GatewayAddress { type_: "Hostname".into(), value: h }));
+            if addresses.is_empty() {
+                state.address_pending = Some(format!(
+                    "waiting for a load-balancer provider to give Service {}/{} an address \
+                     (or use --gateway-address-pool, or service.type NodePort)",
+                    key.namespace,
+                    exposure::service_name(&key.name, &gw.spec.gateway_class_name)
+                ));
+            }
+            state.status_addresses = Some(addresses);
+            state.addresses = union(&union(&state.addresses, &ips), nodes);
+        }
+        ServiceType::NodePort => {
+            exposed.node_addresses = nodes.to_vec();
+            if nodes.is_empty() {
+                state.address_pending =
+                    Some("no node proxy is running and ready to serve the node ports".into());
+            }
+            state.status_addresses = Some(nodes.iter().map(|ip| ip_address(*ip)).collect());
+            state.addresses = union(&state.addresses, nodes);
+        }
+    }
 }
 
 /// The IP addresses the Gateway's status holds: what this controller assigned last time.
@@ -182,7 +274,22 @@ fn recorded_addresses(gw: &Gateway) -> Vec<IpAddr> {
     addresses.into_iter().flatten().filter_map(|a| a.value.parse().ok()).collect()
 }
 
-fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) -> GatewayState {
+fn gateway(
+    store: &Store,
+    settings: &Settings,
+    class: &Parameters,
+    key: &ObjectKey,
+    gw: &Gateway,
+) -> GatewayState {
+    let (parameters, parameters_problem) = match exposure::gateway_parameters(store, key, gw) {
+        Ok(own) => (own.over(class), None),
+        Err(why) => (class.clone(), Some(why)),
+    };
+    let exposure = settings
+        .gateway_services
+        .as_ref()
+        .map(|_| Exposed { service_type: parameters.service_type.unwrap_or_default(), ..Default::default() });
+    let exposed_by_service = exposure.as_ref().is_some_and(|e| e.service_type != ServiceType::None);
     let mut addresses = Vec::new();
     let mut address_problem = None;
     for a in gw.spec.addresses.iter().flatten() {
@@ -199,7 +306,11 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
         }
     }
     // With a pool, `gateways` assigns these afterwards, seeing all Gateways at once.
-    if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty) && settings.gateway_address_pool.is_none() {
+    // Exposed by a Service, the Service's addresses (set afterwards) replace the default.
+    if gw.spec.addresses.as_ref().is_none_or(Vec::is_empty)
+        && settings.gateway_address_pool.is_none()
+        && !exposed_by_service
+    {
         addresses = settings.default_gateway_addresses.clone();
     }
     let mut listeners: Vec<ListenerState> =
@@ -221,6 +332,10 @@ fn gateway(store: &Store, settings: &Settings, key: &ObjectKey, gw: &Gateway) ->
         addresses,
         address_problem,
         address_unusable: None,
+        parameters_problem,
+        exposure,
+        status_addresses: None,
+        address_pending: None,
     }
 }
 
@@ -577,16 +692,21 @@ pub fn status(gw: &GatewayState, attached: &super::AttachedRoutes) -> GatewaySta
         })
         .collect();
     let valid = gw.listeners.iter().filter(|l| l.usable()).count();
-    let accepted = match &gw.address_problem {
-        Some(problem) => Condition::new("Accepted", false, "UnsupportedAddress", problem.clone(), generation),
-        None if !gw.listeners.is_empty() && valid == 0 => Condition::new(
+    let accepted = match (&gw.parameters_problem, &gw.address_problem) {
+        (Some(problem), _) => {
+            Condition::new("Accepted", false, "InvalidParameters", problem.clone(), generation)
+        }
+        (None, Some(problem)) => {
+            Condition::new("Accepted", false, "UnsupportedAddress", problem.clone(), generation)
+        }
+        _ if !gw.listeners.is_empty() && valid == 0 => Condition::new(
             "Accepted",
             false,
             "ListenersNotValid",
             "no listener is valid; see the listeners' conditions",
             generation,
         ),
-        None if valid < gw.listeners.len() => Condition::new(
+        _ if valid < gw.listeners.len() => Condition::new(
             "Accepted",
             true,
             "ListenersNotValid",
@@ -597,19 +717,20 @@ pub fn status(gw: &GatewayState, attached: &super::AttachedRoutes) -> GatewaySta
             ),
             generation,
         ),
-        None => Condition::new("Accepted", true, "Accepted", "the Gateway is valid", generation),
+        _ => Condition::new("Accepted", true, "Accepted", "the Gateway is valid", generation),
     };
     let programmed_listeners = gw.listeners.iter().filter(|l| l.programmed()).count();
+    let reported = gw.reported_addresses();
     let programmed = if !accepted.is_true() {
         Condition::new("Programmed", false, "Invalid", "the Gateway is not accepted", generation)
     } else if let Some(unusable) = &gw.address_unusable {
         Condition::new("Programmed", false, "AddressNotUsable", unusable.clone(), generation)
-    } else if gw.addresses.is_empty() {
+    } else if gw.addresses.is_empty() || reported.is_empty() {
         Condition::new(
             "Programmed",
             false,
             "AddressNotAssigned",
-            "no address is available for this Gateway",
+            gw.address_pending.clone().unwrap_or_else(|| "no address is available for this Gateway".into()),
             generation,
         )
     } else if programmed_listeners == 0 {
@@ -617,13 +738,5 @@ pub fn status(gw: &GatewayState, attached: &super::AttachedRoutes) -> GatewaySta
     } else {
         Condition::new("Programmed", true, "Programmed", "the node proxies serve this Gateway", generation)
     };
-    GatewayStatus {
-        addresses: gw
-            .addresses
-            .iter()
-            .map(|ip| GatewayAddress { type_: "IPAddress".into(), value: ip.to_string() })
-            .collect(),
-        conditions: vec![accepted, programmed],
-        listeners,
-    }
+    GatewayStatus { addresses: reported, conditions: vec![accepted, programmed], listeners }
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use mesh_api::model::{Config, ObjectKey, RouteKey};
 use mesh_api::proto::ResourceKind;
 
+use super::exposure::{self, Exposures};
 use super::gateways::{self, GatewayState};
 use super::routes::{self, References};
 use super::{AttachedRoutes, RouteOutcome, Settings, mesh, resolve_route};
@@ -47,6 +48,9 @@ pub struct Resolver {
     slices_of_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     owner_of_slice: HashMap<ObjectKey, ObjectKey>,
     backends_of_service: HashMap<ObjectKey, Vec<String>>,
+    exposures: Exposures,
+    /// The ConfigMaps GatewayClasses and Gateways name as parameters.
+    parameter_config_maps: BTreeSet<ObjectKey>,
 }
 
 /// Records every upsert and removal that really changes the config.
@@ -116,6 +120,8 @@ impl Resolver {
             slices_of_service: HashMap::new(),
             owner_of_slice: HashMap::new(),
             backends_of_service: HashMap::new(),
+            exposures: Exposures::new(),
+            parameter_config_maps: BTreeSet::new(),
         }
     }
 
@@ -125,6 +131,11 @@ impl Resolver {
 
     pub fn statuses(&self) -> &Statuses {
         &self.statuses
+    }
+
+    /// The Services and EndpointSlices that expose the Gateways.
+    pub fn exposures(&self) -> &Exposures {
+        &self.exposures
     }
 
     /// Brings the config and statuses up to date with `store`, given what changed since the
@@ -164,6 +175,8 @@ impl Resolver {
                         dirty_routes.insert(RouteKey { kind: route_kind(*kind), object: key.clone() });
                     }
                     Kind::Service => {
+                        // A Gateway's own Service: its load-balancer status is its address.
+                        gateways_changed |= self.gateway_service(store, key);
                         dirty_services.insert(key.clone());
                         dirty_routes.extend(self.routes_by_service.get(key).into_iter().flatten().cloned());
                     }
@@ -183,7 +196,16 @@ impl Resolver {
                         dirty_services.extend(old_owner.into_iter().chain(new_owner));
                     }
                     Kind::Pod => {
+                        // Node proxies: their node addresses serve NodePort Gateways.
+                        gateways_changed |= self
+                            .settings
+                            .gateway_services
+                            .as_ref()
+                            .is_some_and(|s| s.proxy_namespace == key.namespace);
                         dirty_pods.insert(key.clone());
+                    }
+                    Kind::ConfigMap => {
+                        gateways_changed |= self.parameter_config_maps.contains(key);
                     }
                     Kind::Namespace => {
                         let ns = &key.name;
@@ -209,6 +231,8 @@ impl Resolver {
             let (classes, class_statuses) = gateways::classes(store);
             self.statuses.gateway_classes = class_statuses;
             let states = gateways::gateways(store, &self.settings, &classes);
+            self.parameter_config_maps = exposure::referenced_config_maps(store);
+            self.exposures = exposure::desired(store, &states);
             for key in self.gateways.keys().chain(states.keys()) {
                 if self.gateways.get(key) != states.get(key) {
                     dirty_routes.extend(self.routes_by_gateway.get(key).into_iter().flatten().cloned());
@@ -314,6 +338,15 @@ impl Resolver {
                 .collect();
         }
         w.finish()
+    }
+
+    /// Whether a Service is (or was) one exposing a Gateway.
+    fn gateway_service(&self, store: &Store, key: &ObjectKey) -> bool {
+        self.settings.gateway_services.is_some()
+            && (self.exposures.values().any(|e| {
+                e.service.metadata.name.as_deref() == Some(key.name.as_str())
+                    && e.service.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+            }) || store.services.get(key).is_some_and(|s| exposure::is_ours(&s.metadata)))
     }
 
     /// Rebuilds the slice index from the store (after a relist, or the first time).

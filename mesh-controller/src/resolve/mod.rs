@@ -11,6 +11,7 @@
 
 mod address_pool;
 mod backends;
+pub mod exposure;
 pub mod gateways;
 pub mod hostnames;
 pub mod incremental;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub default_gateway_addresses: Vec<IpAddr>,
     /// Each Gateway without `spec.addresses` gets an address of its own from here.
     pub gateway_address_pool: Option<ipnet::IpNet>,
+    /// Expose each Gateway with a Service (cluster mode): where the node proxies are.
+    pub gateway_services: Option<exposure::ServiceSettings>,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             cluster_domain: "cluster.local".into(),
             default_gateway_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             gateway_address_pool: None,
+            gateway_services: None,
         }
     }
 }
@@ -61,6 +65,8 @@ impl Default for Settings {
 pub struct Resolution {
     pub config: Config,
     pub statuses: Statuses,
+    /// The Services (and EndpointSlices) that expose the Gateways.
+    pub exposures: exposure::Exposures,
 }
 
 pub fn resolve(store: &Store, settings: &Settings) -> Resolution {
@@ -92,7 +98,8 @@ pub fn resolve(store: &Store, settings: &Settings) -> Resolution {
     for (key, gw) in &gateway_states {
         statuses.gateways.insert(key.clone(), gateways::status(gw, &attached));
     }
-    Resolution { config, statuses }
+    let exposures = exposure::desired(store, &gateway_states);
+    Resolution { config, statuses, exposures }
 }
 
 /// How many routes each listener carries (its `attachedRoutes`).
