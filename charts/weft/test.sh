@@ -84,6 +84,7 @@ has "${out}/deploy" '--proxy-service-account=weft-proxy' "controller: CA trusts 
 hasnt "${out}/deploy" '--insecure-plaintext' "controller: config port is TLS"
 hasnt "${out}/deploy" '--serving-name' "controller: no extra serving names by default"
 hasnt "${out}/deploy" '--gateway-address-pool' "controller: no address pool by default"
+has "${out}/deploy" '--gateway-service-selector=app\.kubernetes\.io/name=weft-node,app\.kubernetes\.io/instance=weft$' "controller: Gateways get Services; the node proxies' labels"
 has "${out}/deploy" 'fieldPath: metadata.namespace' "controller: POD_NAMESPACE"
 has "${out}/deploy" 'fieldPath: metadata.name' "controller: POD_NAME"
 has "${out}/deploy" 'path: /ready' "controller: readiness on /ready"
@@ -155,11 +156,22 @@ has "${out}/cr" 'verbs: \[patch\]' "status: patch (server-side apply) only"
 has "${out}/cr" 'resources: \[services, pods, namespaces, secrets\]' "controller reads Services, Pods, Namespaces, Secrets"
 has "${out}/cr" 'resources: \[endpointslices\]' "controller reads EndpointSlices"
 has "${out}/cr" 'resources: \[tokenreviews\]' "controller creates TokenReviews"
-# Verbs of the ClusterRole: list/watch everywhere, patch only on */status, create only on tokenreviews.
+has "${out}/cr" 'resources: \[configmaps\]' "controller reads ConfigMaps (Gateway parameters)"
+# Verbs of the ClusterRole: list/watch everywhere, patch on */status, create only on
+# tokenreviews, and create/patch/delete only on the Services and EndpointSlices exposing Gateways.
 awk '/resources:/ { r = $0 } /verbs:/ { print r " => " $0 }' "${out}/cr" >"${out}/cr-verbs"
-hasnt "${out}/cr-verbs" '(get|update|delete|deletecollection|\*)' "ClusterRole: no get/update/delete/*"
-hasnt "${out}/cr-verbs" 'secrets.*(create|patch|update)' "ClusterRole: Secrets read-only"
-count "${out}/cr" 'verbs: \[create\]' 1 "ClusterRole: one create (TokenReviews)"
+hasnt "${out}/cr-verbs" '(get|update|deletecollection|\*)' "ClusterRole: no get/update/deletecollection/*"
+hasnt "${out}/cr-verbs" 'secrets.*(create|patch|update|delete)' "ClusterRole: Secrets read-only"
+hasnt "${out}/cr-verbs" 'configmaps.*(create|patch|update|delete)' "ClusterRole: ConfigMaps read-only"
+# Writes other than status patches (the multi-line status list prints as "resources: =>").
+grep -E '(create|patch|delete)' "${out}/cr-verbs" | grep -vE 'resources: =>|/status\]' | tr -s ' ' >"${out}/cr-writes" || true
+if [[ "$(tr '\n' ';' <"${out}/cr-writes")" == " resources: [services] => verbs: [create, patch, delete]; resources: [endpointslices] => verbs: [create, patch, delete]; resources: [tokenreviews] => verbs: [create];" ]]; then
+  pass "ClusterRole writes: Services and EndpointSlices (create/patch/delete), TokenReviews (create), statuses (patch)"
+else
+  fail "ClusterRole writes: $(tr '\n' ';' <"${out}/cr-writes")"
+fi
+has "${out}/cr" '^ *resources: \[services/status\]$' "controller writes the load-balancer status of Gateway Services"
+count "${out}/cr" 'verbs: \[create\]' 1 "ClusterRole: one create alone (TokenReviews)"
 doc "${d}" Role weft-controller >"${out}/role"
 has "${out}/role" 'resourceNames: \[weft-controller\]' "Role: the Lease by name"
 has "${out}/role" 'resourceNames: \[weft-ca\]' "Role: the CA Secret by name"
@@ -198,14 +210,32 @@ hasnt "${out}/gc-served" 'helm.sh/hook' "GatewayClass is an ordinary object once
 
 echo "== optional parts off"
 render off --set cni.enabled=false --set proxy.mesh=false --set gatewayClass.create=false \
-  --set controller.podDisruptionBudget.enabled=false
+  --set controller.podDisruptionBudget.enabled=false --set gateway.services=false
 o="${out}/off.yaml"
+hasnt "${o}" '--gateway-service-selector' "no Gateway Services"
+doc "${o}" ClusterRole weft-controller >"${out}/cr-off"
+hasnt "${out}/cr-off" 'services/status|verbs: \[create, patch, delete\]' "no Gateway Services: no write access to Services or EndpointSlices"
 count "${o}" '^kind: GatewayClass$' 0 "no GatewayClass"
 count "${o}" '^kind: PodDisruptionBudget$' 0 "no PodDisruptionBudget"
 hasnt "${o}" 'weft-cni:dev|weft-cni-kubeconfig|name: weft-cni$' "no CNI installer, kubeconfig or RBAC"
 hasnt "${o}" '--ca-token-file' "no CA token without the mesh"
 has "${o}" '--controller-token-file=/var/run/secrets/weft/ca-token/token' "the config stream is authenticated without the mesh too"
 has "${o}" '--controller-ca-bundle=' "the controller is verified without the mesh too"
+
+echo "== GatewayClass parameters (gateway.serviceType)"
+render params --set gateway.serviceType=NodePort
+doc "${out}/params.yaml" GatewayClass weft >"${out}/gc-params"
+has "${out}/gc-params" '^    kind: ConfigMap$' "the class's parametersRef is a ConfigMap"
+has "${out}/gc-params" '^    namespace: weft-system$' "in the release namespace"
+has "${out}/gc-params" '^    name: weft-gateway-parameters$' "named weft-gateway-parameters"
+doc "${out}/params.yaml" ConfigMap weft-gateway-parameters >"${out}/cm-params"
+has "${out}/cm-params" '^  service.type: NodePort$' "the parameters ConfigMap says service.type"
+hasnt "${d}" 'weft-gateway-parameters' "no parameters by default"
+if "${HELM}" template weft "${chart}" --set gateway.serviceType=ClusterIP >/dev/null 2>&1; then
+  fail "gateway.serviceType=ClusterIP is refused"
+else
+  pass "gateway.serviceType=ClusterIP is refused"
+fi
 
 echo "== node-tier values (ci/node-tier-values.yaml)"
 render node -f "${chart}/ci/node-tier-values.yaml"
