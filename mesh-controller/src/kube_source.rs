@@ -42,6 +42,9 @@ pub enum Change {
 /// folder, or an EndpointSlice update storm, costs one resolve, not hundreds.
 const COALESCE: Duration = Duration::from_millis(25);
 
+/// How soon a round whose status or Service writes failed is retried.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
+
 /// Room for bursts (a relist of thousands of Pods arrives as one `Relisted`, not as many).
 const CHANGE_QUEUE: usize = 1024;
 
@@ -176,8 +179,15 @@ pub async fn run(
     // Services expose Gateways only where the node proxies can be found.
     let mut services = settings.gateway_services.is_some().then(|| ServiceWriter::new(client.clone()));
     let mut resolver = Resolver::new(settings);
+    // After a failed write, the next round comes at the latest this much later, even if
+    // nothing changes: a write refused by a passing API server error is not lost.
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        let retry_at = retry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
+            _ = tokio::time::sleep_until(retry_at), if retry.is_some() => {
+                retry = None;
+            }
             change = rx.recv() => {
                 let Some(change) = change else { anyhow::bail!("every watch ended") };
                 apply(&mut store, &mut synced, change);
@@ -209,9 +219,12 @@ pub async fn run(
         let version = publisher.update(|config| resolver.resolve_into(&store, &changes, config));
         tracing::debug!(version, objects = store.object_count(), elapsed = ?started.elapsed(), "resolved");
         if *leader.borrow() {
-            writer.write(&store, resolver.statuses()).await;
+            let mut failed = writer.write(&store, resolver.statuses()).await.failed;
             if let Some(services) = services.as_mut() {
-                services.write(&store, resolver.exposures()).await;
+                failed += services.write(&store, resolver.exposures()).await.failed;
+            }
+            if failed > 0 && retry.is_none() {
+                retry = Some(tokio::time::Instant::now() + WRITE_RETRY);
             }
         } else if let Some(services) = services.as_mut() {
             services.forget();

@@ -215,8 +215,49 @@ pub fn gateways(
                 expose(store, settings, &nodes, key, gw, state);
             }
         }
+        refuse_shared_node_ports(&ours, &mut states);
     }
     states
+}
+
+/// Gateways served on the nodes' own addresses (NodePort, a provider's load balancer) share
+/// them: a port one of them listens on is taken for the others. The oldest Gateway keeps it
+/// (then the first by namespace/name); the others' listeners on it are not accepted
+/// (`PortUnavailable`) and not served.
+fn refuse_shared_node_ports(ours: &[(&ObjectKey, &Gateway)], states: &mut BTreeMap<ObjectKey, GatewayState>) {
+    let mut order: Vec<(Option<&k8s_openapi::jiff::Timestamp>, &ObjectKey)> = ours
+        .iter()
+        .filter(|(key, _)| {
+            states.get(*key).and_then(|s| s.exposure.as_ref()).is_some_and(|e| !e.node_addresses.is_empty())
+        })
+        .map(|(key, gw)| (gw.metadata.creation_timestamp.as_ref().map(|t| &t.0), *key))
+        .collect();
+    order.sort();
+    let mut taken: BTreeMap<(u16, bool), ObjectKey> = BTreeMap::new();
+    for (_, key) in order {
+        let Some(state) = states.get_mut(key) else { continue };
+        let mut claimed = Vec::new();
+        for listener in state.listeners.iter_mut().filter(|l| l.accepted.0) {
+            let Some(protocol) = listener.protocol else { continue };
+            let port = (listener.port, protocol == ListenerProtocol::Udp);
+            match taken.get(&port) {
+                Some(owner) => {
+                    listener.accepted = (
+                        false,
+                        "PortUnavailable",
+                        format!(
+                            "port {} is served on the nodes' addresses for Gateway {owner} already",
+                            listener.port
+                        ),
+                    );
+                }
+                None => claimed.push(port),
+            }
+        }
+        for port in claimed {
+            taken.insert(port, key.clone());
+        }
+    }
 }
 
 /// Where an exposed Gateway's traffic arrives, and so which addresses the proxies listen on

@@ -395,3 +395,35 @@ fn parameters_and_selectors_parse_strictly() {
     assert_eq!(kept["big"], "");
     assert_eq!(kept[SERVICE_TYPE_KEY], "NodePort");
 }
+
+#[test]
+fn gateways_on_node_addresses_cannot_share_a_port_the_oldest_keeps_it() {
+    let node_port = "  infrastructure: {parametersRef: {group: \"\", kind: ConfigMap, name: np}}";
+    let older = gateway("older", node_port)
+        .replace("generation: 2,", "generation: 2, creationTimestamp: \"2026-01-01T00:00:00Z\",");
+    let newer = gateway("a-newer", node_port)
+        .replace("generation: 2,", "generation: 2, creationTimestamp: \"2026-02-01T00:00:00Z\",")
+        .replace("- {name: dns-tcp, port: 53, protocol: TCP}", "- {name: other, port: 8080, protocol: HTTP}");
+    let pooled = gateway("pooled", "");
+    let yaml = format!(
+        "{CLASS}{older}{newer}{pooled}{PROXIES}{}",
+        config_map("infra", "np", "{service.type: NodePort}")
+    );
+    let r = run(&yaml, Some("10.250.128.0/24"));
+    let listener_accepted = |gw: &str, name: &str| {
+        let status = &r.statuses.gateways[&ObjectKey::new("infra", gw)];
+        let l = status.listeners.iter().find(|l| l.name == name).expect("listener");
+        let c = condition(&l.conditions, "Accepted");
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(listener_accepted("older", "http"), ("True".into(), "Accepted".into()));
+    assert_eq!(listener_accepted("a-newer", "http"), ("False".into(), "PortUnavailable".into()));
+    assert_eq!(
+        listener_accepted("a-newer", "other"),
+        ("True".into(), "Accepted".into()),
+        "a free port is served"
+    );
+    assert_eq!(listener_accepted("pooled", "http"), ("True".into(), "Accepted".into()), "on its own address");
+    let ports: Vec<i32> = spec(exposure(&r, "a-newer")).ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, vec![8080], "only the port it serves is on its Service");
+}
