@@ -7,6 +7,7 @@
 //!   meta mark 0x5746            return         the proxy's sockets, opened in the pod's netns
 //!   oifname "lo"                return         the pod talking to itself
 //!   meta l4proto != tcp         return         UDP (DNS included) is never intercepted
+//!   tcp flags & (fin|syn|rst|ack) != syn  return   not a connection's opening SYN (below)
 //!   tcp dport 53                return         DNS over TCP is left alone too
 //!   tcp dport {excluded}        return         weft.dev/exclude-outbound-ports
 //!   ip/ip6 daddr {excluded}     return         weft.dev/exclude-outbound-cidrs
@@ -14,6 +15,7 @@
 //! prerouting  (hook prerouting, prio dstnat)   connections to the pod
 //!   iifname "lo"                return         the proxy delivering to the app on loopback
 //!   meta l4proto != tcp         return
+//!   tcp flags & (fin|syn|rst|ack) != syn  return
 //!   tcp dport {15008, proxy ports} return      HBONE from other proxies is taken as it is
 //!   tcp dport {excluded}        return         weft.dev/exclude-inbound-ports
 //!   ip/ip6 saddr {probe sources} return        kubelet probes from the node
@@ -22,6 +24,14 @@
 //!
 //! NAT chains see only the first packet of a connection; conntrack carries the decision for the
 //! rest, and keeps the original destination the proxy reads back with `SO_ORIGINAL_DST`.
+//!
+//! Only a bare SYN is redirected. A pod that is enrolled while it runs (cni-plugin's agent)
+//! has open connections, and its netns had no conntrack until these rules arrived: the next
+//! packet of such a connection is the first conntrack sees of it, so it passes the NAT chains as
+//! "new" — redirecting that mid-stream packet to the proxy would reset the connection. Anything
+//! but an opening SYN gets no translation, so connections opened before the rules stay direct
+//! until they close (in a pod meshed at ADD there are none, and every connection starts with a
+//! SYN).
 //!
 //! Kubelet probes: the kubelet connects from the node's own address (on a bridge CNI, the
 //! bridge's address, which is the pod's gateway). Probes from those addresses skip the proxy and
@@ -165,12 +175,21 @@ impl Settings {
         cmds.push(chain(PREROUTING, "prerouting"));
 
         let not_tcp = || matches("!=", meta("l4proto"), json!("tcp"));
+        // `tcp flags & (fin | syn | rst | ack) != syn`: not a connection's first packet.
+        let not_opening = || {
+            matches(
+                "!=",
+                json!({"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, ["fin", "syn", "rst", "ack"]]}),
+                json!("syn"),
+            )
+        };
         let x = &self.exclusions;
 
         // Outbound.
         cmds.push(rule(OUTPUT, vec![matches("==", meta("mark"), json!(self.mark)), ret()]));
         cmds.push(rule(OUTPUT, vec![matches("==", meta("oifname"), json!("lo")), ret()]));
         cmds.push(rule(OUTPUT, vec![not_tcp(), ret()]));
+        cmds.push(rule(OUTPUT, vec![not_opening(), ret()]));
         let mut outbound_ports = vec![PortRange::single(DNS_PORT)];
         outbound_ports.extend(x.outbound_ports.iter().copied());
         outbound_ports.sort();
@@ -188,6 +207,7 @@ impl Settings {
         // Inbound.
         cmds.push(rule(PREROUTING, vec![matches("==", meta("iifname"), json!("lo")), ret()]));
         cmds.push(rule(PREROUTING, vec![not_tcp(), ret()]));
+        cmds.push(rule(PREROUTING, vec![not_opening(), ret()]));
         let mut own: Vec<PortRange> = self.proxy_ports.iter().map(|p| PortRange::single(*p)).collect();
         own.push(PortRange::single(self.inbound_hbone_port));
         own.sort();

@@ -102,9 +102,10 @@ fn apply_is_idempotent_and_remove_restores_the_netns() {
     let once = list_ruleset_in(&ns.path()).expect("list");
     assert!(table_exists_in(&ns.path()).expect("list"));
     let rules = weft_rules(&once);
-    // output: mark, lo, non-tcp, ports, v4 cidrs, v6 cidrs, redirect;
-    // prerouting: lo, non-tcp, own ports, excluded ports, probe sources, redirect.
-    assert_eq!(rules.len(), 13, "{rules:#?}");
+    // output: mark, lo, non-tcp, not an opening SYN, ports, v4 cidrs, v6 cidrs, redirect;
+    // prerouting: lo, non-tcp, not an opening SYN, own ports, excluded ports, probe sources,
+    // redirect.
+    assert_eq!(rules.len(), 15, "{rules:#?}");
     let text = once.to_string();
     for needle in [r#""redirect":{"port":15001}"#, r#""redirect":{"port":15006}"#, "22342", "10.244.0.1"] {
         assert!(text.contains(needle), "{needle} missing from {text}");
