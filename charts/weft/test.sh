@@ -133,13 +133,23 @@ hasnt "${out}/ds" 'containerPort|hostPort' "node: no (host) ports declared: they
 hasnt "${out}/ds" 'privileged: true' "node: not privileged"
 hasnt "${out}/ds" 'hostPID|hostIPC' "node: no host PID/IPC"
 hasnt "${out}/ds" 'allowPrivilegeEscalation: true' "node: no privilege escalation"
-# Exactly NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE added, once (the proxy), nothing else.
-grep -A4 '^ *add:$' "${out}/ds" | grep -E '^ *- [A-Z_]+$' | tr -d ' -' | sort >"${out}/caps"
-if [[ "$(tr '\n' ' ' <"${out}/caps")" == "NET_ADMIN NET_BIND_SERVICE SYS_ADMIN " ]]; then
+# Exactly NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE added to the proxy, and NET_ADMIN,
+# SYS_ADMIN, SYS_PTRACE to the installer (its enrolment agent), nothing else.
+caps_of() { # DS CONTAINER: its added capabilities, sorted, on one line
+  awk -v c="$2" '/^ *- name: / && /^        - name: / { in_c = ($3 == c) } in_c' "$1" |
+    grep -A4 '^ *add:$' | grep -E '^ *- [A-Z_]+$' | tr -d ' -' | sort | tr '\n' ' '
+}
+if [[ "$(caps_of "${out}/ds" proxy)" == "NET_ADMIN NET_BIND_SERVICE SYS_ADMIN " ]]; then
   pass "proxy capabilities: NET_ADMIN NET_BIND_SERVICE SYS_ADMIN"
 else
-  fail "proxy capabilities: $(tr '\n' ' ' <"${out}/caps")"
+  fail "proxy capabilities: $(caps_of "${out}/ds" proxy)"
 fi
+if [[ "$(caps_of "${out}/ds" cni)" == "NET_ADMIN SYS_ADMIN SYS_PTRACE " ]]; then
+  pass "installer capabilities (enrolment agent): NET_ADMIN SYS_ADMIN SYS_PTRACE"
+else
+  fail "installer capabilities: $(caps_of "${out}/ds" cni)"
+fi
+has "${out}/ds" 'path: /proc$' "installer: the host's /proc (read-only mount) for the enrolment agent"
 count "${out}/ds" '^ *- ALL$' 2 "both node containers drop ALL"
 
 doc "${d}" ConfigMap weft-cni-kubeconfig >"${out}/kc"
@@ -182,7 +192,9 @@ hasnt "${out}/role-verbs" 'secrets.*update' "Role: the CA Secret is never update
 hasnt "${out}/role" '(delete|patch|list|watch|\*)' "Role: no delete/patch/list/watch"
 doc "${d}" ClusterRole weft-cni >"${out}/cni-cr"
 has "${out}/cni-cr" 'resources: \[namespaces, pods\]' "weft-cni reads namespaces and pods"
-has "${out}/cni-cr" 'verbs: \[get\]' "weft-cni: get only"
+has "${out}/cni-cr" 'verbs: \[get, list, watch\]' "weft-cni: get, and list/watch for the enrolment agent"
+has "${out}/cni-cr" 'resources: \[events\]' "weft-cni: Events on pods it enrols"
+hasnt "${out}/cni-cr" '(delete|update)' "weft-cni: no delete/update"
 hasnt "${d}" '"\*"|\[\*\]|- "?\*"?$' "no wildcard anywhere"
 
 echo "== every optional part on (ci/all-on-values.yaml)"

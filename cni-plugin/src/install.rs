@@ -13,7 +13,9 @@
 //!    upgrade: see mesh-proxy's `inpod::handover`) binds a fresh socket at the same path; the
 //!    loop notices that the path names another socket than the one it is connected to and
 //!    hands the new proxy every pod the same way.
-//! 5. On SIGTERM/SIGINT (or `weft-cni uninstall`), removes the entry and the binary — unless a
+//! 5. With `--node-name`, enrols this node's pods that were already running when their namespace
+//!    was labelled, and un-enrols them when it no longer is ([`crate::agent`]).
+//! 6. On SIGTERM/SIGINT (or `weft-cni uninstall`), removes the entry and the binary — unless a
 //!    newer installer has started meanwhile. During an upgrade the old and the new DaemonSet
 //!    pod overlap, each with an installer: the newest one to start writes its token to
 //!    `<state dir>/.installer` and from then on alone manages the chain (two watchers would
@@ -57,6 +59,19 @@ pub struct InstallOptions {
     pub kubeconfig: Option<PathBuf>,
     /// The binary to install (this one, normally).
     pub binary: PathBuf,
+    /// Enrol pods already running when their namespace joins the mesh ([`crate::agent`]).
+    pub enrol: Option<EnrolOptions>,
+}
+
+/// The enrolment agent's settings.
+#[derive(Clone, Debug)]
+pub struct EnrolOptions {
+    /// This node's name: only its pods are watched.
+    pub node_name: String,
+    /// A kubeconfig for the agent's own API access (where it is inside the installer's
+    /// container); `None`: in-cluster config or the usual defaults.
+    pub kubeconfig: Option<PathBuf>,
+    pub finder: crate::netns_finder::NetnsFinder,
 }
 
 impl InstallOptions {
@@ -379,6 +394,27 @@ pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
         let (options, stop) = (options.clone(), stop.clone());
         std::thread::spawn(move || repair_loop(&options.proxy_socket, &options.state_dir, &stop))
     };
+    let enrol = match &options.enrol {
+        Some(enrol) => {
+            let client = crate::agent::client(enrol.kubeconfig.as_deref())
+                .await
+                .context("the enrolment agent has no usable kubeconfig")?;
+            let agent = crate::agent::AgentOptions {
+                node_name: enrol.node_name.clone(),
+                proxy_socket: options.proxy_socket.clone(),
+                state_dir: options.state_dir.clone(),
+                finder: enrol.finder.clone(),
+                reply_timeout: REPLY_TIMEOUT,
+            };
+            Some(tokio::spawn(crate::agent::run(client, agent)))
+        }
+        None => {
+            tracing::info!(
+                "no --node-name: pods running before their namespace joins the mesh are not enrolled"
+            );
+            None
+        }
+    };
     tracing::info!(bin = %options.cni_bin_dir.display(), conf = %options.cni_conf_dir.display(), "weft-cni installed");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -386,6 +422,9 @@ pub async fn run(options: InstallOptions) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(enrol) = enrol {
+        enrol.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || {
         let watched = watcher.join();
         let _ = repair.join();

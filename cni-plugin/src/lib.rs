@@ -9,10 +9,14 @@
 //! - [`plugin`]: ADD, DEL, CHECK, VERSION.
 //! - [`install`]: `weft-cni install`: copy the binary, keep it in the primary conflist's
 //!   chain, and re-hand live pods to the proxy whenever it (re)starts.
+//! - [`agent`]: the installer's enrolment of pods already running when their namespace joins
+//!   the mesh (and un-enrolment when it leaves), found by [`netns_finder`].
 
+pub mod agent;
 pub mod handoff;
 pub mod install;
 pub mod meshed;
 pub mod netconf;
+pub mod netns_finder;
 pub mod plugin;
 pub mod state;

@@ -33,6 +33,20 @@ struct Dirs {
     /// A kubeconfig for the plugin's lookups (written into the plugin config).
     #[arg(long, env = "WEFT_CNI_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// This node's name. When set, `install` also enrols pods that were already running when
+    /// their namespace was labelled for the mesh (and un-enrols them when it no longer is).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The kubeconfig of that enrolment agent (a path in the installer's own filesystem);
+    /// default: in-cluster config.
+    #[arg(long, env = "WEFT_CNI_AGENT_KUBECONFIG")]
+    agent_kubeconfig: Option<PathBuf>,
+    /// The host's procfs (the agent finds pods' netns through their processes).
+    #[arg(long, env = "WEFT_CNI_PROC_DIR", default_value = "/proc")]
+    proc_dir: PathBuf,
+    /// Where the container runtime pins pods' netns.
+    #[arg(long, env = "WEFT_CNI_NETNS_DIR", default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +82,14 @@ fn main() -> ExitCode {
         state_dir: dirs.state_dir,
         kubeconfig: dirs.kubeconfig,
         binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        enrol: dirs.node_name.filter(|n| !n.is_empty()).map(|node_name| install::EnrolOptions {
+            node_name,
+            kubeconfig: dirs.agent_kubeconfig,
+            finder: cni_plugin::netns_finder::NetnsFinder {
+                proc_dir: dirs.proc_dir,
+                pinned_dirs: vec![dirs.netns_dir],
+            },
+        }),
     };
     let result = if install {
         tokio::runtime::Builder::new_multi_thread()

@@ -71,6 +71,31 @@ fn decide(env: &Env, conf: &NetConf) -> Result<Decision, CniError> {
     })
 }
 
+/// The interception rules for a pod with these annotations, whose inbound connections from
+/// `probe_sources` (the node, as the pod sees it) skip the proxy.
+pub fn settings(
+    annotations: &std::collections::BTreeMap<String, String>,
+    mut probe_sources: Vec<std::net::IpAddr>,
+) -> Result<Settings, CniError> {
+    let exclusions = Exclusions::from_annotations(annotations)
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid pod annotation", e))?;
+    probe_sources.sort();
+    probe_sources.dedup();
+    Ok(Settings { exclusions, probe_sources, ..Settings::default() })
+}
+
+/// During an upgrade, connections queued on the old proxy's listener when it closes move to
+/// the new proxy's instead of being reset (mesh-proxy's inpod::handover). Best effort: a
+/// kernel before 5.14 has no such setting, a container's /proc/sys is read-only, and the pod
+/// works without it.
+pub fn allow_listener_migration(netns: &Path) {
+    match mesh_init::nft::in_netns(netns, || Ok(std::fs::write(TCP_MIGRATE_REQ, "1"))) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
+        Err(error) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
+    }
+}
+
 fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let Some(prev) = &conf.prev_result else {
         return Err(CniError::new(
@@ -86,23 +111,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let netns_path = env.netns.as_deref().ok_or_else(|| {
         CniError::new(code::INVALID_ENV, "CNI_NETNS is not set", "ADD needs the pod's netns")
     })?;
-    let exclusions = Exclusions::from_annotations(&decision.annotations)
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid pod annotation", e))?;
     let mut probe_sources = conf.prev_gateways();
     probe_sources.extend(conf.probe_sources.iter().copied());
-    probe_sources.sort();
-    probe_sources.dedup();
-    let settings = Settings { exclusions, probe_sources, ..Settings::default() };
+    let settings = settings(&decision.annotations, probe_sources)?;
     mesh_init::apply_in(netns_path, &settings)
         .map_err(|e| CniError::new(code::MESH_SETUP, "cannot install the interception rules", e))?;
-    // During an upgrade, connections queued on the old proxy's listener when it closes move to
-    // the new proxy's instead of being reset (mesh-proxy's inpod::handover). Best effort: a
-    // kernel before 5.14 has no such setting, and the pod works without it.
-    match mesh_init::nft::in_netns(netns_path, || Ok(std::fs::write(TCP_MIGRATE_REQ, "1"))) {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
-        Err(error) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
-    }
+    allow_listener_migration(netns_path);
 
     let uid = decision.uid.clone().unwrap_or_else(|| env.pod_key());
     let pod = PodInfo {

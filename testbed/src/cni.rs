@@ -118,11 +118,23 @@ impl Node {
     /// [`add_pod`](Self::add_pod), with weft-cni's error output when its ADD fails (the
     /// loopback and bridge ADDs must succeed).
     pub fn try_add_pod(&self, namespace: &str, name: &str, weft: Value) -> Result<Pod<'_>, Value> {
+        self.try_add_pod_with_uid(namespace, name, &unique(&format!("uid-{name}-")), weft)
+    }
+
+    /// [`try_add_pod`](Self::try_add_pod) for a pod whose UID is given (K8S_POD_UID), e.g. one
+    /// that also exists in an API server.
+    pub fn try_add_pod_with_uid(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        weft: Value,
+    ) -> Result<Pod<'_>, Value> {
         let spec = PodSpec {
             netns: Netns::new(name),
             namespace: namespace.into(),
             name: name.into(),
-            uid: unique(&format!("uid-{name}-")),
+            uid: uid.into(),
             container_id: unique("ctr"),
             weft,
         };

@@ -253,6 +253,16 @@ build_weft() { # weft-controller | weft-proxy | weft-cni
   chmod 1777 "${r}/tmp"
   cp "${bin}" "${r}/usr/local/bin/${id}"
   copy_libs "${bin}" "${r}"
+  if [[ "${id}" == weft-cni ]]; then
+    # The installer's enrolment agent installs a running pod's rules itself (cni-plugin's
+    # agent.rs), with nft as the CNI plugin does on the host (init/src/nft.rs).
+    local nft
+    nft="$(command -v nft || echo /usr/sbin/nft)"
+    [[ -x "${nft}" ]] || die "nft is missing (apt-get install nftables): the weft-cni image needs it"
+    mkdir -p "${r}/usr/sbin"
+    cp -L "${nft}" "${r}/usr/sbin/nft"
+    copy_libs "${nft}" "${r}"
+  fi
   oci_image "$(image_name "${id}")" "${r}" "${out}" "[\"/usr/local/bin/${id}\"]"
   rm -rf "${r}"
 }

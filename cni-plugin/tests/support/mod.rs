@@ -40,3 +40,90 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A process standing for a pod's sandbox (its pause container): `sleep` inside the pod's
+/// netns and, when the machine has a writable cgroup hierarchy, in a cgroup whose path names
+/// the pod's UID the way kubelet's cgroupfs driver does (`…/kubepods/besteffort/pod<uid>`).
+/// Killed (and the cgroup removed) on drop.
+pub struct PodProcess {
+    pub child: std::process::Child,
+    pub cgroup: Option<std::path::PathBuf>,
+}
+
+/// cgroup2 (the unified hierarchy, or its hybrid mount) or the v1 `pids` hierarchy.
+fn cgroup_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|root| root.join("cgroup.procs").exists())
+}
+
+impl PodProcess {
+    /// `netns`: the name of a netns under /var/run/netns (`None`: this process's netns, as for
+    /// a hostNetwork pod). `uid`: put it in the pod's cgroup (`None`: leave it in ours).
+    pub fn spawn(netns: Option<&str>, uid: Option<&str>) -> PodProcess {
+        let mut command = match netns {
+            Some(netns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", netns, "sleep", "600"]);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new("sleep");
+                c.arg("600");
+                c
+            }
+        };
+        let child = command.spawn().expect("spawn sleep");
+        let cgroup = uid.map(|uid| {
+            let root = cgroup_root().expect("a writable cgroup hierarchy");
+            let dir = root
+                .join(testbed::netns::unique("weft-test-"))
+                .join("kubepods/besteffort")
+                .join(format!("pod{uid}"));
+            std::fs::create_dir_all(&dir).expect("create the pod's cgroup");
+            std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move into the cgroup");
+            dir
+        });
+        // `ip netns exec` execs sleep in place: same pid, once it has entered the netns.
+        if let Some(netns) = netns {
+            let want = std::fs::metadata(format!("/var/run/netns/{netns}")).map(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                m.ino()
+            });
+            let start = Instant::now();
+            loop {
+                let now = std::fs::metadata(format!("/proc/{}/ns/net", child.id())).map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    m.ino()
+                });
+                if now.is_ok() && now.ok() == want.as_ref().ok().copied() {
+                    break;
+                }
+                assert!(start.elapsed() < WAIT, "sleep never entered {netns}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        PodProcess { child, cgroup }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.cgroup {
+            // pod<uid>, besteffort, kubepods, weft-test-…: innermost first.
+            let mut dir = Some(dir.as_path());
+            for _ in 0..4 {
+                let Some(d) = dir else { break };
+                let _ = std::fs::remove_dir(d);
+                dir = d.parent();
+            }
+        }
+    }
+}
