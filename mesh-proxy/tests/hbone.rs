@@ -269,3 +269,84 @@ async fn no_certificate_for_a_pod_of_another_node() {
     assert!(refused.reason.contains("no pod with identity"), "{}", refused.reason);
     assert!(node_a.render_metrics().contains("weft_workload_cert_failures_total 1"));
 }
+
+/// Node B's :15008 for checkout whose connections can be told to drain: a connection drains
+/// once the generation moves past the one it was accepted in — the old proxy draining while the
+/// new one (here: the same listener) takes the new connections, as in an upgrade.
+async fn draining_node(manager: &Arc<IdentityManager>) -> (Node, tokio::sync::watch::Sender<u64>) {
+    let cert = manager.certificate(&id(SERVER)).await.expect("server certificate");
+    let tls = hbone::tls::server_config(&cert).expect("server tls");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hbone_addr = listener.local_addr().expect("addr");
+    let server = Arc::new(HboneServer::new(false));
+    let destination = Arc::new(Destination {
+        pod: "shop/checkout".into(),
+        addresses: vec!["127.0.0.1".parse().expect("ip")],
+        connect: direct_connector(),
+    });
+    let (generation, _) = tokio::sync::watch::channel(0u64);
+    tokio::spawn({
+        let (server, generation) = (server.clone(), generation.clone());
+        async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let mut current = generation.subscribe();
+                let accepted_in = *current.borrow();
+                let drain = async move {
+                    let _ = current.wait_for(|g| *g > accepted_in).await;
+                };
+                tokio::spawn(server.clone().serve_until(conn, tls.clone(), destination.clone(), drain));
+            }
+        }
+    });
+    (Node { hbone: hbone_addr, server }, generation)
+}
+
+#[tokio::test]
+async fn a_draining_peer_sends_goaway_the_pool_reconnects_and_streams_in_flight_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller(&dir).await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let (node, generation) = draining_node(&node_b).await;
+    let pod = echo_pod().await;
+    let client = HboneClient::default();
+    let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
+    let (pool_key, connector) = (key(node.hbone, SERVER), direct_connector());
+    let open = || client.open(&pool_key, &cert, &connector, pod);
+
+    let mut in_flight = open().await.expect("tunnel");
+    assert_eq!(round_trip(&mut in_flight, b"before").await, b"before");
+    let mut second = open().await.expect("tunnel");
+    assert_eq!(client.connections(), 1, "pooled");
+
+    // The peer drains: GOAWAY on its connection.
+    generation.send_modify(|g| *g += 1);
+    for _ in 0..250 {
+        if node.server.goaways.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.server.goaways.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(node.server.render_metrics().contains("weft_hbone_goaways_total 1"));
+    // Let the GOAWAY (and the final one, after the ping round trip) reach the client.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The next stream opens a new connection and works.
+    let mut next = open().await.expect("a new connection after GOAWAY");
+    assert_eq!(round_trip(&mut next, b"after").await, b"after");
+    assert_eq!(client.connections_opened.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(client.connections(), 1, "the pool let go of the connection that got GOAWAY");
+    // The streams in flight on the drained connection go on to their end.
+    assert_eq!(round_trip(&mut in_flight, b"still flowing").await, b"still flowing");
+    assert_eq!(round_trip(&mut second, b"me too").await, b"me too");
+    drop((in_flight, second));
+
+    // Streams opened right as the peer drains, before GOAWAY is seen: none fails (a stream the
+    // draining connection does not take is retried on a new one).
+    generation.send_modify(|g| *g += 1);
+    for i in 0..20u8 {
+        let mut tunnel = open().await.expect("no stream lost to the drain");
+        assert_eq!(round_trip(&mut tunnel, &[i; 4]).await, vec![i; 4]);
+    }
+    assert!(client.connections_opened.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,6 +65,16 @@ pub enum HboneError {
 struct Pooled {
     sender: SendRequest<Empty<Bytes>>,
     streams: Arc<AtomicUsize>,
+    /// Set when a stream could not be opened on it: never offered again.
+    retired: Arc<AtomicBool>,
+}
+
+impl Pooled {
+    /// Whether new streams may go here. A peer that drains sends GOAWAY: hyper then ends the
+    /// connection's request side (`is_closed`) while the streams in flight go on.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && !self.retired.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Default)]
@@ -77,6 +87,10 @@ pub struct HboneClient {
 impl HboneClient {
     /// A tunnel to `target` (a pod's address and port) through the pod's :15008 at
     /// `key.destination`, over a pooled connection when one has room.
+    ///
+    /// A pooled connection can go away between being picked and carrying the stream (the
+    /// peer drained and sent GOAWAY, or it vanished): the stream was then never served, so it
+    /// is retried once on a new connection and the old one leaves the pool.
     pub async fn open(
         &self,
         key: &PoolKey,
@@ -84,17 +98,26 @@ impl HboneClient {
         connect: &Connector,
         target: SocketAddr,
     ) -> Result<Tunnel, HboneError> {
-        let pooled = match self.reserve(key) {
-            Some(pooled) => pooled,
-            None => {
-                let pooled = self.connect(key, cert, connect).await?;
-                pooled.streams.fetch_add(1, Ordering::AcqRel);
-                if let Ok(mut pool) = self.pool.lock() {
-                    pool.entry(key.clone()).or_default().push(pooled.clone());
+        if let Some(pooled) = self.reserve(key) {
+            let retired = pooled.retired.clone();
+            match self.stream(key, pooled, target).await {
+                Err(Unsent(error)) => {
+                    retired.store(true, Ordering::Release);
+                    tracing::debug!(peer = %key.destination, %error, "pooled HBONE connection unusable; opening another");
                 }
-                pooled
+                done => return done.map_err(HboneError::from),
             }
-        };
+        }
+        let pooled = self.connect(key, cert, connect).await?;
+        pooled.streams.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.entry(key.clone()).or_default().push(pooled.clone());
+        }
+        self.stream(key, pooled, target).await.map_err(HboneError::from)
+    }
+
+    /// One CONNECT on `pooled`, whose stream slot the caller has taken.
+    async fn stream(&self, key: &PoolKey, pooled: Pooled, target: SocketAddr) -> Result<Tunnel, StreamError> {
         let guard = StreamGuard(pooled.streams.clone());
         let mut sender = pooled.sender;
         let peer = key.destination;
@@ -104,10 +127,11 @@ impl HboneClient {
             .uri(target.to_string())
             .body(Empty::new())
             .map_err(|e| HboneError::Connect(peer, io::Error::other(e)))?;
-        sender.ready().await.map_err(|e| HboneError::H2(peer, e))?;
-        let response = sender.send_request(request).await.map_err(|e| HboneError::H2(peer, e))?;
+        // Failing here, the request never got an answer: nothing was served.
+        sender.ready().await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
+        let response = sender.send_request(request).await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
         if response.status() != StatusCode::OK {
-            return Err(HboneError::Refused { peer, target, status: response.status() });
+            return Err(HboneError::Refused { peer, target, status: response.status() }.into());
         }
         let upgraded = hyper::upgrade::on(response).await.map_err(|e| HboneError::H2(peer, e))?;
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +142,7 @@ impl HboneClient {
     fn reserve(&self, key: &PoolKey) -> Option<Pooled> {
         let mut pool = self.pool.lock().ok()?;
         let connections = pool.get_mut(key)?;
-        connections.retain(|c| !c.sender.is_closed());
+        connections.retain(Pooled::usable);
         let cap = MAX_STREAMS_PER_CONNECTION as usize;
         let free = connections.iter().find(|c| c.streams.load(Ordering::Acquire) < cap)?;
         free.streams.fetch_add(1, Ordering::AcqRel);
@@ -164,15 +188,34 @@ impl HboneClient {
         });
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, identity = %key.destination_identity, "HBONE connection opened");
-        Ok(Pooled { sender, streams: Arc::new(AtomicUsize::new(0)) })
+        Ok(Pooled { sender, streams: Arc::new(AtomicUsize::new(0)), retired: Arc::default() })
     }
 
     /// Open pooled connections (live ones only), for metrics and tests.
     pub fn connections(&self) -> usize {
-        self.pool
-            .lock()
-            .map(|pool| pool.values().flatten().filter(|c| !c.sender.is_closed()).count())
-            .unwrap_or(0)
+        self.pool.lock().map(|pool| pool.values().flatten().filter(|c| c.usable()).count()).unwrap_or(0)
+    }
+}
+
+/// Why a stream could not be had: [`Unsent`] when the connection failed before the peer
+/// answered (safe to retry elsewhere), else the error as it is.
+enum StreamError {
+    Unsent(HboneError),
+    Failed(HboneError),
+}
+use StreamError::Unsent;
+
+impl From<HboneError> for StreamError {
+    fn from(error: HboneError) -> Self {
+        StreamError::Failed(error)
+    }
+}
+
+impl From<StreamError> for HboneError {
+    fn from(error: StreamError) -> Self {
+        match error {
+            StreamError::Unsent(e) | StreamError::Failed(e) => e,
+        }
     }
 }
 

@@ -47,6 +47,8 @@ pub struct HboneServer {
     streams: Mutex<BTreeMap<String, u64>>,
     pub handshake_failures: AtomicU64,
     pub refused_streams: AtomicU64,
+    /// Connections told to go away (GOAWAY) because their pod drained.
+    pub goaways: AtomicU64,
     pub access_log: bool,
 }
 
@@ -62,6 +64,20 @@ impl HboneServer {
         conn: TcpStream,
         tls: Arc<ServerConfig>,
         destination: Arc<Destination>,
+    ) {
+        self.serve_until(conn, tls, destination, std::future::pending()).await
+    }
+
+    /// [`serve`](Self::serve), and once `drain` resolves (the pod drains: it was deleted, or
+    /// this proxy is stopping or handing over), sends HTTP/2 GOAWAY: the peer's pool opens no
+    /// new stream on this connection and connects again (to the proxy that takes over), while
+    /// the streams in flight go on until they end; the connection closes after the last.
+    pub async fn serve_until(
+        self: Arc<Self>,
+        conn: TcpStream,
+        tls: Arc<ServerConfig>,
+        destination: Arc<Destination>,
+        drain: impl std::future::Future<Output = ()> + Send,
     ) {
         let client = conn.peer_addr().ok();
         // h2 writes a response's HEADERS and DATA frames separately; with Nagle on, the second
@@ -96,6 +112,7 @@ impl HboneServer {
         };
         tracing::debug!(?client, %peer, pod = %destination.pod, "HBONE connection accepted");
         let peer = Arc::new(peer);
+        let pod = destination.pod.clone();
         let service = hyper::service::service_fn({
             let server = self.clone();
             move |req| {
@@ -103,13 +120,22 @@ impl HboneServer {
                 async move { Ok::<_, Infallible>(server.accept_stream(req, &destination, &peer).await) }
             }
         });
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+            .serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            () = drain => {
+                self.goaways.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?client, %pod, "HBONE connection draining: GOAWAY sent");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(error) = served {
             tracing::debug!(?client, %error, "HBONE connection ended");
         }
@@ -181,9 +207,12 @@ impl HboneServer {
             "# HELP weft_hbone_handshake_failures_total HBONE connections refused at the TLS handshake.\n\
              # TYPE weft_hbone_handshake_failures_total counter\nweft_hbone_handshake_failures_total {}\n\
              # HELP weft_hbone_refused_streams_total CONNECT requests refused.\n\
-             # TYPE weft_hbone_refused_streams_total counter\nweft_hbone_refused_streams_total {}\n",
+             # TYPE weft_hbone_refused_streams_total counter\nweft_hbone_refused_streams_total {}\n\
+             # HELP weft_hbone_goaways_total Inbound HBONE connections sent GOAWAY because their pod drained.\n\
+             # TYPE weft_hbone_goaways_total counter\nweft_hbone_goaways_total {}\n",
             self.handshake_failures.load(Ordering::Relaxed),
-            self.refused_streams.load(Ordering::Relaxed)
+            self.refused_streams.load(Ordering::Relaxed),
+            self.goaways.load(Ordering::Relaxed)
         ));
         out
     }

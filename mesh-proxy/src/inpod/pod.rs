@@ -39,7 +39,7 @@ impl Default for Ports {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     /// Accepting new connections.
     Running,
     /// Listeners closed; open connections finish on their own.
@@ -144,8 +144,12 @@ impl AdoptedPod {
             bound.push(listener.local_addr()?);
             inodes.insert(super::handover::inode(listener)?);
         }
-        let context = Arc::new(PodContext { info, sockets: PodSocketFactory::new(netns, mark) });
         let (phase, _) = watch::channel(Phase::Running);
+        let context = Arc::new(PodContext {
+            info,
+            sockets: PodSocketFactory::new(netns, mark),
+            phase: phase.subscribe(),
+        });
         let (done, finished) = mpsc::channel(1);
         let _guard = runtime.enter();
         let mut accept_loops = Vec::new();

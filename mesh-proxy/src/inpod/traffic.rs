@@ -18,9 +18,20 @@ pub struct PodContext {
     pub info: PodInfo,
     /// Creates sockets inside the pod's netns, marked to pass its rules.
     pub sockets: PodSocketFactory,
+    /// The pod's phase ([`super::pod`]): handlers of long-lived connections watch it to wind
+    /// down when the pod drains.
+    pub(super) phase: tokio::sync::watch::Receiver<super::pod::Phase>,
 }
 
 impl PodContext {
+    /// Resolves once the pod stops taking new connections: it was deleted, or this proxy is
+    /// stopping or handing it over to a successor. Open connections go on until they end or
+    /// the drain deadline.
+    pub async fn draining(&self) {
+        let mut phase = self.phase.clone();
+        let _ = phase.wait_for(|p| *p != super::pod::Phase::Running).await;
+    }
+
     pub fn uid(&self) -> &str {
         &self.info.uid
     }

@@ -198,7 +198,13 @@ impl MeshTraffic {
             addresses: pod.info.ips.clone(),
             connect: pod_connector(&pod),
         });
-        self.server.clone().serve(conn, tls, destination).await;
+        // When the pod drains (deleted, or this proxy stops or hands over), peers are told to
+        // take new streams elsewhere (GOAWAY); streams in flight finish.
+        let drain = {
+            let pod = pod.clone();
+            async move { pod.draining().await }
+        };
+        self.server.clone().serve_until(conn, tls, destination, drain).await;
     }
 
     async fn server_config(&self, identity: &SpiffeId) -> Result<Arc<ServerConfig>, String> {
