@@ -15,8 +15,9 @@
 #
 # echo-basic and echo-advanced are Go builds of upstream modules, cached with a
 # stamp in ${WEFT_CACHE}/upstream/<name>-<version>/ (a second build is instant).
-# Weft's images are made from ${CARGO_TARGET_DIR:-target}/release/weft-* every
-# time (cargo build --release when a binary is missing); tag WEFT_IMAGE_TAG (dev).
+# Weft's images are made from ${CARGO_TARGET_DIR:-target}/<profile>/weft-* every
+# time (cargo build when a binary is missing); profile WEFT_BIN_PROFILE (release;
+# CI uses debug, the binaries its tests already built); tag WEFT_IMAGE_TAG (dev).
 # Import talks to ${WEFT_STATE:-/tmp/weft-node}/node/containerd/containerd.sock.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -29,6 +30,13 @@ REPO_ROOT="$(cd "${here}/../.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "${TARGET_DIR}" == /* ]] || TARGET_DIR="${REPO_ROOT}/${TARGET_DIR}"
 WEFT_IMAGE_TAG="${WEFT_IMAGE_TAG:-dev}"
+WEFT_BIN_PROFILE="${WEFT_BIN_PROFILE:-release}"
+case "${WEFT_BIN_PROFILE}" in
+  release) PROFILE_FLAG=(--release) ;;
+  debug) PROFILE_FLAG=() ;;
+  *) die "WEFT_BIN_PROFILE must be release or debug, not '${WEFT_BIN_PROFILE}'" ;;
+esac
+BIN_DIR="${TARGET_DIR}/${WEFT_BIN_PROFILE}"
 WEFT_IMAGE_REPO="weft.local"
 WEFT_IMAGES_DIR="${TARGET_DIR}/images"
 CTRD_SOCK="${WEFT_STATE}/node/containerd/containerd.sock"
@@ -233,18 +241,18 @@ build_coredns_conformance() {
 ensure_weft_binaries() {
   local b missing=0
   for b in weft-controller weft-proxy weft-cni; do
-    [[ -x "${TARGET_DIR}/release/${b}" ]] || missing=1
+    [[ -x "${BIN_DIR}/${b}" ]] || missing=1
   done
   ((missing == 0)) && return 0
-  command -v cargo >/dev/null || die "weft binaries missing in ${TARGET_DIR}/release and cargo not found"
-  log "weft binaries missing in ${TARGET_DIR}/release: cargo build --release (10-25 min here)"
-  (cd "${REPO_ROOT}" && nice -n 10 cargo build --release -p mesh-controller -p mesh-proxy -p cni-plugin) ||
-    die "cargo build --release failed"
+  command -v cargo >/dev/null || die "weft binaries missing in ${BIN_DIR} and cargo not found"
+  log "weft binaries missing in ${BIN_DIR}: cargo build ${PROFILE_FLAG[*]} (release: 10-25 min here)"
+  (cd "${REPO_ROOT}" && nice -n 10 cargo build "${PROFILE_FLAG[@]}" -p mesh-controller -p mesh-proxy -p cni-plugin) ||
+    die "cargo build ${PROFILE_FLAG[*]} failed"
 }
 
 build_weft() { # weft-controller | weft-proxy | weft-cni
   local id="$1" bin out r
-  bin="${TARGET_DIR}/release/${id}"
+  bin="${BIN_DIR}/${id}"
   out="$(image_archive "${id}")"
   mkdir -p "${WEFT_IMAGES_DIR}"
   r="${WEFT_IMAGES_DIR}/${id}-rootfs"
@@ -252,6 +260,11 @@ build_weft() { # weft-controller | weft-proxy | weft-cni
   mkdir -p "${r}/usr/local/bin" "${r}/etc" "${r}/tmp"
   chmod 1777 "${r}/tmp"
   cp "${bin}" "${r}/usr/local/bin/${id}"
+  # A debug build carries ~10x its code in DWARF; the image needs none of it (a backtrace still
+  # names functions from the symbol table).
+  if [[ "${WEFT_BIN_PROFILE}" == debug ]] && command -v objcopy >/dev/null; then
+    objcopy --strip-debug "${r}/usr/local/bin/${id}"
+  fi
   copy_libs "${bin}" "${r}"
   if [[ "${id}" == weft-cni ]]; then
     # The installer's enrolment agent installs a running pod's rules itself (cni-plugin's

@@ -2,9 +2,17 @@
 # The official Gateway API conformance suite against Weft, installed with its Helm chart into
 # the node-tier test cluster (tests/cluster/node.sh). What `cargo xtask conformance` runs.
 #
-#   run.sh [--profiles GATEWAY-HTTP,...] [--run-test NAME] [--skip-tests A,B] [--down] [--no-build]
+#   run.sh [--all | --core] [--ci | --prepare] [--profiles GATEWAY-HTTP,...] [--run-test NAME]
+#          [--skip-tests A,B] [--report FILE] [--down] [--no-build]
 #
+# --all (the default): every profile of issue 8 with every feature Weft claims.
+# --core: GATEWAY-HTTP and MESH-HTTP with their core features only.
 # --no-build uses the release binaries already in target/release as they are.
+# --prepare: only build what the run needs from Go (upstream binaries, the suite's echo images,
+#   the suite binary), no root, no cluster: .ci/run does this in the background while Rust compiles.
+# --ci: what .ci/run does on every submission: the debug binaries its tests already built
+#   (no release build), the report to the logs folder (the committed one is left alone), and the
+#   cluster taken down afterwards.
 #
 # Steps (each timed): Weft's release binaries, upstream binaries, the node cluster, the images,
 # the Gateway address pool, `helm upgrade --install` of charts/weft, the suite's test binary
@@ -70,21 +78,38 @@ FEATURES=(
 #   applies httproute-307-redirect.yaml instead.
 BROKEN_UPSTREAM="MeshHTTPRoute307Redirect"
 
+# The core features of GATEWAY-HTTP and MESH-HTTP (--core).
+CORE_FEATURES=(Gateway HTTPRoute ReferenceGrant Mesh)
+
 run_test=""
 skip_tests="${BROKEN_UPSTREAM}"
 down=false
 build=true
+ci=false
+prepare=false
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --all) shift ;;
+    --core) PROFILES="GATEWAY-HTTP,MESH-HTTP"; FEATURES=("${CORE_FEATURES[@]}"); shift ;;
+    --ci)
+      ci=true
+      build=false
+      down=true
+      export WEFT_BIN_PROFILE="${WEFT_BIN_PROFILE:-debug}"
+      REPORT="${OUT}/${GATEWAY_API_VERSION}-weft.yaml"
+      shift
+      ;;
+    --prepare) prepare=true; shift ;;
     --profiles) PROFILES="$2"; shift 2 ;;
     --run-test) run_test="$2"; shift 2 ;;
     --skip-tests) skip_tests="${BROKEN_UPSTREAM},$2"; shift 2 ;;
+    --report) REPORT="$2"; shift 2 ;;
     --down) down=true; shift ;;
     --no-build) build=false; shift ;;
-    *) die "usage: run.sh [--profiles P,...] [--run-test NAME] [--skip-tests A,B] [--down] [--no-build]" ;;
+    *) die "usage: run.sh [--all | --core] [--ci | --prepare] [--profiles P,...] [--run-test NAME] [--skip-tests A,B] [--report FILE] [--down] [--no-build]" ;;
   esac
 done
-[[ "$(id -u)" == 0 ]] || die "run.sh needs root (the node cluster lives in a network namespace)"
+${prepare} || [[ "$(id -u)" == 0 ]] || die "run.sh needs root (the node cluster lives in a network namespace)"
 
 nsx() { nsenter "--net=/var/run/netns/${WEFT_NETNS}" "$@"; }
 kc() { nsx "$(tool_bin kubectl)" --kubeconfig "${KUBECONFIG_PATH}" "$@"; }
@@ -220,7 +245,17 @@ summary() {
   printf '  %s\n' "${timings[@]}"
 }
 
+if ${prepare}; then
+  t0="$(now_s)"
+  "${cluster}/build-upstream.sh" all
+  "${cluster}/images.sh" build conformance
+  suite_binary
+  log "prepared in $(elapsed "${t0}")s: upstream binaries, conformance images, suite ${SUITE}"
+  exit 0
+fi
 mkdir -p "${OUT}"
+# --down tears the cluster down however the run ends, so a failed CI step leaves nothing behind.
+if ${down}; then trap '"${cluster}/node.sh" down >/dev/null 2>&1 || true' EXIT; fi
 if ${build}; then step "weft release binaries" weft_binaries; fi
 step "system packages" system_packages
 step "upstream binaries" upstream
@@ -233,5 +268,9 @@ step "suite binary" suite_binary
 suite_status=1
 step "suite" run_suite
 summary
-if ${down}; then "${cluster}/node.sh" down; fi
+if [[ "${suite_status}" != 0 ]] && ${ci}; then
+  # CI keeps no files: show the end of the suite's output (the failing assertions) here.
+  echo "--- last 80 lines of ${OUT}/suite.log"
+  tail -n 80 "${OUT}/suite.log"
+fi
 exit "${suite_status}"
