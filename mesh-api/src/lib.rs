@@ -20,6 +20,12 @@ pub mod proto {
     tonic::include_proto!("weft.mesh.v1");
 }
 
+/// The message of the `Unauthenticated` status with which the controller ends a config stream
+/// whose token expired or whose session reached its maximum age. It is not a refusal: the proxy
+/// reconnects at once, with the token it holds now, and keeps serving its config meanwhile.
+pub const STREAM_REAUTHENTICATE: &str =
+    "reauthenticate: this config stream's token or session age ran out; reconnect with the current token";
+
 /// The GatewayClass `controllerName` Weft answers to.
 pub const CONTROLLER_NAME: &str = "weft.dev/gateway-controller";
 /// Namespace label that enrols a namespace's pods in the mesh (value `enabled`); on a pod,

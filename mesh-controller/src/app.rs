@@ -99,6 +99,9 @@ pub enum Transport {
 pub struct GrpcSecurity {
     pub transport: Transport,
     pub subscribers: Subscribers,
+    /// How long an authenticated config stream lives before the proxy must authenticate again
+    /// ([`crate::config_server::MAX_SESSION_AGE`], shorter only in tests).
+    pub max_session_age: std::time::Duration,
 }
 
 impl GrpcSecurity {
@@ -109,7 +112,13 @@ impl GrpcSecurity {
         Ok(Self {
             transport: Transport::Tls(serving.server_config()?),
             subscribers: Subscribers::Authenticated(certificates.authenticator()),
+            max_session_age: crate::config_server::MAX_SESSION_AGE,
         })
+    }
+
+    /// The same, with authenticated config streams ended after `age` (tests).
+    pub fn with_max_session_age(self, age: std::time::Duration) -> Self {
+        Self { max_session_age: age, ..self }
     }
 
     /// Plaintext, and anyone may subscribe as any node unless there is a CA to authenticate
@@ -130,6 +139,7 @@ impl GrpcSecurity {
                 Some(c) => Subscribers::Authenticated(c.authenticator()),
                 None => Subscribers::Anyone,
             },
+            max_session_age: crate::config_server::MAX_SESSION_AGE,
         }
     }
 }
@@ -254,7 +264,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let router = tonic::transport::Server::builder()
-        .add_service(publisher.service(security.subscribers))
+        .add_service(publisher.service_with_max_session_age(security.subscribers, security.max_session_age))
         .add_optional_service(certificates.map(|c| c.server()));
     match security.transport {
         Transport::Tls(config) => router

@@ -8,13 +8,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use mesh_api::model::Config;
 use mesh_api::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use mesh_api::proto::{ConfigUpdate, ProxyMessage, ResourceId, ResourceKind, proxy_message};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -192,7 +195,17 @@ impl Publisher {
 
     /// The gRPC service, admitting `subscribers`.
     pub fn service(&self, subscribers: Subscribers) -> ConfigDiscoveryServer<ConfigService> {
-        ConfigDiscoveryServer::new(ConfigService { publisher: self.clone(), subscribers })
+        self.service_with_max_session_age(subscribers, MAX_SESSION_AGE)
+    }
+
+    /// [`service`](Self::service) with another bound on how long an authenticated stream
+    /// lives (tests use seconds).
+    pub fn service_with_max_session_age(
+        &self,
+        subscribers: Subscribers,
+        max_session_age: Duration,
+    ) -> ConfigDiscoveryServer<ConfigService> {
+        ConfigDiscoveryServer::new(ConfigService { publisher: self.clone(), subscribers, max_session_age })
             // A full state of 10k Services with 100k endpoints is tens of MB of JSON.
             .max_encoding_message_size(256 * 1024 * 1024)
     }
@@ -220,6 +233,8 @@ pub struct ProxyRegistry {
     nodes: Mutex<BTreeMap<String, ProxyState>>,
     /// Subscriptions refused, by reason.
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Streams the controller ended because their authentication ran out.
+    reauthentications: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -242,6 +257,11 @@ impl ProxyRegistry {
         if let Ok(mut refused) = self.refused.lock() {
             *refused.entry(reason).or_default() += 1;
         }
+    }
+
+    /// Streams ended so far because their token or session age ran out.
+    pub fn reauthentications(&self) -> u64 {
+        self.reauthentications.load(Ordering::Relaxed)
     }
 
     /// Subscriptions refused so far, by reason.
@@ -284,6 +304,12 @@ impl ProxyRegistry {
                 "weft_controller_subscribe_refused_total{{reason=\"{reason}\"}} {count}\n"
             ));
         }
+        out.push_str(&format!(
+            "# HELP weft_controller_stream_reauthentications_total Config streams ended so that the proxy authenticates again (token expiry or session age).\n\
+             # TYPE weft_controller_stream_reauthentications_total counter\n\
+             weft_controller_stream_reauthentications_total {}\n",
+            self.reauthentications()
+        ));
         out
     }
 }
@@ -291,6 +317,33 @@ impl ProxyRegistry {
 pub struct ConfigService {
     publisher: Publisher,
     subscribers: Subscribers,
+    max_session_age: Duration,
+}
+
+/// How long an authenticated config stream lives at most, whatever its token's lifetime. The
+/// token is checked when a stream opens; ending the stream makes the proxy reconnect with the
+/// token it holds *now* (the kubelet rotates it in place), so a token that stops being valid
+/// (expired, or its pod or ServiceAccount deleted) stops being served within this bound. Thirty
+/// minutes, as Istio bounds an xDS connection's age: a full resend of the config per proxy per
+/// half hour is cheap next to what a stolen token could read for days.
+pub const MAX_SESSION_AGE: Duration = Duration::from_secs(30 * 60);
+/// The shortest session: a token that the apiserver accepted but whose `exp` looks past (clock
+/// skew) must not make the proxy reconnect in a tight loop.
+const MIN_SESSION_AGE: Duration = Duration::from_secs(10);
+
+/// How long a stream opened now with a token valid until `token_expiry` may live: until the
+/// token expires, at most `max_age`, at least [`MIN_SESSION_AGE`]. `spread` in [0, 1) takes up
+/// to a tenth off, so proxies that connected together (a controller restart) do not all
+/// reconnect in the same second next time.
+pub fn session_age(
+    now: SystemTime,
+    token_expiry: Option<SystemTime>,
+    max_age: Duration,
+    spread: f64,
+) -> Duration {
+    let until_expiry = token_expiry.map_or(max_age, |exp| exp.duration_since(now).unwrap_or(Duration::ZERO));
+    let age = until_expiry.min(max_age);
+    age.mul_f64(1.0 - 0.1 * spread.clamp(0.0, 1.0)).max(MIN_SESSION_AGE.min(max_age))
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<ConfigUpdate, Status>> + Send>>;
@@ -331,12 +384,18 @@ impl ConfigDiscovery for ConfigService {
             Ok(caller) => caller,
             Err((reason, status)) => return Err(self.refused(peer, Some(&node), reason, status)),
         };
-        if let Some(caller) = caller {
-            tracing::debug!(%node, identity = %caller.identity, "subscriber authenticated");
-        }
+        // Only an authenticated stream is bounded: with `--insecure-plaintext` there is nothing
+        // to check again.
+        let reauthenticate_at = caller.map(|caller| {
+            let expiry = token.as_deref().and_then(authorize::token_expiry);
+            let age = session_age(SystemTime::now(), expiry, self.max_session_age, rand::random::<f64>());
+            tracing::debug!(%node, identity = %caller.identity, ?age, "subscriber authenticated");
+            Instant::now() + age
+        });
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             node,
+            reauthenticate_at,
             versions: self.publisher.versions.subscribe(),
             publisher: self.publisher.clone(),
             registry: self.publisher.proxies.clone(),
@@ -372,6 +431,8 @@ impl ConfigService {
 /// One proxy's stream.
 struct Session {
     node: String,
+    /// When the stream ends so that the proxy authenticates again (None: never).
+    reauthenticate_at: Option<Instant>,
     publisher: Publisher,
     versions: watch::Receiver<u64>,
     registry: Arc<ProxyRegistry>,
@@ -392,8 +453,22 @@ impl Session {
         tracing::info!(node = %self.node, "proxy subscribed");
         self.registry.update(&self.node, |s| s.connected = true);
         self.versions.mark_changed();
+        let reauthenticate_at = self.reauthenticate_at;
+        let reauthenticate = async move {
+            match reauthenticate_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(reauthenticate);
         loop {
             tokio::select! {
+                () = &mut reauthenticate => {
+                    tracing::info!(node = %self.node, "config stream reached its authentication's end; the proxy reconnects with its current token");
+                    self.registry.reauthentications.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(Err(Status::unauthenticated(mesh_api::STREAM_REAUTHENTICATE))).await;
+                    break;
+                }
                 changed = self.versions.changed(), if self.in_flight.is_none() => {
                     if changed.is_err() {
                         break; // the controller is shutting down
@@ -536,6 +611,28 @@ mod tests {
     #[tokio::test]
     async fn anyone_is_admitted_only_when_configured_so() {
         assert_eq!(Subscribers::Anyone.admit(None, "node-x").await.expect("insecure mode"), None);
+    }
+
+    #[test]
+    fn a_session_lasts_until_its_token_expires_bounded_both_ways() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let max = MAX_SESSION_AGE;
+        let in_ = |secs| Some(now + Duration::from_secs(secs));
+        // A token valid for an hour: the session age bound applies.
+        assert_eq!(session_age(now, in_(3600), max, 0.0), max);
+        // A token expiring in 10 minutes ends the stream then.
+        assert_eq!(session_age(now, in_(600), max, 0.0), Duration::from_secs(600));
+        // No expiry (a static token): the bound.
+        assert_eq!(session_age(now, None, max, 0.0), max);
+        // Spread takes up to a tenth off, never more.
+        assert_eq!(session_age(now, None, max, 0.5), max.mul_f64(0.95));
+        assert_eq!(session_age(now, None, max, 7.0), max.mul_f64(0.9));
+        // A token the apiserver accepted but whose exp looks past (clock skew), or one about to
+        // expire: no reconnect loop faster than the floor.
+        assert_eq!(session_age(now, Some(now - Duration::from_secs(5)), max, 0.0), MIN_SESSION_AGE);
+        assert_eq!(session_age(now, in_(2), max, 0.0), MIN_SESSION_AGE);
+        // A bound below the floor (tests) wins.
+        assert_eq!(session_age(now, None, Duration::from_secs(1), 0.0), Duration::from_secs(1));
     }
 
     #[test]

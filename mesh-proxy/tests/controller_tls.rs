@@ -37,6 +37,11 @@ impl Controller {
     /// The controller on loopback, TLS for `names`, static tokens `token-a` (node-a) and
     /// `token-b` (node-b).
     async fn start(names: &[&str]) -> Self {
+        Self::start_with_session_age(names, mesh_controller::config_server::MAX_SESSION_AGE).await
+    }
+
+    /// [`start`](Self::start), ending authenticated config streams after `session_age`.
+    async fn start_with_session_age(names: &[&str], session_age: Duration) -> Self {
         let publisher = Publisher::new();
         let mut config = Config::default();
         config.insert_service(Service {
@@ -62,8 +67,9 @@ impl Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let bundle = dir.path().join("ca.crt");
         std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
-        let security =
-            GrpcSecurity::tls(&service, names.iter().map(|n| n.to_string()).collect()).expect("serving cert");
+        let security = GrpcSecurity::tls(&service, names.iter().map(|n| n.to_string()).collect())
+            .expect("serving cert")
+            .with_max_session_age(session_age);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(mesh_controller::app::serve(
@@ -238,4 +244,75 @@ async fn a_client_that_does_not_trust_the_ca_or_expects_another_name_fails_the_h
         }
     };
     assert!(refused, "a plaintext client must not be served");
+}
+
+/// Waits until `condition` holds, or fails with `what`.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A token is checked when a stream opens, so the controller bounds every authenticated stream
+/// (by the token's `exp`, at most 30 minutes; 1 s here): the stream ends with the
+/// re-authenticate status, and the proxy reconnects with what its token file holds *then*. A
+/// token that stopped being valid stops being served, and the proxy keeps serving its last good
+/// config until a valid token is back.
+#[tokio::test]
+async fn a_stream_ends_when_its_session_age_runs_out_and_the_proxy_reconnects_with_its_current_token() {
+    let controller = Controller::start_with_session_age(&["127.0.0.1"], Duration::from_secs(1)).await;
+
+    // A raw client sees the status that ends the stream.
+    let channel = controller.endpoint().connect(WAIT).await.expect("TLS connection");
+    let mut client = ConfigDiscoveryClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let subscribe =
+        proxy_message::Message::Subscribe(Subscribe { node: "node-a".into(), proxy_version: "test".into() });
+    tx.send(ProxyMessage { message: Some(subscribe) }).await.expect("queue");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert("authorization", "Bearer token-a".parse().expect("ascii"));
+    let mut updates = client.stream(request).await.expect("subscribed").into_inner();
+    let first = tokio::time::timeout(WAIT, updates.message()).await.expect("update in time");
+    assert!(first.expect("an update").is_some());
+    let ended = tokio::time::timeout(WAIT, updates.message()).await.expect("the stream ends in time");
+    let status = ended.expect_err("ended by a status");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), mesh_api::STREAM_REAUTHENTICATE);
+    assert!(controller.publisher.proxies.reauthentications() >= 1);
+    drop(tx);
+
+    // The proxy as weft-proxy runs it: it reconnects on its own, again and again.
+    let token_file = controller.token_file("token-a");
+    let source = Source::Controller(Subscription {
+        endpoint: controller.endpoint(),
+        node: "node-a".into(),
+        token_file: Some(token_file.clone()),
+    });
+    let proxy = start_with(source).await;
+    eventually("the proxy has its config", || proxy.store.is_ready()).await;
+    let reauthenticated = controller.publisher.proxies.reauthentications();
+    eventually("the proxy's stream was renewed twice", || {
+        controller.publisher.proxies.reauthentications() >= reauthenticated + 2
+    })
+    .await;
+    let connected =
+        |publisher: &Publisher| publisher.proxies.snapshot().get("node-a").is_some_and(|s| s.connected);
+    eventually("the proxy is subscribed again", || connected(&controller.publisher)).await;
+
+    // Its token file now holds node-b's token: the next connection is refused, and the proxy
+    // goes on serving the config it has.
+    std::fs::write(&token_file, "token-b\n").expect("rewrite the token file");
+    eventually("the controller refuses the proxy's new token", || {
+        controller.publisher.proxies.refused().values().sum::<u64>() >= 1
+    })
+    .await;
+    assert!(!connected(&controller.publisher), "a refused token must not keep a stream");
+    assert!(proxy.store.load().config.certificates.contains_key("shop/gateway-tls"), "last good config kept");
+
+    // A valid token again: the proxy is back.
+    std::fs::write(&token_file, "token-a\n").expect("restore the token file");
+    eventually("the proxy subscribes again with the restored token", || connected(&controller.publisher))
+        .await;
 }

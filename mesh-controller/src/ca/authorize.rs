@@ -6,6 +6,10 @@
 //! workloads already running there — the blast radius ztunnel and Linkerd accept too.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use mesh_api::identity::SpiffeId;
@@ -56,6 +60,23 @@ pub enum Authenticator {
 
 /// Extra key the API server adds to bound tokens of pods (KEP-4193).
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// When a JWT bearer token stops being valid: its `exp` claim. The claims are read without
+/// checking the signature, so this is only for a token the apiserver has just accepted (a
+/// TokenReview said yes); it answers `None` for anything that is not a three-part JWT with a
+/// numeric `exp` (static node tokens, legacy never-expiring Secret tokens).
+pub fn token_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    // RFC 7515 forbids padding in JWS; some encoders add it anyway.
+    let claims = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
 
 impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
@@ -136,6 +157,38 @@ mod tests {
     use mesh_api::model::{ObjectKey, Workload};
 
     use super::*;
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        let part = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.c2lnbmF0dXJl", part(&serde_json::json!({"alg": "RS256"})), part(claims))
+    }
+
+    #[test]
+    fn a_jwts_expiry_is_its_exp_claim() {
+        let token = jwt(
+            &serde_json::json!({"sub": "system:serviceaccount:weft-system:weft-node", "exp": 1_900_000_000u64}),
+        );
+        assert_eq!(token_expiry(&token), Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)));
+        // Padding, which JWS forbids but some encoders add, is tolerated.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1].push_str("==");
+        assert!(token_expiry(&parts.join(".")).is_some());
+    }
+
+    #[test]
+    fn tokens_without_a_readable_exp_have_no_expiry() {
+        for token in [
+            "static-node-token".to_string(),
+            jwt(&serde_json::json!({"sub": "legacy"})),
+            jwt(&serde_json::json!({"exp": "tomorrow"})),
+            jwt(&serde_json::json!({"exp": -5})),
+            "a.b.c.d".to_string(),
+            "header.!!!not-base64!!!.sig".to_string(),
+            format!("x.{}.y", URL_SAFE_NO_PAD.encode("not json")),
+        ] {
+            assert_eq!(token_expiry(&token), None, "{token}");
+        }
+    }
 
     fn id(s: &str) -> SpiffeId {
         s.parse().expect("test identity")

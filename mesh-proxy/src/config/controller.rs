@@ -44,7 +44,12 @@ pub async fn follow(sub: Subscription, store: Arc<ConfigStore>) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
         match session(&sub, &store).await {
-            Ok(received) => {
+            Ok(SessionEnd::Reauthenticate) => {
+                // Routine: the controller bounds a stream by its token's lifetime.
+                tracing::info!(url = %sub.endpoint.url(), "the controller asked for a fresh token; reconnecting");
+                backoff = INITIAL_BACKOFF;
+            }
+            Ok(SessionEnd::Closed { received }) => {
                 tracing::warn!(url = %sub.endpoint.url(), "config stream ended; reconnecting");
                 if received {
                     backoff = INITIAL_BACKOFF;
@@ -64,15 +69,25 @@ pub async fn follow(sub: Subscription, store: Arc<ConfigStore>) {
     }
 }
 
+enum SessionEnd {
+    /// The controller closed the stream.
+    Closed {
+        /// Whether any update arrived first.
+        received: bool,
+    },
+    /// The controller ended the stream because its token or session age ran out
+    /// ([`mesh_api::STREAM_REAUTHENTICATE`]); the next connection sends the current token.
+    Reauthenticate,
+}
+
 struct SessionError {
     /// The session got at least one update before failing: the controller was healthy.
     received: bool,
     error: anyhow::Error,
 }
 
-/// One connection: subscribe, then apply updates until the stream ends. Returns whether any
-/// update arrived.
-async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, SessionError> {
+/// One connection: subscribe, then apply updates until the stream ends.
+async fn session(sub: &Subscription, store: &ConfigStore) -> Result<SessionEnd, SessionError> {
     let mut received = false;
     let fail = |received, error: anyhow::Error| SessionError { received, error };
     let channel = sub.endpoint.connect(CONNECT_TIMEOUT).await.map_err(|e| fail(false, e))?;
@@ -94,7 +109,13 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<bool, Sessio
     loop {
         let update = match updates.message().await {
             Ok(Some(update)) => update,
-            Ok(None) => return Ok(received),
+            Ok(None) => return Ok(SessionEnd::Closed { received }),
+            Err(status)
+                if status.code() == tonic::Code::Unauthenticated
+                    && status.message() == mesh_api::STREAM_REAUTHENTICATE =>
+            {
+                return Ok(SessionEnd::Reauthenticate);
+            }
             Err(status) => return Err(fail(received, status.into())),
         };
         received = true;
