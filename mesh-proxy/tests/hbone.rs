@@ -10,6 +10,8 @@ use mesh_api::identity::SpiffeId;
 use mesh_api::model::{Config, ObjectKey, Workload};
 use mesh_controller::app::GrpcSecurity;
 use mesh_controller::ca::CertificateService;
+use mesh_controller::ca::authority::{Authority, CaMaterial};
+use mesh_controller::ca::authorize::{Authenticator, Caller};
 use mesh_controller::config_server::Publisher;
 use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::hbone::client::{HboneClient, HboneError, PoolKey};
@@ -38,21 +40,54 @@ fn workload(name: &str, node: &str, identity: &str) -> Workload {
     }
 }
 
-/// The controller's CA on loopback (TLS, its trust bundle written into `dir`), knowing a
-/// frontend pod on node-a and checkout on node-b.
-async fn controller(dir: &tempfile::TempDir) -> ControllerEndpoint {
+/// The published config: a frontend pod on node-a and checkout on node-b.
+fn lab_publisher() -> Publisher {
     let publisher = Publisher::new();
     let mut config = Config::default();
     config.workloads.insert("shop/frontend".into(), workload("frontend", "node-a", CLIENT));
     config.workloads.insert("shop/checkout".into(), workload("checkout", "node-b", SERVER));
     publisher.publish(config);
-    let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
+    publisher
+}
+
+fn proxy_identity() -> SpiffeId {
+    id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy")
+}
+
+/// The controller's CA on loopback (TLS, its trust bundle written into `dir`), knowing the
+/// workloads of [`lab_publisher`]; static tokens `token-a` (node-a) and `token-b` (node-b).
+async fn controller(dir: &tempfile::TempDir) -> ControllerEndpoint {
+    let publisher = lab_publisher();
     let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
     let service =
-        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
+        CertificateService::ephemeral("cluster.local", &tokens, &proxy_identity(), publisher.clone())
+            .expect("CA");
+    serve_ca(dir, service, publisher).await
+}
+
+/// [`controller`] with the CA's signing root, key and trust bundle given.
+async fn controller_with(dir: &tempfile::TempDir, material: &CaMaterial) -> ControllerEndpoint {
+    let publisher = lab_publisher();
+    let tokens = [("token-a", "node-a"), ("token-b", "node-b")]
+        .into_iter()
+        .map(|(token, node)| (token.to_string(), Caller { node: node.into(), identity: proxy_identity() }))
+        .collect();
+    let authority =
+        Authority::new("cluster.local", material, time::OffsetDateTime::now_utc()).expect("authority");
+    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher.clone());
+    serve_ca(dir, service, publisher).await
+}
+
+async fn serve_ca(
+    dir: &tempfile::TempDir,
+    service: CertificateService,
+    publisher: Publisher,
+) -> ControllerEndpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let bundle = dir.path().join("controller-ca.crt");
+    let addr = listener.local_addr().expect("addr");
+    let url = format!("https://{addr}");
+    // One file per controller: a test may run two CAs side by side.
+    let bundle = dir.path().join(format!("controller-ca-{}.crt", addr.port()));
     std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
     let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
     tokio::spawn(mesh_controller::app::serve(
@@ -349,4 +384,53 @@ async fn a_draining_peer_sends_goaway_the_pool_reconnects_and_streams_in_flight_
         assert_eq!(round_trip(&mut tunnel, &[i; 4]).await, vec![i; 4]);
     }
     assert!(client.connections_opened.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
+
+/// Rotating the mesh's root (README, "Rotating the root"): first every trust bundle gets the new
+/// root beside the old one while the old still signs, then the new one signs. In between, a
+/// workload certified by the old root and one certified by the new trust each other through
+/// the shared bundle. A peer whose bundle lacks the old root refuses the old root's
+/// certificates: the new root has to reach every bundle before anything is signed with it, and
+/// the old one may leave the bundle only when no certificate it signed is still valid.
+#[tokio::test]
+async fn during_a_root_rotation_workloads_of_the_old_and_new_roots_trust_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = time::OffsetDateTime::now_utc();
+    let old = CaMaterial::generate("cluster.local", now).expect("old root");
+    let new = CaMaterial::generate("cluster.local", now).expect("new root");
+    let both = format!("{}{}", old.chain_pem, new.chain_pem);
+    // Step 1: the old root signs, both are trusted. Step 2: the new root signs, both trusted.
+    let step1 = CaMaterial { bundle_pem: both.clone(), ..old.clone() };
+    let step2 = CaMaterial { bundle_pem: both, ..new.clone() };
+
+    // node-a renewed its certificates during step 1, node-b during step 2.
+    let node_a = identities(&controller_with(&dir, &step1).await, "token-a", &dir);
+    let node_b = identities(&controller_with(&dir, &step2).await, "token-b", &dir);
+    let client_cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate (old root)");
+    assert_eq!(client_cert.roots.len(), 2, "step 1 hands out both roots");
+    let node = destination_node(&node_b).await;
+    let pod = echo_pod().await;
+    let mut tunnel = HboneClient::default()
+        .open(&key(node.hbone, SERVER), &client_cert, &direct_connector(), pod)
+        .await
+        .expect("old-root client to new-root server");
+    assert_eq!(round_trip(&mut tunnel, b"rotating").await, b"rotating");
+    assert_eq!(node.server.streams_from(CLIENT), 1, "the server verified the old root's client");
+
+    // A server that trusts only the new root (the old one dropped too early) refuses a
+    // client the old root certified.
+    let only_new = CaMaterial { bundle_pem: new.chain_pem.clone(), ..new };
+    let strict =
+        destination_node(&identities(&controller_with(&dir, &only_new).await, "token-b", &dir)).await;
+    let before = strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let refused =
+        HboneClient::default().open(&key(strict.hbone, SERVER), &client_cert, &direct_connector(), pod).await;
+    assert!(refused.is_err(), "a server without the old root accepted its certificate");
+    for _ in 0..50 {
+        if strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before);
 }
