@@ -241,6 +241,21 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(failures, 1.0, "the destination proxy counted the refused handshake");
+
+    // The frontend pod is deleted (CNI DEL): node A's proxy has no other pod of that identity,
+    // so it stops renewing its certificate (the expiry series goes with it).
+    let expiry = format!("weft_workload_cert_expiry_seconds{{identity=\"{FRONTEND}\"}}");
+    assert!(get_metrics(proxy_a.running.admin).await.contains(&expiry), "frontend had a certificate");
+    assert!(frontend.del(), "DEL");
+    let mut forgotten = false;
+    for _ in 0..100 {
+        if !get_metrics(proxy_a.running.admin).await.contains(&expiry) {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(forgotten, "the deleted pod's certificate is still kept");
 }
 
 /// Runs blocking work (sockets in other netns) off the async workers.

@@ -434,3 +434,48 @@ async fn during_a_root_rotation_workloads_of_the_old_and_new_roots_trust_each_ot
     }
     assert!(strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before);
 }
+
+/// The mesh, told that pods are gone (what the in-pod server does on DEL), stops renewing the
+/// certificate of an identity once no pod on the node has it, and only then.
+#[tokio::test]
+async fn the_certificate_of_an_identity_no_pod_has_any_more_is_forgotten() {
+    use mesh_api::inpod::PodInfo;
+    use mesh_proxy::inpod::PodTraffic;
+    use mesh_proxy::mesh::MeshTraffic;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller(&dir).await;
+    let node_a = identities(&url, "token-a", &dir);
+    let metrics = Arc::new(mesh_proxy::metrics::Metrics::default());
+    let store = Arc::new(mesh_proxy::config::ConfigStore::new(metrics.clone()));
+    let proxy = Arc::new(mesh_proxy::proxy::Proxy::new(store.clone(), metrics, false));
+    let mesh = MeshTraffic::new(store, proxy, node_a.clone(), "cluster.local".into(), false);
+    let pod = |name: &str| PodInfo {
+        uid: format!("uid-{name}"),
+        namespace: "shop".into(),
+        name: name.into(),
+        service_account: "frontend".into(),
+        ips: Vec::new(),
+    };
+    let (one, two) = (pod("frontend-1"), pod("frontend-2"));
+
+    let first = node_a.certificate(&id(CLIENT)).await.expect("certificate");
+    assert_eq!(node_a.tracked(), vec![id(CLIENT)]);
+    assert!(node_a.render_metrics().contains(CLIENT));
+
+    // One of the two frontend pods goes: the other still needs the identity.
+    PodTraffic::pod_removed(&mesh, &one, std::slice::from_ref(&two));
+    assert_eq!(node_a.tracked(), vec![id(CLIENT)]);
+    // The last one goes: no longer renewed, gone from the metrics.
+    assert_eq!(mesh.forget_unused_identity(&two, &[]), Some(id(CLIENT)));
+    assert!(node_a.tracked().is_empty());
+    assert!(!node_a.render_metrics().contains(CLIENT), "{}", node_a.render_metrics());
+    // Removing a pod whose identity is already forgotten changes nothing.
+    PodTraffic::pod_removed(&mesh, &two, &[]);
+    assert!(node_a.tracked().is_empty());
+
+    // A new pod of that identity gets a certificate again (a fresh one).
+    let again = node_a.certificate(&id(CLIENT)).await.expect("certificate again");
+    assert!(!Arc::ptr_eq(&first, &again));
+    assert_eq!(node_a.tracked(), vec![id(CLIENT)]);
+}

@@ -118,6 +118,14 @@ impl IdentityManager {
         }
     }
 
+    /// The identities whose certificates are kept (asked for, not forgotten), sorted.
+    pub fn tracked(&self) -> Vec<SpiffeId> {
+        let mut ids: Vec<SpiffeId> =
+            self.slots.lock().map(|slots| slots.keys().cloned().collect()).unwrap_or_default();
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    }
+
     pub fn render_metrics(&self) -> String {
         self.metrics.render()
     }

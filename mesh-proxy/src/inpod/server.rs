@@ -296,6 +296,7 @@ async fn handle(
             if let Some(entry) = entry {
                 InpodMetrics::inc(&state.metrics.pods_removed);
                 tracing::info!(pod = uid, "pod released");
+                released(state, &entry);
                 tokio::spawn(entry.pod.drain(state.config.drain_deadline));
             }
             // Releasing a pod we do not hold is not an error: DEL must be idempotent.
@@ -317,12 +318,19 @@ async fn handle(
             for entry in stale {
                 InpodMetrics::inc(&state.metrics.pods_removed);
                 tracing::info!(pod = entry.pod.context.uid(), "pod not in the snapshot; released");
+                released(state, &entry);
                 tokio::spawn(entry.pod.drain(state.config.drain_deadline));
             }
             tracing::info!(pods = named.len(), "snapshot received");
             Ok(())
         }
     }
+}
+
+/// Tells the traffic handler that `entry`'s pod is gone (already out of the map).
+fn released(state: &Arc<State>, entry: &Entry) {
+    let remaining: Vec<PodInfo> = state.pods().values().map(|e| e.pod.context.info.clone()).collect();
+    state.traffic.pod_removed(&entry.pod.context.info, &remaining);
 }
 
 async fn add_pod(state: &Arc<State>, info: PodInfo, fd: OwnedFd) -> Result<(), String> {

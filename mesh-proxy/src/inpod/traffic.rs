@@ -60,6 +60,10 @@ pub trait PodTraffic: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
     /// A connection from another proxy to the pod's HBONE port (:15008).
     fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TcpStream) -> BoxFuture<'static, ()>;
+    /// `pod` was released (its DEL, or weft-cni's snapshot no longer names it); `remaining`
+    /// are the pods still adopted. What the handler keeps for pods can go if no remaining pod
+    /// needs it (the mesh: the workload certificate of an identity no pod here has any more).
+    fn pod_removed(&self, _pod: &PodInfo, _remaining: &[PodInfo]) {}
 }
 
 /// The copy buffer of each direction. 16 KiB is one maximum-size TLS record, so TLS traffic

@@ -101,7 +101,7 @@ impl MeshTraffic {
         frontend: SocketAddr,
     ) {
         let index = self.index();
-        let source = self.identity_of(&index, &pod);
+        let source = self.identity_of(&index, &pod.info);
         let peer = conn.peer_addr().unwrap_or(frontend);
         let verdicts = framing::Verdicts::default();
         let inbound = Inbound {

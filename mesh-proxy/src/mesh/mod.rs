@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use mesh_api::identity::SpiffeId;
+use mesh_api::inpod::PodInfo;
 use mesh_api::model::Workload;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
@@ -106,12 +107,29 @@ impl MeshTraffic {
     }
 
     /// A pod's identity: the controller's record of it, else what the CNI plugin told us.
-    fn identity_of(&self, index: &MeshIndex, pod: &PodContext) -> Option<SpiffeId> {
-        let key = mesh_api::model::ObjectKey::new(&pod.info.namespace, &pod.info.name);
+    fn identity_of(&self, index: &MeshIndex, pod: &PodInfo) -> Option<SpiffeId> {
+        let key = mesh_api::model::ObjectKey::new(&pod.namespace, &pod.name);
         if let Some(workload) = index.workload(&key) {
             return workload.identity.parse().ok();
         }
-        SpiffeId::new(&self.trust_domain, &pod.info.namespace, &pod.info.service_account).ok()
+        SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account).ok()
+    }
+
+    /// `removed` is gone from this node: if no `remaining` pod has its identity, stop renewing
+    /// that identity's certificate (it would otherwise be renewed for as long as the proxy
+    /// runs) and drop the TLS config built on it. Returns the identity forgotten, if any.
+    pub fn forget_unused_identity(&self, removed: &PodInfo, remaining: &[PodInfo]) -> Option<SpiffeId> {
+        let index = self.index();
+        let identity = self.identity_of(&index, removed)?;
+        if remaining.iter().any(|pod| self.identity_of(&index, pod).as_ref() == Some(&identity)) {
+            return None;
+        }
+        self.identities.forget(&identity);
+        if let Ok(mut configs) = self.server_configs.lock() {
+            configs.remove(&identity);
+        }
+        tracing::info!(%identity, "no pod of this identity left on the node: its certificate is no longer renewed");
+        Some(identity)
     }
 
     fn plan(index: &MeshIndex, original_dst: SocketAddr) -> Plan {
@@ -146,7 +164,7 @@ impl MeshTraffic {
             Plan::Plaintext(target) => return Passthrough::splice(pod, conn, target, "outbound").await,
             Plan::Tunnel { target, workload } => (target, workload),
         };
-        let Some(source) = self.identity_of(&index, &pod) else {
+        let Some(source) = self.identity_of(&index, &pod.info) else {
             tracing::error!(pod = pod.uid(), %original_dst, "the pod has no workload identity: connection refused");
             return reset(conn);
         };
@@ -182,7 +200,7 @@ impl MeshTraffic {
 
     async fn inbound_hbone(self: Arc<Self>, pod: Arc<PodContext>, conn: TcpStream) {
         let index = self.index();
-        let Some(identity) = self.identity_of(&index, &pod) else {
+        let Some(identity) = self.identity_of(&index, &pod.info) else {
             tracing::error!(pod = pod.uid(), "HBONE refused: the pod has no workload identity");
             return;
         };
@@ -259,5 +277,9 @@ impl PodTraffic for Arc<MeshTraffic> {
 
     fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TcpStream) -> BoxFuture<'static, ()> {
         Box::pin(self.clone().inbound_hbone(pod, conn))
+    }
+
+    fn pod_removed(&self, pod: &PodInfo, remaining: &[PodInfo]) {
+        self.forget_unused_identity(pod, remaining);
     }
 }
