@@ -11,8 +11,11 @@
 //! | 15006 | 0.0.0.0, :: | inbound plaintext TCP (`redirect` in prerouting) |
 //! | 15008 | 0.0.0.0, :: | HBONE from other proxies (not redirected) |
 //!
+//! Each port has an IPv4 and an IPv6-only listener: dual-stack and IPv6 pods are served like
+//! IPv4 ones, and a netns without IPv6 gets the IPv4 listeners only ([`pod`]).
+//!
 //! `redirect` keeps the client's source address and records the original destination in
-//! conntrack, where `SO_ORIGINAL_DST` reads it; so no `IP_TRANSPARENT` or policy routing is
+//! conntrack, where `SO_ORIGINAL_DST` (IPv6: `IP6T_SO_ORIGINAL_DST`) reads it; so no `IP_TRANSPARENT` or policy routing is
 //! needed. Accepted connections go to a [`PodTraffic`]; the proxy's own connections are made
 //! from inside the pod's netns by its [`PodSocketFactory`], with mark 0x5746 so the rules let
 //! them pass. [`Passthrough`] is the default: deliver unchanged.

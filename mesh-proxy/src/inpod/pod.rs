@@ -89,8 +89,16 @@ fn open_listeners(ports: Ports, mark: u32) -> io::Result<Listeners> {
         Kind::Hbone,
         listen_here(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.inbound_hbone)), mark)?,
     ));
-    // IPv6 only where the pod has it: a netns with IPv6 disabled refuses these binds, and an
-    // IPv4-only pod is complete without them.
+    // IPv6 (dual-stack and IPv6 pods): a second socket per port, IPv6 only, beside the IPv4
+    // one, with the same mark and SO_REUSEPORT ([`listen_here`]). Not one `[::]` socket for
+    // both families: IPv4 would arrive as IPv4-mapped addresses, whose original destination
+    // `IP6T_SO_ORIGINAL_DST` cannot give (conntrack holds it as IPv4), and a netns with IPv6
+    // off could then not be served at all.
+    //
+    // Only where the pod has IPv6: a kernel without it refuses the socket (EAFNOSUPPORT), a
+    // netns with `disable_ipv6=1` has no `::1` (EADDRNOTAVAIL); such a pod is complete with
+    // IPv4. Any other failure (a port taken) fails the adoption like an IPv4 one would, rather
+    // than leave the pod's IPv6 connections without a listener.
     for (kind, addr) in [
         (Kind::Outbound, SocketAddr::from((Ipv6Addr::LOCALHOST, ports.outbound))),
         (Kind::Inbound, SocketAddr::from((Ipv6Addr::UNSPECIFIED, ports.inbound_plaintext))),
@@ -98,10 +106,29 @@ fn open_listeners(ports: Ports, mark: u32) -> io::Result<Listeners> {
     ] {
         match listen_here(addr, mark) {
             Ok(listener) => listeners.push((kind, listener)),
-            Err(error) => tracing::debug!(%addr, %error, "no IPv6 listener in this pod"),
+            Err(error) if no_ipv6(&error) => tracing::debug!(%addr, %error, "no IPv6 listener in this pod"),
+            Err(error) => {
+                return Err(io::Error::new(error.kind(), format!("listen on {addr} in the pod: {error}")));
+            }
         }
     }
     Ok(Listeners { listeners })
+}
+
+/// Whether a failed IPv6 socket or bind means the pod's netns has no IPv6 to serve.
+fn no_ipv6(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc_errno::EAFNOSUPPORT | libc_errno::EADDRNOTAVAIL | libc_errno::EPROTONOSUPPORT)
+    )
+}
+
+/// The errno values [`no_ipv6`] accepts, from nix (the proxy has no direct libc dependency).
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EAFNOSUPPORT: i32 = Errno::EAFNOSUPPORT as i32;
+    pub const EADDRNOTAVAIL: i32 = Errno::EADDRNOTAVAIL as i32;
+    pub const EPROTONOSUPPORT: i32 = Errno::EPROTONOSUPPORT as i32;
 }
 
 /// The destination the pod's connection had before the `redirect` rule rewrote it, from
