@@ -80,8 +80,56 @@ impl MeshIndex {
 
 /// A ready endpoint, chosen uniformly at random: L4 connections carry no latency signal to
 /// balance on per request, and random spreads long-lived connections evenly.
-pub fn pick_endpoint(backend: &Backend) -> Option<&Endpoint> {
+///
+/// On a dual-stack Service, an endpoint of the family of the address the pod called (`vip`)
+/// when there is one, as kube-proxy does (it serves each ClusterIP from the EndpointSlices of
+/// its own family): the application sees the family it asked for. An endpoint of the other
+/// family only when none of this one is ready; over HBONE or a fresh plaintext connection that
+/// still works, and refusing would be worse.
+pub fn pick_endpoint(backend: &Backend, vip: IpAddr) -> Option<&Endpoint> {
     use rand::seq::IndexedRandom as _;
-    let ready: Vec<&Endpoint> = backend.endpoints.iter().filter(|e| e.ready).collect();
-    ready.choose(&mut rand::rng()).copied()
+    let ready = |same_family: bool| -> Vec<&Endpoint> {
+        backend
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && (!same_family || e.address.is_ipv6() == vip.is_ipv6()))
+            .collect()
+    };
+    let same = ready(true);
+    let candidates = if same.is_empty() { ready(false) } else { same };
+    candidates.choose(&mut rand::rng()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(address: &str, ready: bool) -> Endpoint {
+        Endpoint { address: address.parse().expect("ip"), port: 8080, ready, workload: None, node: None }
+    }
+
+    fn backend(endpoints: Vec<Endpoint>) -> Backend {
+        let key = BackendKey { service: ObjectKey::new("shop", "server"), port: 80 };
+        Backend { key, app_protocol: AppProtocol::Opaque, endpoints }
+    }
+
+    #[test]
+    fn dual_stack_services_answer_in_the_family_that_was_called() {
+        let backend =
+            backend(vec![endpoint("10.0.0.1", true), endpoint("fd00::1", true), endpoint("fd00::2", false)]);
+        for _ in 0..50 {
+            let v6 = pick_endpoint(&backend, "fd00:96::10".parse().expect("ip")).expect("endpoint");
+            assert_eq!(v6.address, "fd00::1".parse::<IpAddr>().expect("ip"));
+            let v4 = pick_endpoint(&backend, "10.96.0.10".parse().expect("ip")).expect("endpoint");
+            assert_eq!(v4.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
+        }
+        let v4_only = backend(vec![endpoint("10.0.0.1", true)]);
+        let other = pick_endpoint(&v4_only, "fd00:96::10".parse().expect("ip")).expect("endpoint");
+        assert_eq!(
+            other.address,
+            "10.0.0.1".parse::<IpAddr>().expect("ip"),
+            "the other family rather than none"
+        );
+        assert!(pick_endpoint(&backend(Vec::new()), "fd00:96::10".parse().expect("ip")).is_none());
+    }
 }

@@ -134,7 +134,7 @@ impl MeshTraffic {
 
     fn plan(index: &MeshIndex, original_dst: SocketAddr) -> Plan {
         let (target, workload) = match index.destination(original_dst) {
-            Destination::Service(backend) => match pick_endpoint(&backend) {
+            Destination::Service(backend) => match pick_endpoint(&backend, original_dst.ip()) {
                 Some(endpoint) => {
                     let target = SocketAddr::new(endpoint.address, endpoint.port);
                     (target, index.workload_at(endpoint.address).cloned())
