@@ -41,6 +41,19 @@ impl Node {
         Node { name: name.to_string(), netns, dir, conflist, weft_cni: weft_cni.to_path_buf() }
     }
 
+    /// A dual-stack node: host-local gives each pod one address from `subnet` (IPv4, listed
+    /// first in the result, so [`Pod::ip`] stays the IPv4 one) and one from `subnet6` (e.g. a
+    /// ULA `fd00:201:1::/64`), as a dual-stack cluster's pod CIDRs do.
+    pub fn dual_stack(name: &str, subnet: &str, subnet6: &str, weft_cni: &Path) -> Node {
+        let mut node = Node::new(name, subnet, weft_cni);
+        node.conflist["plugins"][0]["ipam"] = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]],
+            "dataDir": node.dir.path().join("ipam"),
+        });
+        node
+    }
+
     /// The unix socket weft-cni hands this node's pods to the proxy on.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("inpod.sock")
@@ -186,6 +199,22 @@ pub fn link(a: &Node, a_pods: &str, b: &Node, b_pods: &str) -> (String, String) 
     (va, vb)
 }
 
+/// Adds IPv6 to a [`link`] between `a` and `b` (interfaces `ifaces`, as `link` returned them):
+/// `fd98::1` ↔ `fd98::2` (no duplicate-address detection, so they are usable at once), each
+/// node's IPv6 pod CIDR routed through the other, IPv6 forwarding on.
+pub fn link_v6(a: &Node, a_pods6: &str, b: &Node, b_pods6: &str, ifaces: &(String, String)) {
+    for (node, iface, addr, peer, peer_pods) in
+        [(a, &ifaces.0, "fd98::1/64", "fd98::2", b_pods6), (b, &ifaces.1, "fd98::2/64", "fd98::1", a_pods6)]
+    {
+        run(
+            "ip",
+            &["netns", "exec", &node.netns.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"],
+        );
+        node.netns.ip(&["addr", "add", addr, "dev", iface, "nodad"]);
+        node.netns.ip(&["-6", "route", "add", peer_pods, "via", peer]);
+    }
+}
+
 pub struct PodSpec {
     pub netns: Netns,
     pub namespace: String,
@@ -213,6 +242,15 @@ fn ip_of(result: &Value) -> IpAddr {
 impl Pod<'_> {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip, port)
+    }
+
+    /// The pod's IPv6 address, on a [`Node::dual_stack`] node.
+    pub fn ip6(&self) -> Option<IpAddr> {
+        self.result["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse::<IpAddr>().ok())
+            .find(IpAddr::is_ipv6)
     }
 
     pub fn path(&self) -> PathBuf {

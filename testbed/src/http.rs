@@ -19,7 +19,17 @@ pub struct HttpEcho {
 
 impl HttpEcho {
     pub fn start(netns: &Path, port: u16, name: &'static str) -> HttpEcho {
-        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind"));
+        Self::serve_on(in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind")), name)
+    }
+
+    /// [`start`](Self::start) on both families: one socket on `[::]`, which takes IPv4 too
+    /// (as IPv4-mapped addresses) because a new netns has `net.ipv6.bindv6only=0`, as most
+    /// dual-stack applications listen.
+    pub fn start_dual_stack(netns: &Path, port: u16, name: &'static str) -> HttpEcho {
+        Self::serve_on(in_netns(netns, move || TcpListener::bind(("::", port)).expect("bind [::]")), name)
+    }
+
+    fn serve_on(listener: TcpListener, name: &'static str) -> HttpEcho {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
