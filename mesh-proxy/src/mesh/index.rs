@@ -115,12 +115,12 @@ mod tests {
 
     #[test]
     fn dual_stack_services_answer_in_the_family_that_was_called() {
-        let backend =
+        let both =
             backend(vec![endpoint("10.0.0.1", true), endpoint("fd00::1", true), endpoint("fd00::2", false)]);
         for _ in 0..50 {
-            let v6 = pick_endpoint(&backend, "fd00:96::10".parse().expect("ip")).expect("endpoint");
+            let v6 = pick_endpoint(&both, "fd00:96::10".parse().expect("ip")).expect("endpoint");
             assert_eq!(v6.address, "fd00::1".parse::<IpAddr>().expect("ip"));
-            let v4 = pick_endpoint(&backend, "10.96.0.10".parse().expect("ip")).expect("endpoint");
+            let v4 = pick_endpoint(&both, "10.96.0.10".parse().expect("ip")).expect("endpoint");
             assert_eq!(v4.address, "10.0.0.1".parse::<IpAddr>().expect("ip"));
         }
         let v4_only = backend(vec![endpoint("10.0.0.1", true)]);
