@@ -27,34 +27,12 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodContext, PodTraffic};
 use serde_json::json;
 use tokio::net::TcpStream as TokioStream;
 
-use support::{PodProcess, WAIT, WEFT_CNI, in_netns, unmeshed};
-
-fn kubeconfig() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(path) => Some(path.into()),
-        None => {
-            assert!(
-                std::env::var("WEFT_REQUIRE_APISERVER").is_err(),
-                "WEFT_REQUIRE_APISERVER is set but WEFT_TEST_KUBECONFIG is not"
-            );
-            eprintln!("skipped: set WEFT_TEST_KUBECONFIG (tests/cluster/control-plane.sh up)");
-            None
-        }
-    }
-}
-
-async fn client(path: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).expect("readable kubeconfig");
-    let config =
-        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
-    Client::try_from(config).expect("client")
-}
+use support::{PodProcess, WAIT, WEFT_CNI, client, in_netns, kubeconfig, unmeshed};
 
 /// Outbound connections the proxy was given (pod UID, original destination).
 #[derive(Default)]

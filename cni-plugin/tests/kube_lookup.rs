@@ -6,36 +6,17 @@
 //! `WEFT_REQUIRE_APISERVER=1` (CI).
 
 use std::io::Write as _;
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cni_plugin::meshed;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde_json::{Value, json};
-
-fn kubeconfig() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(path) => Some(path.into()),
-        None => {
-            assert!(
-                std::env::var("WEFT_REQUIRE_APISERVER").is_err(),
-                "WEFT_REQUIRE_APISERVER is set but WEFT_TEST_KUBECONFIG is not"
-            );
-            eprintln!("skipped: set WEFT_TEST_KUBECONFIG (tests/cluster/control-plane.sh up)");
-            None
-        }
-    }
-}
-
-async fn client(path: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).expect("readable kubeconfig");
-    let config =
-        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
-    Client::try_from(config).expect("client")
-}
+use support::{client, kubeconfig};
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

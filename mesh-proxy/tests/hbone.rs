@@ -166,6 +166,18 @@ async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
     Node { hbone: hbone_addr, server }
 }
 
+/// Waits (up to a second) until `server` has counted a failed handshake beyond `before`.
+async fn counted_handshake_failure(server: &HboneServer, before: u64) {
+    let failures = || server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..50 {
+        if failures() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failures() > before, "the server did not count the refused handshake");
+}
+
 fn key(destination: SocketAddr, expected: &str) -> PoolKey {
     PoolKey {
         source: "frontend-uid".into(),
@@ -275,13 +287,7 @@ async fn impostors_and_strays_are_refused() {
         HboneClient::default().open(&key(node.hbone, SERVER), &impostor, &direct_connector(), pod).await;
     assert!(refused.is_err(), "a forged certificate got a tunnel");
     // The server saw and counted the bad handshake.
-    for _ in 0..50 {
-        if node.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(node.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before);
+    counted_handshake_failure(&node.server, before).await;
 
     // Garbage on the port closes that connection only; the server keeps serving.
     let mut garbage = tokio::net::TcpStream::connect(node.hbone).await.expect("connect");
@@ -426,13 +432,7 @@ async fn during_a_root_rotation_workloads_of_the_old_and_new_roots_trust_each_ot
     let refused =
         HboneClient::default().open(&key(strict.hbone, SERVER), &client_cert, &direct_connector(), pod).await;
     assert!(refused.is_err(), "a server without the old root accepted its certificate");
-    for _ in 0..50 {
-        if strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(strict.server.handshake_failures.load(std::sync::atomic::Ordering::Relaxed) > before);
+    counted_handshake_failure(&strict.server, before).await;
 }
 
 /// The mesh, told that pods are gone (what the in-pod server does on DEL), stops renewing the

@@ -127,3 +127,27 @@ impl Drop for PodProcess {
         }
     }
 }
+
+/// The test API server's kubeconfig (tests/cluster/control-plane.sh), or `None` with the reason
+/// printed when there is none, unless `WEFT_REQUIRE_APISERVER` makes that a failure.
+pub fn kubeconfig() -> Option<std::path::PathBuf> {
+    match std::env::var_os("WEFT_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(path) => Some(path.into()),
+        None => {
+            assert!(
+                std::env::var("WEFT_REQUIRE_APISERVER").is_err(),
+                "WEFT_REQUIRE_APISERVER is set but WEFT_TEST_KUBECONFIG is not"
+            );
+            eprintln!("skipped: set WEFT_TEST_KUBECONFIG (tests/cluster/control-plane.sh up)");
+            None
+        }
+    }
+}
+
+/// A client for the API server that kubeconfig names.
+pub async fn client(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("readable kubeconfig");
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("config");
+    kube::Client::try_from(config).expect("client")
+}
