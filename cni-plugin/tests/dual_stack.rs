@@ -27,9 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::inpod::PodInfo;
-use mesh_controller::app::GrpcSecurity;
-use mesh_controller::ca::CertificateService;
-use mesh_controller::config_server::Publisher;
 use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::identity::{CaSettings, IdentityManager};
@@ -207,30 +204,6 @@ async fn a_pod_with_ipv6_disabled_is_served_on_ipv4() {
 const MESHED_CANARY: &str = "weft-canary-meshed-v6-2c71e0";
 const PLAINTEXT_CANARY: &str = "weft-canary-plaintext-v6-9b44d3";
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
-
-/// weft-controller's config stream and CA on loopback, over TLS (its trust bundle in the
-/// returned folder); node tokens `token-a` and `token-b`.
-async fn controller() -> (ControllerEndpoint, Publisher, tempfile::TempDir) {
-    let publisher = Publisher::new();
-    let proxy = "spiffe://cluster.local/ns/weft-system/sa/weft-proxy".parse().expect("identity");
-    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
-    let service =
-        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = dir.path().join("controller-ca.crt");
-    std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
-    let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
-    tokio::spawn(mesh_controller::app::serve(
-        publisher.clone(),
-        Some(service),
-        listener,
-        security,
-        std::future::pending(),
-    ));
-    (ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint"), publisher, dir)
-}
 
 struct NodeProxy {
     running: Running,

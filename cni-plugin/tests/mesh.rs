@@ -19,9 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
-use mesh_controller::app::GrpcSecurity;
-use mesh_controller::ca::CertificateService;
-use mesh_controller::config_server::Publisher;
 use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::hbone::client::{HboneClient, PoolKey};
@@ -39,30 +36,6 @@ const PLAINTEXT_CANARY: &str = "weft-canary-plaintext-81d2e7";
 
 fn id(s: &str) -> SpiffeId {
     s.parse().expect("identity")
-}
-
-/// weft-controller's config stream and CA on loopback, over TLS (its trust bundle in the
-/// returned folder); node tokens `token-a` and `token-b`.
-async fn controller() -> (ControllerEndpoint, Publisher, tempfile::TempDir) {
-    let publisher = Publisher::new();
-    let proxy = id("spiffe://cluster.local/ns/weft-system/sa/weft-proxy");
-    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
-    let service =
-        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = dir.path().join("controller-ca.crt");
-    std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
-    let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
-    tokio::spawn(mesh_controller::app::serve(
-        publisher.clone(),
-        Some(service),
-        listener,
-        security,
-        std::future::pending(),
-    ));
-    (ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint"), publisher, dir)
 }
 
 fn token_file(token: &str, dir: &Path) -> std::path::PathBuf {

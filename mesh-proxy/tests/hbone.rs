@@ -143,8 +143,11 @@ struct Node {
     server: Arc<HboneServer>,
 }
 
-/// Node B's half: checkout's :15008, delivering to the echo pod.
-async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
+/// What node B's :15008 for checkout is made of: checkout's server TLS, a bound listener and
+/// its address, the HBONE server, and the echo pod behind it.
+async fn checkout_port(
+    manager: &Arc<IdentityManager>,
+) -> (Arc<rustls::ServerConfig>, TcpListener, SocketAddr, Arc<HboneServer>, Arc<Destination>) {
     let cert = manager.certificate(&id(SERVER)).await.expect("server certificate");
     let tls = hbone::tls::server_config(&cert).expect("server tls");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -155,6 +158,12 @@ async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
         addresses: vec!["127.0.0.1".parse().expect("ip")],
         connect: direct_connector(),
     });
+    (tls, listener, hbone_addr, server, destination)
+}
+
+/// Node B's half: checkout's :15008, delivering to the echo pod.
+async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
+    let (tls, listener, hbone_addr, server, destination) = checkout_port(manager).await;
     tokio::spawn({
         let server = server.clone();
         async move {
@@ -315,16 +324,7 @@ async fn no_certificate_for_a_pod_of_another_node() {
 /// once the generation moves past the one it was accepted in — the old proxy draining while the
 /// new one (here: the same listener) takes the new connections, as in an upgrade.
 async fn draining_node(manager: &Arc<IdentityManager>) -> (Node, tokio::sync::watch::Sender<u64>) {
-    let cert = manager.certificate(&id(SERVER)).await.expect("server certificate");
-    let tls = hbone::tls::server_config(&cert).expect("server tls");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hbone_addr = listener.local_addr().expect("addr");
-    let server = Arc::new(HboneServer::new(false));
-    let destination = Arc::new(Destination {
-        pod: "shop/checkout".into(),
-        addresses: vec!["127.0.0.1".parse().expect("ip")],
-        connect: direct_connector(),
-    });
+    let (tls, listener, hbone_addr, server, destination) = checkout_port(manager).await;
     let (generation, _) = tokio::sync::watch::channel(0u64);
     tokio::spawn({
         let (server, generation) = (server.clone(), generation.clone());

@@ -151,3 +151,36 @@ pub async fn client(path: &Path) -> kube::Client {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("config");
     kube::Client::try_from(config).expect("client")
 }
+
+/// weft-controller's config stream and CA on loopback, over TLS (its trust bundle in the
+/// returned folder); node tokens `token-a` and `token-b`.
+pub async fn controller() -> (
+    mesh_proxy::config::connection::ControllerEndpoint,
+    mesh_controller::config_server::Publisher,
+    tempfile::TempDir,
+) {
+    use mesh_controller::app::GrpcSecurity;
+    use mesh_controller::ca::CertificateService;
+    use mesh_controller::config_server::Publisher;
+    use mesh_proxy::config::connection::ControllerEndpoint;
+
+    let publisher = Publisher::new();
+    let proxy = "spiffe://cluster.local/ns/weft-system/sa/weft-proxy".parse().expect("identity");
+    let tokens = [("token-a", "node-a"), ("token-b", "node-b")];
+    let service =
+        CertificateService::ephemeral("cluster.local", &tokens, &proxy, publisher.clone()).expect("CA");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("controller-ca.crt");
+    std::fs::write(&bundle, service.authority().roots_pem()).expect("bundle");
+    let security = GrpcSecurity::tls(&service, vec!["127.0.0.1".into()]).expect("serving certificate");
+    tokio::spawn(mesh_controller::app::serve(
+        publisher.clone(),
+        Some(service),
+        listener,
+        security,
+        std::future::pending(),
+    ));
+    (ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint"), publisher, dir)
+}
