@@ -108,7 +108,7 @@ impl GrpcSecurity {
     /// TLS with a serving certificate for `names` from `certificates`' CA, kept fresh in the
     /// background; subscribers authenticated as the CA authenticates its callers.
     pub fn tls(certificates: &CertificateService, names: Vec<String>) -> anyhow::Result<Self> {
-        let serving = ServingCert::start(certificates.authority(), names)?;
+        let serving = ServingCert::start(certificates.signing().subscribe(), names)?;
         Ok(Self {
             transport: Transport::Tls(serving.server_config()?),
             subscribers: Subscribers::Authenticated(certificates.authenticator()),
@@ -231,7 +231,9 @@ fn standalone_ca(
     let tokens = parse_node_tokens(&text, &ca.proxy_identity)
         .with_context(|| format!("in {}", ca.node_tokens.display()))?;
     tracing::info!(nodes = tokens.len(), "standalone CA: static node tokens loaded");
-    Ok(CertificateService::new(authority, Authenticator::Static(tokens), publisher))
+    let service = CertificateService::new(authority, Authenticator::Static(tokens), publisher);
+    tokio::spawn(ca::reload::follow_folder(ca.dir.clone(), service.reloader(material)));
+    Ok(service)
 }
 
 /// `<node> <token>` per line; `#` starts a comment.
@@ -424,6 +426,11 @@ pub fn serve_cluster(
             trust_domain: settings.trust_domain.clone(),
         };
         let certificates = CertificateService::new(authority, authenticator, publisher.clone());
+        tokio::spawn(ca::reload::follow_secret(
+            client.clone(),
+            cluster.namespace.clone(),
+            certificates.reloader(material),
+        ));
         let grpc = if security.insecure_plaintext {
             GrpcSecurity::insecure(Some(&certificates))
         } else {
@@ -434,11 +441,7 @@ pub fn serve_cluster(
             );
             GrpcSecurity::tls(&certificates, names)?
         };
-        spawn_bundle_publisher(
-            client.clone(),
-            cluster.namespace.clone(),
-            certificates.authority().roots_pem(),
-        );
+        spawn_bundle_publisher(client.clone(), cluster.namespace.clone(), certificates.signing().subscribe());
         spawn_admin(Sources { publisher: publisher.clone(), ca: Some(certificates.metrics.clone()) }, admin);
         let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
             kube::Api::namespaced(client.clone(), &cluster.namespace);
@@ -463,23 +466,35 @@ pub fn serve_cluster(
     })
 }
 
-/// Writes the trust bundle ConfigMap, retrying until the API takes it: node proxies cannot
-/// start without it, so a failure is logged as an error every time.
-fn spawn_bundle_publisher(client: kube::Client, namespace: String, roots_pem: String) {
+/// Writes the trust bundle ConfigMap, again whenever the CA is replaced, retrying until the
+/// API takes it: node proxies cannot verify the controller without it, so a failure is logged
+/// as an error every time.
+fn spawn_bundle_publisher(
+    client: kube::Client,
+    namespace: String,
+    mut authority: tokio::sync::watch::Receiver<std::sync::Arc<Authority>>,
+) {
     tokio::spawn(async move {
-        let mut wait = std::time::Duration::from_secs(1);
         loop {
-            match ca::serving::publish_bundle(client.clone(), &namespace, &roots_pem).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        "cannot publish the CA trust bundle; node proxies cannot verify the controller until it is; retrying"
-                    );
+            let mut wait = std::time::Duration::from_secs(1);
+            // Each attempt publishes the newest roots: a replacement during the retries wins.
+            loop {
+                let roots_pem = authority.borrow_and_update().roots_pem();
+                match ca::serving::publish_bundle(client.clone(), &namespace, &roots_pem).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "cannot publish the CA trust bundle; node proxies cannot verify the controller until it is; retrying"
+                        );
+                    }
                 }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            if authority.changed().await.is_err() {
+                return;
+            }
         }
     });
 }

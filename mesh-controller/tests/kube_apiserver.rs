@@ -390,6 +390,84 @@ async fn token_review_names_the_proxy_pods_node_and_the_ca_secret_is_reused() {
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
 }
 
+/// An edited Secret weft-ca replaces the signing CA of a running controller; an edit that
+/// cannot sign is refused and the previous CA keeps signing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_ca_secret_replaces_the_signing_ca_without_a_restart() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use mesh_controller::ca::authority::{Authority, CaMaterial};
+    use mesh_controller::ca::reload::{Reloader, SigningAuthority, follow_secret};
+    use mesh_controller::ca::storage::{SECRET_NAME, load_or_create_secret};
+
+    let Some(client) = client().await else { return };
+    let ns = unique("weft-ca-reload");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(&namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+    let now = time::OffsetDateTime::now_utc();
+    let first = load_or_create_secret(client.clone(), &ns, "cluster.local").await.expect("generated");
+    let signing = SigningAuthority::new(Authority::new("cluster.local", &first, now).expect("authority"));
+    let metrics = std::sync::Arc::new(mesh_controller::ca::CaMetrics::default());
+    let follower = tokio::spawn(follow_secret(
+        client.clone(),
+        ns.clone(),
+        Reloader::new(signing.clone(), first.clone(), metrics.clone()),
+    ));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let put = |material: CaMaterial| {
+        let secrets = secrets.clone();
+        async move {
+            let mut secret = secrets.get(SECRET_NAME).await.expect("Secret");
+            secret.data = Some(
+                [
+                    ("tls.crt", material.chain_pem),
+                    ("tls.key", material.key_pem),
+                    ("ca.crt", material.bundle_pem),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+                .collect(),
+            );
+            secrets.replace(SECRET_NAME, &PostParams::default(), &secret).await.expect("replace Secret");
+        }
+    };
+
+    // Rotation step 1: the new root beside the old in ca.crt.
+    let next = CaMaterial::generate("cluster.local", now).expect("next root");
+    let both = CaMaterial { bundle_pem: format!("{}{}", first.bundle_pem, next.bundle_pem), ..first.clone() };
+    put(both).await;
+    eventually("both roots trusted", || async {
+        let roots = signing.current().roots().len();
+        if roots == 2 { Ok(()) } else { Err(format!("{roots} roots")) }
+    })
+    .await;
+
+    // A broken edit (another root's key): refused, counted, both roots still trusted.
+    put(CaMaterial { key_pem: next.key_pem.clone(), ..first.clone() }).await;
+    eventually("the refusal counted", || async {
+        let rendered = metrics.render();
+        if rendered.contains("weft_ca_reloads_total{result=\"refused\"} 1") { Ok(()) } else { Err(rendered) }
+    })
+    .await;
+    assert_eq!(signing.current().roots().len(), 2, "the previous CA keeps signing");
+
+    // Step 2: the new root signs.
+    let signs_with_next =
+        CaMaterial { bundle_pem: format!("{}{}", first.bundle_pem, next.bundle_pem), ..next.clone() };
+    put(signs_with_next).await;
+    let before = signing.current().roots_pem();
+    eventually("the new key signs", || async {
+        let rendered = metrics.render();
+        if rendered.contains("weft_ca_reloads_total{result=\"replaced\"} 2") { Ok(()) } else { Err(rendered) }
+    })
+    .await;
+    assert_eq!(signing.current().roots_pem(), before, "the same two roots");
+
+    follower.abort();
+    namespaces.delete(&ns, &DeleteParams::default()).await.expect("delete namespace");
+}
+
 /// Kinds served only at an older version than the group's preferred one (TCPRoute and UDPRoute
 /// are v1alpha2 while the group prefers v1) are watched too, not taken as missing.
 #[tokio::test]

@@ -4,11 +4,13 @@
 //! - [`authority`]: CA material and signing (pure).
 //! - [`authorize`]: who may have which identity.
 //! - [`storage`]: where the root lives (Secret `weft-ca` or a folder).
+//! - [`reload`]: following that source, so a changed root signs without a restart.
 //! - [`serving`]: the controller's own serving certificate and the published trust bundle.
 //! - this module: the `Certificates` gRPC service tying them to the published config.
 
 pub mod authority;
 pub mod authorize;
+pub mod reload;
 pub mod serving;
 pub mod storage;
 
@@ -25,20 +27,29 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::config_server::Publisher;
-use authority::Authority;
+use authority::{Authority, CaMaterial};
 use authorize::{Authenticator, Refusal};
+use reload::{Reloader, SigningAuthority};
 
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct CaMetrics {
     signed: AtomicU64,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Changes of the CA's source, by result (`replaced`, `refused`).
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl CaMetrics {
     fn refuse(&self, reason: &'static str) {
         if let Ok(mut refused) = self.refused.lock() {
             *refused.entry(reason).or_default() += 1;
+        }
+    }
+
+    fn reloaded(&self, result: &'static str) {
+        if let Ok(mut reloads) = self.reloads.lock() {
+            *reloads.entry(result).or_default() += 1;
         }
     }
 
@@ -55,13 +66,22 @@ impl CaMetrics {
                 out.push_str(&format!("weft_ca_refused_total{{reason=\"{reason}\"}} {count}\n"));
             }
         }
+        out.push_str(
+            "# HELP weft_ca_reloads_total Changes of the CA's Secret or folder, by result (replaced, refused).\n\
+             # TYPE weft_ca_reloads_total counter\n",
+        );
+        if let Ok(reloads) = self.reloads.lock() {
+            for (result, count) in reloads.iter() {
+                out.push_str(&format!("weft_ca_reloads_total{{result=\"{result}\"}} {count}\n"));
+            }
+        }
         out
     }
 }
 
 #[derive(Clone)]
 pub struct CertificateService {
-    authority: Arc<Authority>,
+    authority: SigningAuthority,
     authenticator: Arc<Authenticator>,
     publisher: Publisher,
     pub metrics: Arc<CaMetrics>,
@@ -70,7 +90,7 @@ pub struct CertificateService {
 impl CertificateService {
     pub fn new(authority: Authority, authenticator: Authenticator, publisher: Publisher) -> Self {
         Self {
-            authority: Arc::new(authority),
+            authority: SigningAuthority::new(authority),
             authenticator: Arc::new(authenticator),
             publisher,
             metrics: Arc::default(),
@@ -99,9 +119,20 @@ impl CertificateService {
         Ok(Self::new(authority, Authenticator::Static(tokens), publisher))
     }
 
-    /// The signing half, shared with the controller's own serving certificate.
+    /// The authority signing now.
     pub fn authority(&self) -> Arc<Authority> {
+        self.authority.current()
+    }
+
+    /// The signing half, shared with the controller's own serving certificate and the trust
+    /// bundle's publisher, which follow its replacements.
+    pub fn signing(&self) -> SigningAuthority {
         self.authority.clone()
+    }
+
+    /// Replaces the authority when its source changes; `material` is what it was made from.
+    pub fn reloader(&self, material: CaMaterial) -> Reloader {
+        Reloader::new(self.authority.clone(), material, self.metrics.clone())
     }
 
     /// Who callers are: the config stream authenticates its subscribers with the same one.
@@ -133,6 +164,7 @@ impl CertificateService {
         let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(request.ttl_seconds)));
         let issued = self
             .authority
+            .current()
             .sign(&request.csr_der, &identity, ttl, OffsetDateTime::now_utc())
             .map_err(|e| ("bad_csr", Status::invalid_argument(e.to_string())))?;
         tracing::info!(node = %caller.node, %identity, not_after = %issued.not_after, "signed a workload certificate");

@@ -16,6 +16,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::authority::Authority;
 
@@ -75,19 +76,35 @@ fn issue(
 
 impl ServingCert {
     /// Issues a first certificate for `names` and keeps it fresh from a background task
-    /// (tokio) for as long as the returned value lives anywhere.
-    pub fn start(authority: Arc<Authority>, names: Vec<String>) -> anyhow::Result<Arc<Self>> {
-        let (key, not_before, not_after) = issue(&authority, &names, OffsetDateTime::now_utc())
+    /// (tokio) for as long as the returned value lives anywhere: at half-life, and at once
+    /// when the authority is replaced (a rotated root signs the controller from then on).
+    pub fn start(
+        mut authority: watch::Receiver<Arc<Authority>>,
+        names: Vec<String>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let first = authority.borrow_and_update().clone();
+        let (key, not_before, not_after) = issue(&first, &names, OffsetDateTime::now_utc())
             .context("cannot issue the controller's serving certificate")?;
         tracing::info!(names = ?names, %not_after, "issued the controller's serving certificate");
         let cert = Arc::new(ServingCert { current: ArcSwap::from_pointee(key) });
         let weak = Arc::downgrade(&cert);
         tokio::spawn(async move {
             let mut wait = renew_in(not_before, not_after, OffsetDateTime::now_utc());
+            // Once nothing can replace the authority any more, only the clock renews.
+            let mut replaceable = true;
             loop {
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = authority.changed(), if replaceable => {
+                        if changed.is_err() {
+                            replaceable = false;
+                            continue;
+                        }
+                    }
+                }
                 let Some(cert) = weak.upgrade() else { return };
-                match issue(&authority, &names, OffsetDateTime::now_utc()) {
+                let signer = authority.borrow_and_update().clone();
+                match issue(&signer, &names, OffsetDateTime::now_utc()) {
                     Ok((key, not_before, not_after)) => {
                         cert.current.store(Arc::new(key));
                         tracing::info!(%not_after, "re-issued the controller's serving certificate");
@@ -192,7 +209,11 @@ pub async fn publish_bundle(client: kube::Client, namespace: &str, roots_pem: &s
 
 #[cfg(test)]
 mod tests {
+    use super::super::authority::CaMaterial;
+    use super::super::reload::{Reload, Reloader, SigningAuthority};
     use super::*;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
 
     #[test]
     fn service_names_cover_the_service_and_extras_once() {
@@ -225,9 +246,10 @@ mod tests {
     #[tokio::test]
     async fn the_served_certificate_is_short_lived_and_not_a_ca() {
         let now = OffsetDateTime::now_utc();
-        let material = super::super::authority::CaMaterial::generate("cluster.local", now).expect("CA");
-        let authority = Arc::new(Authority::new("cluster.local", &material, now).expect("authority"));
-        let cert = ServingCert::start(authority.clone(), vec!["127.0.0.1".into()]).expect("started");
+        let material = CaMaterial::generate("cluster.local", now).expect("CA");
+        let authority =
+            SigningAuthority::new(Authority::new("cluster.local", &material, now).expect("authority"));
+        let cert = ServingCert::start(authority.subscribe(), vec!["127.0.0.1".into()]).expect("started");
         let leaf = cert.current_leaf().expect("a leaf");
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).expect("parse");
         let lifetime = parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
@@ -237,5 +259,46 @@ mod tests {
         );
         assert!(!parsed.is_ca());
         cert.server_config().expect("a rustls config");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_authority_signs_the_served_certificate_at_once() {
+        let now = OffsetDateTime::now_utc();
+        let old = CaMaterial::generate("cluster.local", now).expect("old root");
+        let new = CaMaterial::generate("cluster.local", now).expect("new root");
+        let signing = SigningAuthority::new(Authority::new("cluster.local", &old, now).expect("authority"));
+        let mut reloader = Reloader::new(signing.clone(), old.clone(), Arc::default());
+        let cert = ServingCert::start(signing.subscribe(), vec!["127.0.0.1".into()]).expect("started");
+        // Whether a client trusting only `material`'s root accepts the served certificate.
+        let chains_to = |cert: &ServingCert, material: &CaMaterial| {
+            let root = CertificateDer::from_pem_slice(material.bundle_pem.as_bytes()).expect("root PEM");
+            let anchor = webpki::anchor_from_trusted_cert(&root).expect("anchor").to_owned();
+            let leaf_der = cert.current_leaf().expect("a leaf");
+            let leaf = webpki::EndEntityCert::try_from(&leaf_der).expect("leaf parses");
+            leaf.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &[anchor],
+                &[],
+                rustls_pki_types::UnixTime::now(),
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .is_ok()
+        };
+        let old_leaf = cert.current_leaf();
+        assert!(chains_to(&cert, &old) && !chains_to(&cert, &new));
+
+        assert_eq!(reloader.offer(new.clone(), now), Reload::Replaced);
+        // Bounded: the re-issue is a task on this runtime, milliseconds away.
+        for _ in 0..200 {
+            if cert.current_leaf() != old_leaf {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_ne!(cert.current_leaf(), old_leaf, "re-issued after the CA changed");
+        assert!(chains_to(&cert, &new), "signed by the new CA");
+        assert!(!chains_to(&cert, &old));
     }
 }

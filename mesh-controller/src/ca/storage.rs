@@ -20,17 +20,26 @@ const CHAIN: &str = "tls.crt";
 const KEY: &str = "tls.key";
 const BUNDLE: &str = "ca.crt";
 
+/// Reads `dir/{tls.crt,tls.key,ca.crt}`; `None` when the folder holds no CA (neither
+/// `tls.crt` nor `tls.key`), an error when it holds half of one.
+pub fn read_dir(dir: &Path) -> anyhow::Result<Option<CaMaterial>> {
+    if !dir.join(CHAIN).exists() && !dir.join(KEY).exists() {
+        return Ok(None);
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let bundle = if dir.join(BUNDLE).exists() { read(BUNDLE)? } else { String::new() };
+    Ok(Some(CaMaterial { chain_pem: read(CHAIN)?, key_pem: read(KEY)?, bundle_pem: bundle }))
+}
+
 /// Reads `dir/{tls.crt,tls.key,ca.crt}`, or generates a root there (key mode 0600).
 pub fn load_or_create_dir(dir: &Path, trust_domain: &str) -> anyhow::Result<CaMaterial> {
-    let (chain, key) = (dir.join(CHAIN), dir.join(KEY));
-    if chain.exists() || key.exists() {
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .with_context(|| format!("cannot read {}", dir.join(name).display()))
-        };
-        let bundle = if dir.join(BUNDLE).exists() { read(BUNDLE)? } else { String::new() };
+    let chain = dir.join(CHAIN);
+    if let Some(material) = read_dir(dir)? {
         tracing::info!(dir = %dir.display(), "using the CA found on disk");
-        return Ok(CaMaterial { chain_pem: read(CHAIN)?, key_pem: read(KEY)?, bundle_pem: bundle });
+        return Ok(material);
     }
     let material = CaMaterial::generate(trust_domain, OffsetDateTime::now_utc())?;
     create_private_dir(dir)?;
@@ -106,7 +115,7 @@ pub async fn load_or_create_secret(
     }
 }
 
-fn from_secret(secret: &Secret) -> anyhow::Result<CaMaterial> {
+pub(crate) fn from_secret(secret: &Secret) -> anyhow::Result<CaMaterial> {
     let data = secret.data.as_ref().context("Secret weft-ca has no data")?;
     let text = |key: &str, required: bool| -> anyhow::Result<String> {
         match data.get(key) {
