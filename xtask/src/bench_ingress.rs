@@ -11,66 +11,56 @@
 //! which is the open-loop load generator, wrk, h2load and the backend) to core 0.
 //!
 //! Measured, the paths interleaved in each repeat so machine noise hits all alike:
-//! - latency at fixed rates (open loop, [`testbed::load::constant_rate`]), p50 and p99;
-//! - max requests/s with `wrk -t1 -c32 -d5s` (HTTP/1.1 keep-alive), and the proxy's CPU
-//!   from /proc during each run, hence requests per CPU-second (per proxy core);
+//! - latency at fixed rates (open loop, [`testbed::load::constant_rate`]), p50 and p99, and
+//!   the proxy's CPU and peak RSS during each run;
+//! - max requests/s with `wrk -t1 -c32 -d5s` (HTTP/1.1 keep-alive), its latency percentiles,
+//!   and the proxy's CPU from /proc during each run, hence requests per CPU-second (per proxy
+//!   core);
 //! - h2 (h2c, prior knowledge) max requests/s with h2load through each proxy;
 //! - the proxy's RSS idle and its peak under load.
 //!
-//! Results: `bench/results/ingress.{json,md}`. Every process started here is killed on
-//! return, whatever happens ([`Proc`]'s drop).
+//! Results: `bench/results/ingress.{json,md}` (the `resources` table and the latency plot are
+//! made from the JSON by `bench report`). Every process started here is killed on return,
+//! whatever happens ([`Proc`]'s drop).
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
 use testbed::load::constant_rate;
 
-use crate::measure::{as_f64, cpu_seconds, machine, median};
+use crate::bench::Plan;
+use crate::measure::{
+    Proc, RssSampler, RunInfo, as_f64, cpu_seconds, first_load, free_port, is_root, median, number_after,
+    on_path, spawn, spread, status_field, uptime, verdict, version, which,
+};
 
-const REPEATS: usize = 5;
-const RATES: [u32; 2] = [1000, 5000];
-const RUN: Duration = Duration::from_secs(5);
-/// Keep-alive connections of the open-loop generator (a pool of clients, as in `bench mesh`).
-const CONNECTIONS: u32 = 16;
-const WRK_ARGS: [&str; 4] = ["-t1", "-c32", "-d5s", "--latency"];
-const H2LOAD_ARGS: [&str; 5] = ["-t1", "-c32", "-m10", "-D", "5"];
+/// The open-loop rates and the keep-alive connections each is spread over (a pool of clients,
+/// as in `bench mesh`). One connection has one request in flight, so at 10k req/s 16
+/// connections would each need an answer every 1.6 ms: more connections keep the generator
+/// from becoming the bottleneck there.
+const RATES: [(u32, u32); 3] = [(1000, 16), (5000, 16), (10_000, 64)];
+
+/// `wrk` for HTTP/1.1 max req/s, one run of `plan`'s length.
+fn wrk_args(plan: Plan) -> Vec<String> {
+    let seconds = format!("-d{}s", plan.run().as_secs());
+    ["-t1", "-c32", seconds.as_str(), "--latency"].map(String::from).to_vec()
+}
+
+/// `h2load` for h2c max req/s, one run of `plan`'s length.
+fn h2load_args(plan: Plan) -> Vec<String> {
+    let seconds = plan.run().as_secs().to_string();
+    ["-t1", "-c32", "-m10", "-D", seconds.as_str()].map(String::from).to_vec()
+}
+
 /// How long a server may take to answer its first request after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const PATH: &str = "/bench";
-
-/// A child process, killed and reaped on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Where a command runs: pinned to a core with `taskset -c`, or not at all when the machine
 /// has fewer than two cores.
@@ -94,16 +84,18 @@ impl Pinning {
     }
 }
 
-fn spawn(name: &'static str, mut command: Command, dir: &Path) -> anyhow::Result<Proc> {
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    Ok(Proc { name, child, log })
+/// Gives this process every core back when dropped: `bench all` runs other scenarios after
+/// this one, and what they start inherits the affinity.
+struct Unpin {
+    cores: usize,
+}
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let all = format!("0-{}", self.cores.saturating_sub(1));
+        let pid = std::process::id().to_string();
+        let _ = Command::new("taskset").args(["-a", "-p", "-c", &all, &pid]).stdout(Stdio::null()).status();
+    }
 }
 
 /// One way to reach the backend: directly or through one proxy.
@@ -122,6 +114,8 @@ struct Latency {
     p99: Vec<u64>,
     errors: usize,
     cpu: Vec<f64>,
+    /// The proxy's peak VmRSS in each run (kB).
+    peak_rss_kb: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -132,6 +126,9 @@ struct Throughput {
     cpu: Vec<f64>,
     errors: u64,
     peak_rss_kb: u64,
+    /// wrk's latency percentiles (closed loop, µs), one a run; none from h2load.
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
 }
 
 struct PathResults {
@@ -140,82 +137,6 @@ struct PathResults {
     h2: Throughput,
     idle_rss_kb: u64,
     threads: u64,
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if values.is_empty() { (0.0, 0.0) } else { (min, max) }
-}
-
-/// A numeric field of /proc/<pid>/status (`VmRSS` in kB, `Threads`).
-fn status_field(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Samples a process's VmRSS every 100 ms until dropped; keeps the peak.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(pid: Option<u32>) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let thread = pid.map(|pid| {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::spawn(move || {
-                // Bounded: a run lasts seconds; the cap is a guard, not a schedule.
-                for _ in 0..6000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    peak.fetch_max(status_field(pid, "VmRSS"), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        });
-        RssSampler { stop, peak, thread }
-    }
-
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
 }
 
 /// One `GET /bench` on a fresh connection: the status code, and whether the answer had a
@@ -316,18 +237,6 @@ fn weft_manifests(ports: &Ports) -> String {
     )
 }
 
-fn uptime() -> String {
-    let out = Command::new("uptime").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    out.unwrap_or_default()
-}
-
-/// Finds a number right after `marker` in `text`.
-fn number_after(text: &str, marker: &str) -> Option<f64> {
-    let rest = &text[text.find(marker)? + marker.len()..];
-    let token: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    token.parse().ok()
-}
-
 /// One max-throughput run of `program` (wrk or h2load) through `path`: requests/s, requests,
 /// failed requests, the proxy's CPU share and its peak RSS.
 struct MaxRun {
@@ -337,6 +246,8 @@ struct MaxRun {
     cpu_seconds: f64,
     wall: f64,
     peak_rss_kb: u64,
+    /// wrk's p50 and p99 (µs), when the program is wrk.
+    latency: Option<(f64, f64)>,
 }
 
 fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>) -> anyhow::Result<MaxRun> {
@@ -373,7 +284,25 @@ fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>)
     let (Some(rps), Some(requests), errors) = parsed else {
         bail!("cannot read {program}'s output:\n{text}");
     };
-    Ok(MaxRun { rps, requests, errors, cpu_seconds: cpu, wall, peak_rss_kb })
+    let latency = wrk_percentile(&text, "50%").zip(wrk_percentile(&text, "99%"));
+    Ok(MaxRun { rps, requests, errors, cpu_seconds: cpu, wall, peak_rss_kb, latency })
+}
+
+/// A line of wrk's `Latency Distribution` (`     99%    1.23ms`) in µs.
+fn wrk_percentile(text: &str, percent: &str) -> Option<f64> {
+    let distribution = text.split("Latency Distribution").nth(1)?;
+    let line = distribution.lines().find(|l| l.trim_start().starts_with(percent))?;
+    let value = line.split_whitespace().nth(1)?;
+    let (number, scale) = if let Some(v) = value.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = value.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = value.strip_suffix('m') {
+        (v, 60e6)
+    } else {
+        (value.strip_suffix('s')?, 1e6)
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// `finished in 5.00s, 51234.40 req/s, 1.23MB/s` → 51234.40.
@@ -382,30 +311,8 @@ fn h2_rps(text: &str) -> Option<f64> {
     line.split(", ").find(|part| part.ends_with("req/s"))?.trim_end_matches(" req/s").parse().ok()
 }
 
-/// Builds weft-proxy (release), then runs the bench on it; with `WEFT_PROXY_BIN` set, runs it on
-/// that binary instead.
-pub fn build_and_run() -> anyhow::Result<()> {
-    if let Some(binary) = std::env::var_os("WEFT_PROXY_BIN") {
-        // A release binary built elsewhere (or while another build holds the target dir's lock).
-        println!("==> weft-proxy from WEFT_PROXY_BIN, not built");
-        return run(Path::new(&binary));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("==> building weft-proxy (release)");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "mesh-proxy", "--bin", "weft-proxy"])
-        .current_dir(&root)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo build --release -p mesh-proxy failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    run(&target.join("release/weft-proxy"))
-}
-
-fn run(weft: &Path) -> anyhow::Result<()> {
+/// The ingress bench on the weft-proxy binary `weft`.
+pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
     if !is_root() {
         // The open-loop generator enters a network namespace (here: this process's own).
         bail!("the ingress bench needs root (its load generator calls setns on /proc/self/ns/net)");
@@ -414,12 +321,13 @@ fn run(weft: &Path) -> anyhow::Result<()> {
         ["nginx", "haproxy", "wrk", "h2load", "taskset"].into_iter().filter(|tool| !on_path(tool)).collect();
     if !missing.is_empty() {
         bail!(
-            "missing {}: apt-get install nginx-light haproxy wrk nghttp2-client util-linux",
+            "missing {}: apt-get install -y nginx-light haproxy wrk nghttp2-client util-linux gnuplot-nox",
             missing.join(", ")
         );
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinning = Pinning { enabled: cores >= 2 };
+    let _unpin = Unpin { cores };
     if pinning.enabled {
         // This process (the open-loop generator) and whatever it starts unpinned: core 0.
         let pid = std::process::id().to_string();
@@ -552,17 +460,20 @@ fn run(weft: &Path) -> anyhow::Result<()> {
     }
 
     let self_netns = Path::new("/proc/self/ns/net");
+    let (repeats, run_for) = (plan.repeats(), plan.run());
     println!(
-        "==> latency at {RATES:?} rps (open loop), {CONNECTIONS} keep-alive connections, {RUN:?} a run, {REPEATS} runs, interleaved"
+        "==> latency at {RATES:?} (rps, connections) open loop, {run_for:?} a run, {repeats} runs, interleaved"
     );
-    for repeat in 0..REPEATS {
-        for (r, rate) in RATES.iter().enumerate() {
+    for repeat in 0..repeats {
+        for (r, (rate, connections)) in RATES.iter().enumerate() {
             for (path, result) in paths.iter().zip(&mut results) {
+                let sampler = RssSampler::start(path.proxy);
                 let before = path.proxy.map_or(0.0, cpu_seconds);
-                let run = constant_rate(self_netns, path.http1, *rate, RUN, CONNECTIONS)
+                let run = constant_rate(self_netns, path.http1, *rate, run_for, *connections)
                     .with_context(|| format!("{} at {rate} rps", path.name))?;
                 let cpu = path.proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
                 let point = &mut result.latency[r];
+                point.peak_rss_kb.push(sampler.finish());
                 point.p50.push(run.percentile(50.0));
                 point.p99.push(run.percentile(99.0));
                 point.errors += run.errors;
@@ -580,52 +491,36 @@ fn run(weft: &Path) -> anyhow::Result<()> {
         }
     }
 
-    println!("==> max requests/s, HTTP/1.1: wrk {}, {REPEATS} runs, interleaved", WRK_ARGS.join(" "));
-    commands.push(format!(
-        "{}wrk {} http://127.0.0.1:$PORT{PATH}",
-        pin(Pinning::LOAD_CORE),
-        WRK_ARGS.join(" ")
-    ));
-    for repeat in 0..REPEATS {
-        for (path, result) in paths.iter().zip(&mut results) {
-            let mut args: Vec<String> = WRK_ARGS.iter().map(|s| s.to_string()).collect();
-            args.push(format!("http://{}{PATH}", path.http1));
-            let run =
-                max_run(pinning, "wrk", &args, path.proxy).with_context(|| format!("wrk {}", path.name))?;
-            record(&mut result.http1, &run, path.proxy.is_some());
-            println!(
-                "  run {} {:<10} {:>9.0} req/s  proxy CPU {:.3}  errors {}",
-                repeat + 1,
-                path.name,
-                run.rps,
-                run.cpu_seconds / run.wall,
-                run.errors
-            );
-        }
-    }
-
-    println!("==> max requests/s, h2c: h2load {}, {REPEATS} runs, interleaved", H2LOAD_ARGS.join(" "));
-    commands.push(format!(
-        "{}h2load {} http://127.0.0.1:$H2PORT{PATH}",
-        pin(Pinning::LOAD_CORE),
-        H2LOAD_ARGS.join(" ")
-    ));
-    for repeat in 0..REPEATS {
-        for (path, result) in paths.iter().zip(&mut results) {
-            let Some(h2) = path.h2 else { continue };
-            let mut args: Vec<String> = H2LOAD_ARGS.iter().map(|s| s.to_string()).collect();
-            args.push(format!("http://{h2}{PATH}"));
-            let run = max_run(pinning, "h2load", &args, path.proxy)
-                .with_context(|| format!("h2load {}", path.name))?;
-            record(&mut result.h2, &run, path.proxy.is_some());
-            println!(
-                "  run {} {:<10} {:>9.0} req/s  proxy CPU {:.3}  errors {}",
-                repeat + 1,
-                path.name,
-                run.rps,
-                run.cpu_seconds / run.wall,
-                run.errors
-            );
+    for (program, args, port) in [("wrk", wrk_args(plan), "$PORT"), ("h2load", h2load_args(plan), "$H2PORT")]
+    {
+        println!("==> max requests/s: {program} {}, {repeats} runs, interleaved", args.join(" "));
+        commands.push(format!(
+            "{}{program} {} http://127.0.0.1:{port}{PATH}",
+            pin(Pinning::LOAD_CORE),
+            args.join(" ")
+        ));
+        for repeat in 0..repeats {
+            for (path, result) in paths.iter().zip(&mut results) {
+                let (target, into) = if program == "wrk" {
+                    (Some(path.http1), &mut result.http1)
+                } else {
+                    (path.h2, &mut result.h2)
+                };
+                let Some(target) = target else { continue };
+                let mut args = args.clone();
+                args.push(format!("http://{target}{PATH}"));
+                let run = max_run(pinning, program, &args, path.proxy)
+                    .with_context(|| format!("{program} {}", path.name))?;
+                record(into, &run, path.proxy.is_some());
+                println!(
+                    "  run {} {:<10} {:>9.0} req/s  proxy CPU {:.3}  errors {}",
+                    repeat + 1,
+                    path.name,
+                    run.rps,
+                    run.cpu_seconds / run.wall,
+                    run.errors
+                );
+            }
         }
     }
     let load_after = uptime();
@@ -643,6 +538,7 @@ fn run(weft: &Path) -> anyhow::Result<()> {
         configs: &configs,
         cores,
         pinning,
+        plan,
         dir: dir_path.display().to_string(),
     };
     report.write(&load_before, &load_after)?;
@@ -654,16 +550,14 @@ fn record(into: &mut Throughput, run: &MaxRun, has_proxy: bool) {
     into.rps.push(run.rps);
     into.errors += run.errors;
     into.peak_rss_kb = into.peak_rss_kb.max(run.peak_rss_kb);
+    if let Some((p50, p99)) = run.latency {
+        into.p50_us.push(p50);
+        into.p99_us.push(p99);
+    }
     if has_proxy {
         into.cpu.push(run.cpu_seconds / run.wall);
         into.per_core.push(run.requests / run.cpu_seconds.max(f64::MIN_POSITIVE));
     }
-}
-
-fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|p| p.is_file()))
-        .with_context(|| format!("{tool} is not on PATH"))
 }
 
 struct Report<'a> {
@@ -673,37 +567,15 @@ struct Report<'a> {
     configs: &'a [(&'static str, String)],
     cores: usize,
     pinning: Pinning,
+    plan: Plan,
     /// The temporary folder, written `$DIR` in the report.
     dir: String,
 }
 
-/// First line a tool prints about its version (on stdout or stderr).
-fn version(program: &str, arg: &str) -> String {
-    let out = Command::new(program).arg(arg).output();
-    out.map(|o| {
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        text.lines().next().unwrap_or("").trim().to_string()
-    })
-    .unwrap_or_default()
-}
-
-fn spread(values: &[f64], decimals: usize) -> String {
-    let (min, max) = min_max(values);
-    format!("{:.*} [{:.*}–{:.*}]", decimals, median(values), decimals, min, decimals, max)
-}
-
-fn first_load(uptime: &str) -> f64 {
-    number_after(uptime, "load average:").unwrap_or(0.0)
-}
-
 impl Report<'_> {
     fn write(&self, load_before: &str, load_after: &str) -> anyhow::Result<()> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-        let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output()?;
-        let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
-        let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root).output()?;
-        let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
-        let machine = machine(self.cores);
+        let RunInfo { date, commit, machine } = RunInfo::now();
+        let (repeats, run_seconds) = (self.plan.repeats(), self.plan.run().as_secs());
         let versions = [
             version("nginx", "-v"),
             version("haproxy", "-v"),
@@ -713,6 +585,7 @@ impl Report<'_> {
         let busy = first_load(load_before).max(first_load(load_after)) >= 1.0;
         let mut md = String::new();
         writeln!(md, "# Ingress: weft-proxy vs nginx vs HAProxy, same route, same run\n")?;
+        md.push_str(self.plan.banner());
         writeln!(
             md,
             "`cargo xtask bench ingress` on {machine}, {date}, commit {commit} (plus the working tree's\n\
@@ -750,13 +623,12 @@ impl Report<'_> {
         writeln!(
             md,
             "## Latency at fixed rates\n\nOpen loop (each latency from the request's due time, so stalls are not hidden),\n\
-             HTTP/1.1 over {CONNECTIONS} keep-alive connections, {} s a run, {REPEATS} runs of each path interleaved;\n\
-             median of the runs [min–max], µs. Added = path − direct (medians).\n\n\
+             HTTP/1.1 over keep-alive connections (16, 64 at 10k req/s), {run_seconds} s a run, {repeats} runs of each path\n\
+             interleaved; median of the runs [min–max], µs. Added = path − direct (medians).\n\n\
              | path | rate (req/s) | p50 µs | p99 µs | added p50 | added p99 | errors | proxy CPU (cores) |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- |",
-            RUN.as_secs()
+             | --- | --- | --- | --- | --- | --- | --- | --- |"
         )?;
-        for (r, rate) in RATES.iter().enumerate() {
+        for (r, (rate, _)) in RATES.iter().enumerate() {
             let base = &direct.latency[r];
             let (b50, b99) = (median(&as_f64(&base.p50)), median(&as_f64(&base.p99)));
             for (path, result) in self.paths.iter().zip(self.results) {
@@ -780,12 +652,12 @@ impl Report<'_> {
             }
         }
         for (title, pick, command) in [
-            ("HTTP/1.1 keep-alive", 0, format!("wrk {}", WRK_ARGS.join(" "))),
-            ("h2c (prior knowledge)", 1, format!("h2load {}", H2LOAD_ARGS.join(" "))),
+            ("HTTP/1.1 keep-alive", 0, format!("wrk {}", wrk_args(self.plan).join(" "))),
+            ("h2c (prior knowledge)", 1, format!("h2load {}", h2load_args(self.plan).join(" "))),
         ] {
             writeln!(
                 md,
-                "\n## Max requests/s, {title}: `{command}`\n\n{REPEATS} runs of each path interleaved; median [min–max]. Per proxy core =\n\
+                "\n## Max requests/s, {title}: `{command}`\n\n{repeats} runs of each path interleaved; median [min–max]. Per proxy core =\n\
                  requests completed ÷ the proxy's CPU-seconds (user + system, /proc/<pid>/stat) in the run.\n\n\
                  | path | req/s | proxy CPU (cores) | req/s per proxy core | errors |\n| --- | --- | --- | --- | --- |"
             )?;
@@ -852,7 +724,6 @@ impl Report<'_> {
             bail!("a path is missing from the results");
         };
         let ratio = median(&weft.http1.per_core) / median(&haproxy.http1.per_core).max(f64::MIN_POSITIVE);
-        let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
         writeln!(
             md,
             "\n## Targets (issue 9)\n\n\
@@ -861,7 +732,7 @@ impl Report<'_> {
             median(&haproxy.http1.per_core),
             verdict(ratio >= 1.2)
         )?;
-        for (r, rate) in RATES.iter().enumerate() {
+        for (r, (rate, _)) in RATES.iter().enumerate() {
             let p99 = |res: &PathResults| {
                 median(&as_f64(&res.latency[r].p99)) - median(&as_f64(&direct.latency[r].p99))
             };
@@ -872,30 +743,26 @@ impl Report<'_> {
                 verdict(w < n && w < h)
             )?;
         }
-        let slowest = self
-            .paths
+        let saturated_at: Vec<String> = RATES
             .iter()
-            .zip(self.results)
-            .filter(|(p, _)| p.proxy.is_some())
-            .map(|(_, r)| median(&r.http1.rps))
-            .fold(f64::INFINITY, f64::min);
-        let why = if slowest < 15_000.0 {
-            format!(
-                "The slowest proxied path's HTTP/1.1 maximum here is {slowest:.0} req/s (wrk, client and\n\
-                 backend sharing core 0), so an open-loop 10k point would sit at {:.0} % of it and measure\n\
-                 queueing near saturation more than a proxy's added latency.",
-                100.0 * 10_000.0 / slowest.max(1.0)
-            )
-        } else {
-            format!(
-                "The slowest proxied path's HTTP/1.1 maximum here is {slowest:.0} req/s; a 10k point is left for a later run."
-            )
-        };
-        writeln!(md, "\nIssue 9 also asks for a 10k req/s point; this run stops at 5k. {why}")?;
+            .enumerate()
+            .filter(|(r, _)| self.results.iter().any(|res| res.latency[*r].errors > 0))
+            .map(|(_, (rate, _))| rate.to_string())
+            .collect();
+        if !saturated_at.is_empty() {
+            writeln!(
+                md,
+                "\nErrors at {} req/s: a path could not keep up with the offered load (the open loop counts\n\
+                 every request it could not complete), so its percentiles there measure queueing.",
+                saturated_at.join(", ")
+            )?;
+        }
         writeln!(
             md,
-            "\n## How to rerun\n\n```sh\napt-get install nginx-light haproxy wrk nghttp2-client   # the peers and the load tools\n\
-             cargo xtask bench ingress   # root: its open-loop generator calls setns (on its own netns)\nWEFT_PROXY_BIN=/path/to/weft-proxy cargo xtask bench ingress   # bench that release binary, no build\n```\n\n\
+            "\n## How to rerun\n\n```sh\napt-get install -y nginx-light haproxy wrk nghttp2-client gnuplot-nox   # the peers, the load tools, the plot\n\
+             cargo xtask bench ingress   # root: its open-loop generator calls setns (on its own netns)\n\
+             cargo xtask bench ingress --quick   # one 2 s repeat, into bench/results/quick/\n\
+             WEFT_PROXY_BIN=/path/to/weft-proxy cargo xtask bench ingress   # bench that release binary, no build\n```\n\n\
              What it runs (`$DIR` a temporary folder holding the configurations below, ports picked free):\n\n```sh"
         )?;
         for command in self.commands {
@@ -903,7 +770,7 @@ impl Report<'_> {
         }
         writeln!(
             md,
-            "# latency: testbed::load::constant_rate (in this process, on core {}), GET {PATH}, {CONNECTIONS} connections\n```",
+            "# latency: testbed::load::constant_rate (in this process, on core {}), GET {PATH}, at {RATES:?} (rps, connections)\n```",
             Pinning::LOAD_CORE
         )?;
         writeln!(md, "\n## Configurations (generated)\n")?;
@@ -919,13 +786,14 @@ impl Report<'_> {
                 let latency: Vec<serde_json::Value> = RATES
                     .iter()
                     .zip(&result.latency)
-                    .map(|(rate, l)| {
-                        json!({"rate_rps": rate, "p50_us": l.p50, "p99_us": l.p99, "errors": l.errors, "proxy_cpu_cores": l.cpu})
+                    .map(|((rate, connections), l)| {
+                        json!({"rate_rps": rate, "connections": connections, "p50_us": l.p50, "p99_us": l.p99,
+                               "errors": l.errors, "proxy_cpu_cores": l.cpu, "peak_rss_kb": l.peak_rss_kb})
                     })
                     .collect();
                 let throughput = |t: &Throughput| {
                     json!({"rps": t.rps, "proxy_cpu_cores": t.cpu, "requests_per_proxy_core_second": t.per_core,
-                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb})
+                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us})
                 };
                 json!({
                     "path": path.name, "latency": latency, "http1_max": throughput(&result.http1),
@@ -936,11 +804,11 @@ impl Report<'_> {
         let report = json!({
             "command": "cargo xtask bench ingress", "date": date, "commit": commit, "machine": machine,
             "versions": versions, "load_before": load_before, "load_after": load_after,
-            "pinned": self.pinning.enabled, "repeats": REPEATS, "run_seconds": RUN.as_secs(),
-            "open_loop_connections": CONNECTIONS, "wrk_args": WRK_ARGS, "h2load_args": H2LOAD_ARGS,
+            "pinned": self.pinning.enabled, "quick": self.plan.quick, "repeats": repeats, "run_seconds": run_seconds,
+            "wrk_args": wrk_args(self.plan), "h2load_args": h2load_args(self.plan),
             "paths": json_paths, "weft_over_haproxy_per_core": ratio,
         });
-        let results = root.join("bench/results");
+        let results = self.plan.results_dir();
         std::fs::create_dir_all(&results)?;
         std::fs::write(results.join("ingress.md"), &md)?;
         std::fs::write(results.join("ingress.json"), serde_json::to_string_pretty(&report)?)?;

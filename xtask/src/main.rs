@@ -1,8 +1,12 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask cluster up|down|status|env`,
-//! `cargo xtask conformance`.
+//! `cargo xtask conformance`, `cargo xtask bench <scenario>`.
 
+mod bench;
+mod bench_control;
 mod bench_ingress;
 mod bench_mesh;
+mod bench_report;
+mod bench_tcp;
 mod cluster;
 mod demo;
 mod demo_mesh;
@@ -10,36 +14,6 @@ mod e2e;
 mod measure;
 
 use std::process::ExitCode;
-
-/// Builds the release binaries, then runs the mesh bench on them.
-fn bench_mesh_run() -> anyhow::Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("==> building release weft-proxy, weft-controller, weft-cni");
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "mesh-proxy",
-            "-p",
-            "mesh-controller",
-            "-p",
-            "cni-plugin",
-            "--bins",
-        ])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "cargo build --release failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    bench_mesh::run(&target)
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,22 +33,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("bench") if args.get(1).map(String::as_str) == Some("mesh") => match bench_mesh_run() {
+        Some("bench") => match bench::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("bench mesh: {error:#}");
+                eprintln!("bench: {error:#}");
                 ExitCode::FAILURE
             }
         },
-        Some("bench") if args.get(1).map(String::as_str) == Some("ingress") => {
-            match bench_ingress::build_and_run() {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("bench ingress: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
         Some("conformance") => match cluster::conformance(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -91,26 +56,26 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask demo | e2e | bench mesh|ingress | cluster up|down|status|env [--node] | conformance"
+                "usage: cargo xtask demo | e2e | {} | cluster up|down|status|env [--node] | conformance",
+                bench::USAGE
             );
-            eprintln!(
-                "  conformance   the Gateway API conformance suite against Weft in the node cluster (root; see tests/conformance)"
-            );
-            eprintln!(
-                "  e2e    the interception tests in network namespaces (root), required rather than skipped"
-            );
-            eprintln!(
-                "  demo   ingress (weft-proxy on examples/demo) and the mesh (two netns nodes, mTLS, a GAMMA canary)"
-            );
-            eprintln!(
-                "  bench mesh   the mesh hop (latency at 1k rps, CPU, tunnel throughput) vs no mesh, root"
-            );
-            eprintln!(
-                "  bench ingress   weft-proxy vs nginx vs HAProxy vs direct on loopback (latency, req/s per core, RSS), root"
-            );
-            eprintln!(
-                "  cluster   the Kubernetes test cluster of tests/cluster (control plane; --node for the node tier)"
-            );
+            for line in [
+                "  conformance   the Gateway API conformance suite against Weft in the node cluster (root; see tests/conformance)",
+                "  e2e    the interception tests in network namespaces (root), required rather than skipped",
+                "  demo   ingress (weft-proxy on examples/demo) and the mesh (two netns nodes, mTLS, a GAMMA canary)",
+                "  bench ingress    weft-proxy vs nginx vs HAProxy vs direct on loopback: latency at 1k/5k/10k rps,",
+                "                   max req/s (wrk, h2load), CPU and RSS; also writes the resources table (root)",
+                "  bench resources  = bench ingress (its idle RSS, RSS and CPU per 1k rps come from that run)",
+                "  bench mesh       the mesh hop in two netns nodes: direct vs HBONE L4 vs GAMMA L7 at 1k rps (root)",
+                "  bench tcp        iperf3, 1 and 8 connections, through the HBONE tunnel vs the bare veth (root)",
+                "  bench control    weft-controller + 3 weft-proxy: file change to every ACK at 1k/10k Services, RSS",
+                "  bench all        all of the above (~20 min), then bench report",
+                "  bench report     plots and the README's Performance section from bench/results, nothing rerun",
+                "  bench ... --quick  (or WEFT_BENCH_QUICK=1) one repeat of 2 s runs, into bench/results/quick/",
+                "  cluster   the Kubernetes test cluster of tests/cluster (control plane; --node for the node tier)",
+            ] {
+                eprintln!("{line}");
+            }
             ExitCode::from(2)
         }
     }

@@ -1,7 +1,14 @@
-//! What the benches read off the machine and how they summarise repeats: CPU time and memory
-//! of a process from /proc, the machine's description, medians.
+//! What the benches share: the processes they start (killed on drop), what they read off the
+//! machine (CPU time and memory of a process from /proc, the machine's description, the load
+//! average) and how they summarise repeats (medians, spreads).
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -45,4 +52,217 @@ pub fn machine(cores: usize) -> String {
         })
         .unwrap_or_default();
     format!("{cores} cores ({cpu}), Linux {}", kernel.unwrap_or_default())
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc {
+    pub name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> anyhow::Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log)?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Proc { name, child, log })
+}
+
+pub fn min_max(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.is_empty() { (0.0, 0.0) } else { (min, max) }
+}
+
+/// A numeric field of /proc/<pid>/status (`VmRSS` in kB, `Threads`).
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples a process's VmRSS every 100 ms until dropped; keeps the peak.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: Option<u32>) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = pid.map(|pid| {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                // Bounded: a run lasts seconds; the cap is a guard, not a schedule.
+                for _ in 0..6000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    peak.fetch_max(status_field(pid, "VmRSS"), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        });
+        RssSampler { stop, peak, thread }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+pub fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+pub fn uptime() -> String {
+    let out = Command::new("uptime").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    out.unwrap_or_default()
+}
+
+/// Finds a number right after `marker` in `text`.
+pub fn number_after(text: &str, marker: &str) -> Option<f64> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let token: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    token.parse().ok()
+}
+
+pub fn which(tool: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|p| p.is_file()))
+        .with_context(|| format!("{tool} is not on PATH"))
+}
+
+/// First line a tool prints about its version (on stdout or stderr).
+pub fn version(program: &str, arg: &str) -> String {
+    let out = Command::new(program).arg(arg).output();
+    out.map(|o| {
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        text.lines().next().unwrap_or("").trim().to_string()
+    })
+    .unwrap_or_default()
+}
+
+pub fn spread(values: &[f64], decimals: usize) -> String {
+    let (min, max) = min_max(values);
+    format!("{:.*} [{:.*}–{:.*}]", decimals, median(values), decimals, min, decimals, max)
+}
+
+pub fn first_load(uptime: &str) -> f64 {
+    number_after(uptime, "load average:").unwrap_or(0.0)
+}
+
+/// The workspace root (the folder above xtask).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// When, at which commit and on what machine a run happened, for its report.
+pub struct RunInfo {
+    /// `2026-11-24 12:00 UTC`.
+    pub date: String,
+    /// The short commit of the workspace.
+    pub commit: String,
+    /// See [`machine`].
+    pub machine: String,
+}
+
+impl RunInfo {
+    pub fn now() -> RunInfo {
+        let output = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .current_dir(workspace_root())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        RunInfo {
+            date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            commit: output("git", &["rev-parse", "--short", "HEAD"]),
+            machine: machine(cores),
+        }
+    }
+}
+
+/// Percentile `p` (0–100) of unsorted samples, nearest rank.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// `GET path` on a fresh HTTP/1.1 connection to `addr`: the whole answer, head and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// "met" or a bold "not met", for the targets' lines of a report.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
 }
