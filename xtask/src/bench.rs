@@ -108,6 +108,14 @@ impl Binaries {
     }
 }
 
+/// What the reports say of the binaries measured.
+pub fn binaries_note() -> String {
+    match std::env::var_os("WEFT_BENCH_BIN_DIR") {
+        Some(dir) => format!("binaries from `{}` (WEFT_BENCH_BIN_DIR)", Path::new(&dir).display()),
+        None => "release builds".into(),
+    }
+}
+
 pub const USAGE: &str = "bench ingress|mesh|tcp|control|resources|all|report [--quick]";
 
 /// `args`: what follows `bench`.

@@ -268,8 +268,10 @@ fn wait(
             }
             for proxy in proxies {
                 let tail = proxy.log_tail();
-                if FATAL.iter().any(|f| tail.contains(f)) {
-                    bail!("{} cannot take the config ({what}):\n{tail}", proxy.name);
+                if let Some(line) = tail.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
+                    // The error itself, without the log line's timestamp and target.
+                    let error = line.split("error=").nth(1).unwrap_or(line);
+                    bail!("{} cannot take the config ({what}): {error}", proxy.name);
                 }
             }
         }
@@ -397,7 +399,7 @@ fn write_results(
     let mut md = format!("# Control plane: config propagation and memory\n\n{}", plan.banner());
     writeln!(
         md,
-        "`cargo xtask bench control` on {machine}, {date}, commit {commit}; release builds.\n\
+        "`cargo xtask bench control` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
          weft-controller in standalone mode (`--manifests`, the folder polled every 250 ms and re-read whole on a\n\
          change; its CA, TLS config stream, a token per node) and {PROXIES} weft-proxy processes subscribed as\n\
@@ -406,6 +408,7 @@ fn write_results(
          (a new path prefix), by rename. Times from the controller's `/metrics` polled every 2 ms: the new\n\
          `weft_controller_config_version`, then every `weft_controller_proxy_acked_version{{node=...}}` at it.\n\
          {changes} changes a scale; p99 of {changes} samples is their maximum or next to it.\n",
+        crate::bench::binaries_note(),
         PROXIES - 1
     )?;
     writeln!(

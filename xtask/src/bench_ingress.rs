@@ -589,7 +589,8 @@ impl Report<'_> {
         writeln!(
             md,
             "`cargo xtask bench ingress` on {machine}, {date}, commit {commit} (plus the working tree's\n\
-             uncommitted changes, if any); weft-proxy release build. Peers: {}.\n",
+             uncommitted changes, if any); weft-proxy: {}. Peers: {}.\n",
+            crate::bench::binaries_note(),
             versions.join("; ")
         )?;
         writeln!(md, "Load average before the run: `{load_before}`; after: `{load_after}`.")?;

@@ -129,14 +129,15 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
     let mut md = format!("# Mesh hop: latency\n\n{}", plan.banner());
     writeln!(
         md,
-        "`cargo xtask bench mesh` on {machine}, {date}, commit {commit}; release builds.\n\
+        "`cargo xtask bench mesh` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
          Two netns nodes joined by veth; the client on node A, the server on node B; weft-proxy on both nodes\n\
          (the load generator, both proxies and the servers share the machine's cores).\n\n\
          Latency at {RATE} requests/s (open loop, measured from each request's due time), HTTP/1.1 over\n\
          {CONNECTIONS} keep-alive connections, {repeats} interleaved runs of {run_seconds} s; median of the runs, [min–max].\n\n\
          | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |"
+         | --- | --- | --- | --- | --- | --- | --- |",
+        crate::bench::binaries_note()
     )?;
     let mut json_points = Vec::new();
     let mut verdicts = Vec::new();

@@ -115,14 +115,15 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
     let mut md = format!("# TCP throughput: HBONE tunnel vs direct veth\n\n{}", plan.banner());
     writeln!(
         md,
-        "`cargo xtask bench tcp` on {machine}, {date}, commit {commit}; release builds.\n\
+        "`cargo xtask bench tcp` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
          Two netns nodes joined by veth (the mesh lab of `bench mesh`). Direct: an unmeshed pod on node A to an\n\
          unmeshed pod on node B. Tunnel: a meshed pod on node A to a meshed pod on node B, carried by both\n\
          node proxies in mTLS HBONE (HTTP/2 CONNECT over TLS 1.3). `iperf3 -c <pod> -P <connections> -t {seconds}`,\n\
          {repeats} runs of each configuration interleaved; receiver's throughput, median [min–max]. Everything\n\
          (iperf3 client and server, both proxies) shares the machine's cores.\n\n\
-         | path | connections | Gbit/s | both proxies' CPU (cores) | share of direct |\n| --- | --- | --- | --- | --- |"
+         | path | connections | Gbit/s | both proxies' CPU (cores) | share of direct |\n| --- | --- | --- | --- | --- |",
+        crate::bench::binaries_note()
     )?;
     let direct = |streams: u32| {
         points
