@@ -479,3 +479,129 @@ async fn the_certificate_of_an_identity_no_pod_has_any_more_is_forgotten() {
     assert!(!Arc::ptr_eq(&first, &again));
     assert_eq!(node_a.tracked(), vec![id(CLIENT)]);
 }
+
+/// A "pod" that reads everything it is sent, then answers with the byte count and closes: the
+/// sender knows every byte arrived when it reads the count.
+async fn sink_pod() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 256 * 1024];
+                let mut total = 0u64;
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    total += n as u64;
+                }
+                let _ = conn.write_all(&total.to_be_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `bytes` to `addr` in 128 KiB writes and waits for the sink's count; the seconds it took.
+async fn send_to_sink(addr: SocketAddr, bytes: u64) -> f64 {
+    let started = std::time::Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let chunk = vec![0x5a; 128 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(usize::try_from(bytes - sent).expect("fits"));
+        conn.write_all(&chunk[..n]).await.expect("send");
+        sent += n as u64;
+    }
+    conn.shutdown().await.expect("half-close");
+    let mut count = [0; 8];
+    conn.read_exact(&mut count).await.expect("the sink's count");
+    assert_eq!(u64::from_be_bytes(count), bytes, "every byte arrived");
+    started.elapsed().as_secs_f64()
+}
+
+/// CPU seconds (user + system) this process has used, from /proc/self/stat.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A proxy's outbound side for one connection: accepts on a loopback port (the pod's
+/// intercepted connection) and splices it into a tunnel to `target`, as the mesh does.
+async fn outbound_proxy(
+    client: Arc<HboneClient>,
+    cert: Arc<mesh_proxy::identity::WorkloadCert>,
+    node: SocketAddr,
+    target: SocketAddr,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let _ = conn.set_nodelay(true);
+            let (client, cert) = (client.clone(), cert.clone());
+            tokio::spawn(async move {
+                let tunnel = client
+                    .open(&key(node, SERVER), &cert, &direct_connector(), target)
+                    .await
+                    .expect("tunnel");
+                let _ = hbone::server::splice(conn, tunnel).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What the tunnel costs, both halves in this process on loopback: single-connection
+/// throughput against plain loopback TCP, and CPU per 10k small request/response round trips
+/// on one kept-alive connection against the same without the tunnel. A measurement, not a
+/// check: `cargo test --release -p mesh-proxy --test hbone -- --ignored --nocapture tunnel_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it in release with --nocapture"]
+async fn tunnel_cost() {
+    const BYTES: u64 = 1 << 30;
+    const ROUND_TRIPS: u32 = 20_000;
+    let Lab { _dir, node_a, node, pod } = lab().await;
+    let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
+    let client = Arc::new(HboneClient::default());
+    let sink = sink_pod().await;
+    let to_sink = outbound_proxy(client.clone(), cert.clone(), node.hbone, sink).await;
+    let to_echo = outbound_proxy(client, cert, node.hbone, pod).await;
+
+    let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        direct.push(BYTES as f64 * 8.0 / send_to_sink(sink, BYTES).await / 1e9);
+        tunnel.push(BYTES as f64 * 8.0 / send_to_sink(to_sink, BYTES).await / 1e9);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (direct, tunnel) = (median(&mut direct), median(&mut tunnel));
+    println!(
+        "throughput, 1 GiB on one connection, median of 3: direct {direct:.2} Gbit/s, tunnel {tunnel:.2} Gbit/s ({:.0} %)",
+        100.0 * tunnel / direct
+    );
+
+    for (name, addr) in [("direct", pod), ("tunnel", to_echo)] {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.set_nodelay(true).expect("nodelay");
+        let message = [0x42u8; 100];
+        let mut answer = [0u8; 100];
+        let (cpu, started) = (process_cpu_seconds(), std::time::Instant::now());
+        for _ in 0..ROUND_TRIPS {
+            conn.write_all(&message).await.expect("send");
+            conn.read_exact(&mut answer).await.expect("echo");
+        }
+        let (cpu, wall) = (process_cpu_seconds() - cpu, started.elapsed().as_secs_f64());
+        println!(
+            "round trips, 100 bytes each way, {ROUND_TRIPS} on one connection: {name}: {:.3} CPU-s per 10k (this whole process), {:.1} µs each",
+            cpu * 10_000.0 / f64::from(ROUND_TRIPS),
+            wall * 1e6 / f64::from(ROUND_TRIPS)
+        );
+    }
+}
