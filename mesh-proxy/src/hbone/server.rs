@@ -27,9 +27,6 @@ use crate::identity::peer_identity;
 /// A peer that has not finished its handshake by then is cut off: it holds a socket and
 /// memory, and a real proxy needs milliseconds.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Splice buffer per direction: one maximum-size TLS record, so a full record of the tunnel
-/// moves per read.
-const SPLICE_BUFFER: usize = 16 * 1024;
 
 /// Where a pod's :15008 delivers.
 pub struct Destination {
@@ -230,10 +227,12 @@ fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
 }
 
 /// Copies both ways until both sides are done; returns (bytes to the pod, bytes from it).
+/// The buffers grow for bulk transfers ([`crate::proxy::copy`]), so a busy tunnel moves up to
+/// 256 KiB per DATA frame.
 pub async fn splice<A, B>(mut a: A, mut b: B) -> io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUFFER, SPLICE_BUFFER).await
+    crate::proxy::copy::bidirectional(&mut a, &mut b).await
 }

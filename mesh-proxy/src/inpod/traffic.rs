@@ -66,11 +66,6 @@ pub trait PodTraffic: Send + Sync + 'static {
     fn pod_removed(&self, _pod: &PodInfo, _remaining: &[PodInfo]) {}
 }
 
-/// The copy buffer of each direction. 16 KiB is one maximum-size TLS record, so TLS traffic
-/// (the common case in a mesh) moves a whole record per read, and twice tokio's 8 KiB default
-/// halves the syscalls of bulk transfers, for 32 KiB per open connection.
-pub const SPLICE_BUFFER: usize = 16 * 1024;
-
 /// Delivers every connection to where it was going, from inside the pod's netns, with bytes
 /// copied unchanged both ways: interception without policy. HBONE is refused (logged and
 /// closed) until the mesh's HBONE handler exists.
@@ -95,9 +90,9 @@ impl Passthrough {
                 return;
             }
         };
-        match tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut upstream, SPLICE_BUFFER, SPLICE_BUFFER)
-            .await
-        {
+        // Buffers of 16 KiB per direction (one maximum-size TLS record, for the TLS most mesh
+        // traffic is), grown for bulk transfers: see `proxy::copy`.
+        match crate::proxy::copy::bidirectional(&mut conn, &mut upstream).await {
             Ok((sent, received)) => {
                 tracing::trace!(pod = pod.uid(), %original_dst, direction, sent, received, "passthrough done")
             }

@@ -1,6 +1,7 @@
 //! One HTTP request through the proxy: route, filter, pick a backend and an endpoint, forward,
 //! and turn every failure into the status the Gateway API asks for.
 
+pub mod copy;
 pub mod grpc;
 pub mod headers;
 pub mod mirror;

@@ -48,7 +48,7 @@ pub async fn forward(mut client: impl AsyncRead + AsyncWrite + Unpin, target: &T
     endpoints.answered(&endpoint);
     let _ = server.set_nodelay(true);
     metrics.record_l4(listener, &backend.label, L4Outcome::Forwarded);
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+    match super::copy::bidirectional(&mut client, &mut server).await {
         Ok((up, down)) => tracing::debug!(%listener, up, down, "L4 connection closed"),
         Err(error) => tracing::debug!(%listener, %error, "L4 connection ended with an error"),
     }

@@ -67,7 +67,7 @@ impl Requested {
                 }
             };
             let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-            match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            match super::copy::bidirectional(&mut client, &mut backend).await {
                 Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
                 Err(error) => tracing::debug!(%error, "upgraded connection failed"),
             }
