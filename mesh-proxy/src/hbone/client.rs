@@ -20,7 +20,10 @@ use mesh_api::identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{CONNECTION_WINDOW, Connector, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW, tls};
+use super::{
+    CONNECTION_WINDOW, Connector, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER,
+    STREAM_WINDOW, tls,
+};
 use crate::identity::WorkloadCert;
 
 /// A TLS handshake with a peer proxy that takes longer than this is abandoned: inside a
@@ -163,7 +166,8 @@ impl HboneClient {
         let name = ServerName::IpAddress(peer.ip().into());
         let tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)),
         )
         .await
         .map_err(|_| HboneError::Timeout(peer))?
@@ -175,6 +179,7 @@ impl HboneClient {
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
             .keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .handshake(TokioIo::new(tls))

@@ -16,6 +16,13 @@
 //!   recommends for SETTINGS_MAX_CONCURRENT_STREAMS): that caps a stalled connection's buffers
 //!   at 100 MiB and the streams one lost connection takes down with it; the pool opens another
 //!   connection beyond that.
+//!
+//! Throughput of one tunnel is set by how many bytes each step carries (a read, a DATA frame,
+//! a syscall); every step has a fixed cost, and a 16 KiB step made a tunnel a quarter as fast
+//! as the link under it:
+//! - each side accepts DATA frames of up to [`MAX_FRAME_SIZE`], so one large write of the copy
+//!   loop ([`crate::proxy::copy`]) is one frame rather than sixteen;
+//! - TLS reads its socket through a [`SOCKET_READ_BUFFER`]: rustls asks for 4 KiB at a time.
 
 pub mod client;
 pub mod server;
@@ -33,6 +40,19 @@ pub const PORT: u16 = 15008;
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * MAX_STREAMS_PER_CONNECTION;
+/// Largest HTTP/2 frame each side accepts (SETTINGS_MAX_FRAME_SIZE, 16 KiB by default). The
+/// copy loop writes up to [`crate::proxy::copy::JUMBO_BUFFER`] at once: with 16 KiB frames h2
+/// cut that into sixteen frames, each a 16 KiB + 9-byte write that TLS sealed as two records (a
+/// full one and one of 9 bytes) and sent with a syscall of its own. 256 KiB takes a whole write
+/// as one frame, which TLS seals as sixteen full records sent together. Not larger: a receiver
+/// holds a whole frame before it delivers any of it.
+pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// How much a TLS connection between proxies reads from its socket at once. rustls reads at
+/// most 4 KiB per call, so a full 16 KiB record took four or five read syscalls; reading through
+/// a buffer, one syscall takes what the kernel holds, up to four full records. 64 KiB is one
+/// TSO/GRO segment (what one wake-up usually finds queued in bulk), and the buffer is per
+/// pooled connection, not per stream.
+pub const SOCKET_READ_BUFFER: usize = 64 * 1024;
 
 /// Opens a TCP connection from the right place: inside a pod's network namespace, with the
 /// proxy's mark, in the mesh; anywhere in tests.

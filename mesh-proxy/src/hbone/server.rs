@@ -21,7 +21,10 @@ use mesh_api::identity::SpiffeId;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
-use super::{CONNECTION_WINDOW, Connector, MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW};
+use super::{
+    CONNECTION_WINDOW, Connector, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER,
+    STREAM_WINDOW,
+};
 use crate::identity::peer_identity;
 
 /// A peer that has not finished its handshake by then is cut off: it holds a socket and
@@ -80,6 +83,7 @@ impl HboneServer {
         // h2 writes a response's HEADERS and DATA frames separately; with Nagle on, the second
         // would wait for the peer's delayed ACK.
         let _ = conn.set_nodelay(true);
+        let conn = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, conn);
         let accepted =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(conn)).await;
         let stream = match accepted {
@@ -121,6 +125,7 @@ impl HboneServer {
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
