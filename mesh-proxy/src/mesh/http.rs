@@ -109,10 +109,10 @@ impl MeshTraffic {
             peer,
             tls: false,
             framing: verdicts.clone(),
-            mesh: Some(MeshClient {
+            mesh: Some(Arc::new(MeshClient {
                 namespace: pod.info.namespace.as_str().into(),
                 upstream: self.upstream_for(&pod, source),
-            }),
+            })),
         };
         let proxy = self.proxy.clone();
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));

@@ -1,12 +1,13 @@
 //! Counters the admin server renders as Prometheus text.
 //!
 //! Written by hand rather than with a metrics crate: a handful of families, and the request path
-//! only touches atomics plus one short mutex for the labelled request counter.
+//! only touches atomics plus one short mutex for the labelled request counter, whose labels are
+//! shared strings of the config (no allocation per request).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram, in seconds: sub-millisecond for loopback, up to the
@@ -17,9 +18,9 @@ const LATENCY_BUCKETS: [f64; 12] =
 /// Labels of `weft_requests_total`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestLabels {
-    pub listener: String,
-    pub route: String,
-    pub backend: String,
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
     pub code: u16,
 }
 
@@ -101,6 +102,9 @@ impl L4Outcome {
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestLabels, u64>>,
+    /// Requests per latency bucket, each counted in the first bucket that holds it only (one
+    /// atomic add per request); [`Metrics::render`] sums them into Prometheus' cumulative `le`
+    /// buckets.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -123,10 +127,9 @@ impl Metrics {
             *requests.entry(labels).or_default() += 1;
         }
         let seconds = elapsed.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        // Slower than the last bound: counted in `+Inf` only (the count).
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -180,12 +183,10 @@ impl Metrics {
             "# HELP weft_request_duration_seconds Time from request received to response headers sent.\n",
         );
         out.push_str("# TYPE weft_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "weft_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "weft_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.latency_count.load(Ordering::Relaxed);
         let _ = writeln!(out, "weft_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");

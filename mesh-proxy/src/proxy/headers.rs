@@ -41,18 +41,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Appends the client to `x-forwarded-for` and says which scheme it used.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client = client.to_string();
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
-        _ => client,
+        _ => client.to_string(),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(xff, value);
+    // Made from the string itself, whose bytes are then not copied again.
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
 
 /// Both `Content-Length` and `Transfer-Encoding` on one HTTP/1 message: the framing is

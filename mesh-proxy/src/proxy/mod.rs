@@ -47,7 +47,8 @@ pub struct Inbound {
     pub framing: Verdicts,
     /// Set when a meshed pod sent the request to a Service: `bind` is then the Service's
     /// frontend, the routes are its GAMMA routes, and connections are dialled for the pod.
-    pub mesh: Option<MeshClient>,
+    /// Shared: `Inbound` is cloned for every request, and the pod's clients need not be.
+    pub mesh: Option<Arc<MeshClient>>,
 }
 
 /// The pod behind a meshed request.
@@ -65,20 +66,24 @@ pub struct Proxy {
     upstream: Upstream,
     mirrors: mirror::Mirrors,
     access_log: bool,
+    /// The `-` label of a request that found no route or no backend, made once.
+    none: Arc<str>,
 }
 
-/// What the request turned into, for metrics and the access log.
+/// What the request turned into, for metrics and the access log. The labels are the config's
+/// shared strings: setting them costs no allocation.
 struct Outcome {
-    listener: String,
-    route: String,
-    backend: String,
+    /// `None` until a route matched: the bind address, spelled out only for such a request.
+    listener: Option<Arc<str>>,
+    route: Arc<str>,
+    backend: Arc<str>,
 }
 
 impl Proxy {
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, access_log: bool) -> Self {
         let upstream = Upstream::default();
         let mirrors = mirror::Mirrors::new(metrics.clone());
-        Proxy { store, metrics, upstream, mirrors, access_log }
+        Proxy { store, metrics, upstream, mirrors, access_log, none: "-".into() }
     }
 
     pub async fn handle(
@@ -89,36 +94,32 @@ impl Proxy {
         let started = Instant::now();
         // The snapshot of this request, from its first byte to its last.
         let snapshot = self.store.load();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let mut outcome =
-            Outcome { listener: inbound.bind.to_string(), route: "-".into(), backend: "-".into() };
+        // Kept for the access log only: a request without one is not copied.
+        let logged = self.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        let mut outcome = Outcome { listener: None, route: self.none.clone(), backend: self.none.clone() };
+        let bind = inbound.bind;
         let peer = inbound.peer;
         let is_grpc = grpc::is_grpc(req.headers());
         let response = self.route(&snapshot, inbound, req, &mut outcome).await;
         let elapsed = started.elapsed();
         let code = response.status().as_u16();
         let response = if is_grpc { grpc::translate(response) } else { response };
-        if self.access_log {
+        let listener = outcome.listener.unwrap_or_else(|| bind.to_string().into());
+        if let Some((method, uri)) = logged {
             tracing::info!(
                 target: "weft::access",
                 client = %peer,
                 %method,
                 %uri,
                 code,
-                listener = %outcome.listener,
+                listener = %listener,
                 route = %outcome.route,
                 backend = %outcome.backend,
                 micros = elapsed.as_micros() as u64,
             );
         }
         self.metrics.record_request(
-            RequestLabels {
-                listener: outcome.listener,
-                route: outcome.route,
-                backend: outcome.backend,
-                code,
-            },
+            RequestLabels { listener, route: outcome.route, backend: outcome.backend, code },
             elapsed,
         );
         Ok(response)
@@ -154,21 +155,18 @@ impl Proxy {
         let authority = request_authority(&req);
         let host = authority.as_ref().map_or("", Authority::host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().map(str::to_string);
+        // A copy of the URI (reference-counted, not reallocated) lends the path and query
+        // while the request's headers are changed.
+        let uri = req.uri().clone();
+        let (path, query) = (uri.path(), uri.query());
         let selected = {
-            let view = RequestView {
-                method: req.method(),
-                path: &path,
-                query: query.as_deref(),
-                headers: req.headers(),
-            };
+            let view = RequestView { method: req.method(), path, query, headers: req.headers() };
             routes.select(host, &view)
         };
         let Some(Selected { rule, matched_prefix, listener }) = selected else {
             return local(StatusCode::NOT_FOUND, "no route");
         };
-        outcome.listener = listener.to_string();
+        outcome.listener = Some(listener.clone());
         outcome.route = rule.route.clone();
 
         let mut plan = Plan { path: None, host: None, response_headers: Vec::new(), cors: Vec::new() };
@@ -179,8 +177,8 @@ impl Proxy {
                         scheme,
                         host,
                         listener_port: routes.port,
-                        path: &path,
-                        query: query.as_deref(),
+                        path,
+                        query,
                         matched_prefix,
                     };
                     let location = filters::redirect_location(redirect, &src);
@@ -202,7 +200,7 @@ impl Proxy {
                     cors::apply(response.headers_mut(), cors::preflight_headers(policy, req.headers()));
                     return response;
                 }
-                other => plan.add(other, req.headers_mut(), &path, matched_prefix),
+                other => plan.add(other, req.headers_mut(), path, matched_prefix),
             }
         }
 
@@ -222,7 +220,7 @@ impl Proxy {
             }
         };
         for filter in &backend.filters {
-            plan.add(filter, req.headers_mut(), &path, matched_prefix);
+            plan.add(filter, req.headers_mut(), path, matched_prefix);
         }
         // The upstream request: same method, headers and body; the endpoint in the URI (so
         // connections pool per endpoint) and the client's host in `Host`.
@@ -234,13 +232,21 @@ impl Proxy {
                 .cloned()
                 .or_else(|| authority.as_ref().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
         };
-        let new_path = plan.path.as_deref().unwrap_or(&path);
-        let path_and_query = match &query {
-            Some(q) => format!("{new_path}?{q}"),
-            None => new_path.to_string(),
-        };
-        let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
+        // Unless a filter rewrote the path, the client's path and query go on as they came
+        // (`path?query` of them is the same text), shared rather than rebuilt.
+        let path_and_query = match (&plan.path, uri.path_and_query()) {
+            (None, Some(original)) => original.clone(),
+            _ => {
+                let new_path = plan.path.as_deref().unwrap_or(path);
+                let path_and_query = match query {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path.to_string(),
+                };
+                let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
+                    return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
+                };
+                path_and_query
+            }
         };
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -298,7 +304,9 @@ impl Proxy {
             let mut upstream_req = Request::new(body.take().unwrap_or_else(empty_body));
             *upstream_req.method_mut() = parts.method.clone();
             *upstream_req.uri_mut() = uri;
-            *upstream_req.headers_mut() = parts.headers.clone();
+            // The last attempt takes the headers; earlier ones (retries to come) send a copy.
+            *upstream_req.headers_mut() =
+                if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
 
             // The request timeout covers every attempt; the backend timeout each one.
             let budget = [request_timeout.map(|t| t.saturating_sub(started.elapsed())), attempt_timeout]

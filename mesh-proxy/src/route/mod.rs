@@ -192,7 +192,7 @@ struct Entry {
 pub struct Selected<'a> {
     pub rule: &'a Arc<CompiledRule>,
     pub matched_prefix: Option<&'a str>,
-    pub listener: &'a str,
+    pub listener: &'a Arc<str>,
 }
 
 impl ListenerRoutes {
@@ -230,8 +230,8 @@ impl ListenerRoutes {
 
 /// A rule with its backends resolved to endpoint sets.
 pub struct CompiledRule {
-    /// `kind/namespace/name`, for metrics and logs.
-    pub route: String,
+    /// `kind/namespace/name`, for metrics and logs (shared: every request carries it).
+    pub route: Arc<str>,
     pub filters: Vec<Filter>,
     /// The rule's RequestMirror filters with their backends resolved.
     pub mirrors: Vec<CompiledMirror>,
@@ -247,8 +247,8 @@ pub struct CompiledBackend {
     pub target: BackendTarget,
     pub filters: Vec<Filter>,
     pub mirrors: Vec<CompiledMirror>,
-    /// The backend key, or `invalid`, for metrics.
-    pub label: String,
+    /// The backend key, or `invalid`, for metrics (shared: every request carries it).
+    pub label: Arc<str>,
 }
 
 /// A RequestMirror filter, its backend resolved.
@@ -318,12 +318,12 @@ impl CompiledRule {
                     target,
                     filters: b.filters.clone(),
                     mirrors: CompiledMirror::compile(&b.filters, backends),
-                    label,
+                    label: label.into(),
                 }
             })
             .collect();
         CompiledRule {
-            route: route.key.to_string(),
+            route: route.key.to_string().into(),
             filters: rule.filters.clone(),
             mirrors: CompiledMirror::compile(&rule.filters, backends),
             timeouts: rule.timeouts.clone(),
@@ -411,7 +411,7 @@ mod tests {
         let headers = HeaderMap::new();
         let view = RequestView { method: &Method::GET, path, query: None, headers: &headers };
         let routes = table.listener(&ADDR.parse().expect("addr"))?;
-        routes.select(host, &view).map(|s| s.rule.route.clone())
+        routes.select(host, &view).map(|s| s.rule.route.to_string())
     }
 
     /// GatewayHTTPListenerIsolation: the listener with the most specific matching hostname
