@@ -53,11 +53,19 @@ enum State {
 pub struct Scanner {
     state: State,
     verdicts: Verdicts,
+    /// The last request head's buffer, emptied, for the next head: a keep-alive connection
+    /// allocates one head buffer, not one per request.
+    spare: Vec<u8>,
 }
 
 impl Scanner {
     pub fn new(verdicts: Verdicts) -> Self {
-        Scanner { state: State::Head(Vec::new()), verdicts }
+        Scanner { state: State::Head(Vec::new()), verdicts, spare: Vec::new() }
+    }
+
+    /// An empty head buffer, the spare one when there is one.
+    fn next_head(&mut self) -> State {
+        State::Head(std::mem::take(&mut self.spare))
     }
 
     pub fn feed(&mut self, mut bytes: &[u8]) {
@@ -85,12 +93,21 @@ impl Scanner {
                         (State::Head(buf), used)
                     };
                 }
-                (self.head_done(&buf), used)
+                let next = self.head_done(&buf);
+                buf.clear();
+                match next {
+                    // Another head follows at once: it takes this buffer.
+                    State::Head(_) => (State::Head(buf), used),
+                    next => {
+                        self.spare = buf;
+                        (next, used)
+                    }
+                }
             }
             State::Fixed(remaining) => {
                 let used = usize::try_from(remaining).unwrap_or(usize::MAX).min(bytes.len());
                 let left = remaining - used as u64;
-                (if left == 0 { State::Head(Vec::new()) } else { State::Fixed(left) }, used)
+                (if left == 0 { self.next_head() } else { State::Fixed(left) }, used)
             }
             State::ChunkSize(mut line) => match take_line(&mut line, bytes) {
                 (false, used) if line.len() > MAX_LINE => (State::Off, used),
@@ -121,9 +138,7 @@ impl Scanner {
             State::Trailers(mut line) => match take_line(&mut line, bytes) {
                 (false, used) if line.len() > MAX_LINE => (State::Off, used),
                 (false, used) => (State::Trailers(line), used),
-                (true, used) if line.iter().all(|b| *b == b'\r' || *b == b'\n') => {
-                    (State::Head(Vec::new()), used)
-                }
+                (true, used) if line.iter().all(|b| *b == b'\r' || *b == b'\n') => (self.next_head(), used),
                 (true, used) => (State::Trailers(Vec::new()), used),
             },
         }
@@ -173,18 +188,24 @@ impl Scanner {
     }
 }
 
-/// Appends to `buf` up to and including the end of a request head; says whether it ended.
+/// Appends to `buf` up to and including the end of a request head; says whether it ended and
+/// how much of `bytes` it took. Line by line: a head ends with a line feed, so the end is only
+/// looked for after one.
 fn take_until_blank_line(buf: &mut Vec<u8>, bytes: &[u8]) -> (bool, usize) {
-    for (i, b) in bytes.iter().enumerate() {
+    let mut at = 0;
+    if buf.is_empty() {
         // Blank lines before a request line are ignored, as RFC 9112 §2.2 allows.
-        if buf.is_empty() && (*b == b'\r' || *b == b'\n') {
-            continue;
-        }
-        buf.push(*b);
+        at = bytes.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(bytes.len());
+    }
+    while let Some(line_end) = bytes[at..].iter().position(|b| *b == b'\n') {
+        let end = at + line_end + 1;
+        buf.extend_from_slice(&bytes[at..end]);
+        at = end;
         if buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") {
-            return (true, i + 1);
+            return (true, at);
         }
     }
+    buf.extend_from_slice(&bytes[at..]);
     (false, bytes.len())
 }
 
