@@ -43,6 +43,17 @@ impl Plan {
         if self.quick { results.join("quick") } else { results }
     }
 
+    /// Writes a scenario's `<name>.md` and `<name>.json` into [`results_dir`](Self::results_dir),
+    /// and prints the Markdown.
+    pub fn save(self, name: &str, md: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+        let results = self.results_dir();
+        std::fs::create_dir_all(&results)?;
+        std::fs::write(results.join(format!("{name}.md")), md)?;
+        std::fs::write(results.join(format!("{name}.json")), serde_json::to_string_pretty(report)?)?;
+        println!("\n{md}");
+        Ok(())
+    }
+
     /// A line for the top of a Markdown report: empty for a full run.
     pub fn banner(self) -> &'static str {
         if self.quick {

@@ -528,10 +528,5 @@ fn write_results(
         "idle": {"rss_kb": idle.0, "hwm_kb": idle.1, "proxy_rss_mb_median": idle_proxy},
         "scales": json_scales,
     });
-    let results = plan.results_dir();
-    std::fs::create_dir_all(&results)?;
-    std::fs::write(results.join("control.md"), &md)?;
-    std::fs::write(results.join("control.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("\n{md}");
-    Ok(())
+    plan.save("control", &md, &report)
 }

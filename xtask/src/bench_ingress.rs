@@ -809,11 +809,6 @@ impl Report<'_> {
             "wrk_args": wrk_args(self.plan), "h2load_args": h2load_args(self.plan),
             "paths": json_paths, "weft_over_haproxy_per_core": ratio,
         });
-        let results = self.plan.results_dir();
-        std::fs::create_dir_all(&results)?;
-        std::fs::write(results.join("ingress.md"), &md)?;
-        std::fs::write(results.join("ingress.json"), serde_json::to_string_pretty(&report)?)?;
-        println!("\n{md}");
-        Ok(())
+        self.plan.save("ingress", &md, &report)
     }
 }

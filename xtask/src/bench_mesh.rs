@@ -177,16 +177,11 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
         "Tunnel throughput (iperf3, 1 and 8 connections): `cargo xtask bench tcp`, [tcp.md](tcp.md).\n\n\
          Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins)."
     )?;
-    let results = plan.results_dir();
-    std::fs::create_dir_all(&results)?;
-    std::fs::write(results.join("mtls.md"), &md)?;
     let report = json!({
         "command": "cargo xtask bench mesh", "date": date, "commit": commit, "machine": machine,
         "quick": plan.quick, "load_before": load_before, "load_after": load_after,
         "rate_rps": RATE, "connections": CONNECTIONS, "run_seconds": run_seconds, "repeats": repeats,
         "latency": json_points,
     });
-    std::fs::write(results.join("mtls.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("\n{md}");
-    Ok(())
+    plan.save("mtls", &md, &report)
 }

@@ -127,30 +127,17 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
         }
     }
     let mut md = format!("# Resources: CPU per 1k req/s and memory of each proxy\n\n{}", plan.banner());
+    let table = resources_table(&rows)?;
     writeln!(
         md,
         "Derived by `cargo xtask bench report` from the ingress run ({}) and, for the mesh rows, the mesh\n\
          run{}: no run of its own, as it would repeat the ingress run's 1k req/s point. CPU: user + system\n\
          seconds of the proxy process (/proc/<pid>/stat) over the run's wall time, at 1k req/s open loop,\n\
          so cores per 1k req/s. RSS: VmRSS idle after start, and its peak sampled every 100 ms during the\n\
-         1k req/s runs (median of the runs).\n\n\
-         | proxy | role | idle RSS (MB) | RSS at 1k req/s (MB) | CPU per 1k req/s (cores) |\n| --- | --- | --- | --- | --- |",
+         1k req/s runs (median of the runs).\n\n{table}\n## Targets (issue 9)\n",
         provenance(ingress),
         mesh.map(|m| format!(" ({})", provenance(m))).unwrap_or_default()
     )?;
-    let mb = |v: &Value| v.as_f64().map_or("—".to_string(), |kb| format!("{:.1}", kb / 1024.0));
-    for row in &rows {
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {:.3} |",
-            text(&row["proxy"]),
-            text(&row["role"]),
-            mb(&row["idle_rss_kb"]),
-            mb(&row["rss_at_1k_kb"]),
-            row["cpu_per_1k_rps"].as_f64().unwrap_or(0.0)
-        )?;
-    }
-    writeln!(md, "\n## Targets (issue 9)\n")?;
     for row in rows.iter().filter(|r| text(&r["proxy"]).starts_with("weft-proxy")) {
         let cpu = row["cpu_per_1k_rps"].as_f64().unwrap_or(0.0);
         writeln!(
@@ -177,6 +164,26 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
     std::fs::write(dir.join("resources.md"), &md)?;
     std::fs::write(dir.join("resources.json"), serde_json::to_string_pretty(&report)?)?;
     Ok(())
+}
+
+/// The Markdown table of resources rows.
+fn resources_table(rows: &[Value]) -> anyhow::Result<String> {
+    let mut md = String::from(
+        "| proxy | role | idle RSS (MB) | RSS at 1k req/s (MB) | CPU per 1k req/s (cores) |\n| --- | --- | --- | --- | --- |\n",
+    );
+    let mb = |v: &Value| v.as_f64().map_or("—".to_string(), |kb| format!("{:.1}", kb / 1024.0));
+    for row in rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.3} |",
+            text(&row["proxy"]),
+            text(&row["role"]),
+            mb(&row["idle_rss_kb"]),
+            mb(&row["rss_at_1k_kb"]),
+            row["cpu_per_1k_rps"].as_f64().unwrap_or(0.0)
+        )?;
+    }
+    Ok(md)
 }
 
 fn plot_all(dir: &Path, ingress: Option<&Value>, mesh: Option<&Value>) {
@@ -374,23 +381,8 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
     )?;
     match read(dir, "resources") {
         Some(resources) => {
-            writeln!(
-                md,
-                "\n| proxy | role | idle RSS (MB) | RSS at 1k req/s (MB) | CPU per 1k req/s (cores) |\n| --- | --- | --- | --- | --- |"
-            )?;
-            let mb = |v: &Value| v.as_f64().map_or("—".to_string(), |kb| format!("{:.1}", kb / 1024.0));
-            for row in resources["rows"].as_array().into_iter().flatten() {
-                writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {:.3} |",
-                    text(&row["proxy"]),
-                    text(&row["role"]),
-                    mb(&row["idle_rss_kb"]),
-                    mb(&row["rss_at_1k_kb"]),
-                    row["cpu_per_1k_rps"].as_f64().unwrap_or(0.0)
-                )?;
-            }
-            writeln!(md, "\n{}", targets(dir, "resources.md"))?;
+            let rows = resources["rows"].as_array().cloned().unwrap_or_default();
+            writeln!(md, "\n{}\n{}", resources_table(&rows)?, targets(dir, "resources.md"))?;
         }
         None => md.push_str(&missing("ingress", "resources.md")),
     }

@@ -167,10 +167,5 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
         "quick": plan.quick, "load_before": load_before, "load_after": load_after,
         "run_seconds": seconds, "repeats": repeats, "points": json_points,
     });
-    let results = plan.results_dir();
-    std::fs::create_dir_all(&results)?;
-    std::fs::write(results.join("tcp.md"), &md)?;
-    std::fs::write(results.join("tcp.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("\n{md}");
-    Ok(())
+    plan.save("tcp", &md, &report)
 }

@@ -230,7 +230,10 @@ impl RunInfo {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default()
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The machine's cores, not this process's: `bench ingress` pins itself to one.
+        let cores = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|text| text.lines().filter(|l| l.starts_with("processor")).count())
+            .unwrap_or(0);
         RunInfo {
             date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             commit: output("git", &["rev-parse", "--short", "HEAD"]),
