@@ -164,9 +164,12 @@ pub fn enrol(pod: &Pod, options: &AgentOptions) -> Result<PathBuf, String> {
             options.reply_timeout,
         );
     };
-    if let Err(e) = mesh_init::apply_in(&found.path, &settings) {
-        release();
-        return Err(format!("cannot install the interception rules: {e}"));
+    match mesh_init::apply_in(&found.path, &settings) {
+        Ok(applied) => plugin::warn_without_return_route(applied),
+        Err(e) => {
+            release();
+            return Err(format!("cannot install the interception rules: {e}"));
+        }
     }
     plugin::allow_listener_migration(&found.path);
     // No sandbox container ID is known here: the runtime's DEL finds the record by the pod's

@@ -84,6 +84,15 @@ pub fn settings(
     Ok(Settings { exclusions, probe_sources, ..Settings::default() })
 }
 
+/// The return route lets the proxy deliver inbound connections from the client's address
+/// (`mesh_init::route`). Without it the pod is meshed all the same and the proxy delivers from
+/// the pod's own address: worth a warning, not a failed ADD.
+pub fn warn_without_return_route(applied: mesh_init::Applied) {
+    if let Err(error) = applied.return_route {
+        tracing::warn!(%error, "no return route for kept source addresses: the app will see inbound mesh connections coming from its own address");
+    }
+}
+
 /// During an upgrade, connections queued on the old proxy's listener when it closes move to
 /// the new proxy's instead of being reset (mesh-proxy's inpod::handover). Best effort: a
 /// kernel before 5.14 has no such setting, a container's /proc/sys is read-only, and the pod
@@ -114,8 +123,9 @@ fn add(env: &Env, conf: &NetConf) -> Result<Output, CniError> {
     let mut probe_sources = conf.prev_gateways();
     probe_sources.extend(conf.probe_sources.iter().copied());
     let settings = settings(&decision.annotations, probe_sources)?;
-    mesh_init::apply_in(netns_path, &settings)
+    let applied = mesh_init::apply_in(netns_path, &settings)
         .map_err(|e| CniError::new(code::MESH_SETUP, "cannot install the interception rules", e))?;
+    warn_without_return_route(applied);
     allow_listener_migration(netns_path);
 
     let uid = decision.uid.clone().unwrap_or_else(|| env.pod_key());

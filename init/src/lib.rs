@@ -5,15 +5,18 @@
 //!   name the annotation and the offending entry.
 //! - [`rules`]: settings → an nftables JSON transaction (what `nft -j -f -` reads).
 //! - [`nft`]: running that transaction in the current or in a given network namespace.
+//! - [`route`]: the policy route (and sysctls) that bring the app's replies back to the proxy
+//!   when the proxy delivers from the client's address; installed and removed with the rules.
 //!
 //! Everything lives in one table, `inet weft`, so the rules never touch a table that
 //! iptables-legacy, iptables-nft or kube-proxy own, and removing that table leaves the network
-//! namespace exactly as it was.
+//! namespace exactly as it was (the route's two sysctls aside, see [`route`]).
 
 pub mod annotations;
 pub mod nft;
+pub mod route;
 pub mod rules;
 
 pub use annotations::{AnnotationError, Cidr, Exclusions, PortRange};
-pub use nft::{NftError, apply, apply_in, remove, remove_in, table_exists_in};
+pub use nft::{Applied, NftError, apply, apply_in, remove, remove_in, table_exists_in};
 pub use rules::{Settings, TABLE};

@@ -67,6 +67,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&settings.ruleset())?);
         return Ok(());
     }
-    mesh_init::apply(&settings)?;
+    let applied = mesh_init::apply(&settings)?;
+    if let Err(error) = applied.return_route {
+        // The pod is meshed; only the app's view of its callers' addresses is lost.
+        eprintln!(
+            "weft-init: warning: no return route for kept source addresses ({error}): the app will see \
+             inbound mesh connections coming from its own address"
+        );
+    }
     Ok(())
 }

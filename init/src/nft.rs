@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use nix::sched::{CloneFlags, setns};
 use serde_json::Value;
 
+use crate::route::{self, RouteError};
 use crate::rules::{self, Settings};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,18 @@ pub enum NftError {
     Output(serde_json::Error),
     #[error("the thread running nft in {0} panicked")]
     Thread(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+/// What [`apply`] set up beyond the nftables rules: the return route of kept source addresses
+/// ([`crate::route`]), or why not. A pod without it is meshed all the same (the proxy then
+/// delivers inbound connections from the pod's own address), so this is for the caller to log,
+/// not a failure.
+#[derive(Debug)]
+#[must_use = "a missing return route should be logged"]
+pub struct Applied {
+    pub return_route: Result<(), RouteError>,
 }
 
 /// Where `nft` is: `$WEFT_NFT`, else the usual sbin paths (a CNI plugin runs with whatever
@@ -91,17 +104,23 @@ pub fn in_netns<T: Send>(
     })
 }
 
-/// Installs (or replaces) the rules in the current network namespace.
-pub fn apply(settings: &Settings) -> Result<(), NftError> {
-    run(&["-f", "-"], Some(&settings.ruleset())).map(drop)
+/// Installs (or replaces) the rules in the current network namespace, then the return route
+/// of kept source addresses (the rules first: they make the proxy's kept-source deliveries
+/// untracked, which the route assumes).
+pub fn apply(settings: &Settings) -> Result<Applied, NftError> {
+    run(&["-f", "-"], Some(&settings.ruleset()))?;
+    Ok(Applied { return_route: route::install(settings.transparent_mark) })
 }
 
-/// Removes the rules from the current network namespace; nothing to remove is not an error.
+/// Removes the return route, then the rules, from the current network namespace; nothing to
+/// remove is not an error. The route goes first: from then on the proxy sees it missing and
+/// delivers from the pod's own address.
 pub fn remove() -> Result<(), NftError> {
+    route::remove(mesh_api::TRANSPARENT_FWMARK);
     run(&["-f", "-"], Some(&rules::removal())).map(drop)
 }
 
-pub fn apply_in(netns: &Path, settings: &Settings) -> Result<(), NftError> {
+pub fn apply_in(netns: &Path, settings: &Settings) -> Result<Applied, NftError> {
     in_netns(netns, || apply(settings))
 }
 
@@ -130,6 +149,12 @@ pub fn list_ruleset() -> Result<Value, NftError> {
 
 pub fn list_ruleset_in(netns: &Path) -> Result<Value, NftError> {
     in_netns(netns, list_ruleset)
+}
+
+/// The return route in the netns at `netns`, as `ip` lists it ([`route::listing`]): empty
+/// when there is none.
+pub fn return_route_in(netns: &Path) -> Result<String, NftError> {
+    in_netns(netns, || Ok(route::listing(mesh_api::TRANSPARENT_FWMARK)?))
 }
 
 /// Whether table `inet weft` exists in the netns at `netns`.

@@ -1,8 +1,14 @@
 //! [`Settings`] → the nftables JSON transaction that installs a pod's interception rules.
 //!
-//! Two NAT chains in table `inet weft` (both address families in one table):
+//! Two NAT chains in table `inet weft` (both address families in one table), and two raw
+//! chains for the proxy's deliveries that keep the client's address:
 //!
 //! ```text
+//! notrack_prerouting (hook prerouting, prio raw)
+//!   meta mark 0x5747            notrack        a kept-source delivery arriving on loopback
+//! notrack_output     (hook output, prio raw)
+//!   meta mark 0x5747            notrack        the same delivery leaving the proxy, and the
+//!                                              app's side of it (its socket inherits the mark)
 //! output      (hook output, prio dstnat)       the pod's own connections
 //!   meta mark 0x5746            return         the proxy's sockets, opened in the pod's netns
 //!   oifname "lo"                return         the pod talking to itself
@@ -24,6 +30,17 @@
 //!
 //! NAT chains see only the first packet of a connection; conntrack carries the decision for the
 //! rest, and keeps the original destination the proxy reads back with `SO_ORIGINAL_DST`.
+//!
+//! Kept source addresses ([`crate::route`] has the routing half): the proxy delivers an inbound
+//! connection to the app from the client's address (an `IP_TRANSPARENT` socket bound to it, mark
+//! 0x5747), so the app sees who called. Those deliveries are never tracked: their tuple
+//! (client:port → pod:port) is also what a real connection from that client to that port looks
+//! like before its redirect, so in conntrack one would be taken for the other — a client whose
+//! new connection happened to pick the port of a live delivery would have its SYN matched to the
+//! delivery's entry and never reach the proxy, and a delivery picking the port of a live client
+//! connection would be redirected back to the proxy. Untracked, the two never meet, and the
+//! return path needs no conntrack: it follows the mark, which the app's socket inherits
+//! (`net.ipv4.tcp_fwmark_accept`).
 //!
 //! Only a bare SYN is redirected. A pod that is enrolled while it runs (cni-plugin's agent)
 //! has open connections, and its netns had no conntrack until these rules arrived: the next
@@ -52,8 +69,12 @@ pub const TABLE: &str = "weft";
 const FAMILY: &str = "inet";
 const OUTPUT: &str = "output";
 const PREROUTING: &str = "prerouting";
+const NOTRACK_PREROUTING: &str = "notrack_prerouting";
+const NOTRACK_OUTPUT: &str = "notrack_output";
 /// `dstnat` priority: where NAT chains that rewrite destinations conventionally sit.
 const DSTNAT_PRIORITY: i32 = -100;
+/// `raw` priority: before conntrack (-200) looks at the packet, so `notrack` takes effect.
+const RAW_PRIORITY: i32 = -300;
 /// DNS, which the rules never intercept (a node-local DNS proxy is a separate concern).
 const DNS_PORT: u16 = 53;
 
@@ -69,6 +90,9 @@ pub struct Settings {
     pub proxy_ports: Vec<u16>,
     /// The mark on the proxy's own sockets.
     pub mark: u32,
+    /// The mark on the proxy's deliveries that keep the client's address, and on the app's side
+    /// of them ([`crate::route`]).
+    pub transparent_mark: u32,
     pub exclusions: Exclusions,
     /// Source addresses whose inbound connections skip the proxy: the node's (kubelet probes).
     pub probe_sources: Vec<IpAddr>,
@@ -82,6 +106,7 @@ impl Default for Settings {
             inbound_hbone_port: 15008,
             proxy_ports: vec![15001, 15006, 15008, 15021],
             mark: mesh_api::PROXY_FWMARK,
+            transparent_mark: mesh_api::TRANSPARENT_FWMARK,
             exclusions: Exclusions::default(),
             probe_sources: Vec::new(),
         }
@@ -103,10 +128,10 @@ pub fn removal() -> Value {
     json!({"nftables": reset()})
 }
 
-fn chain(name: &str, hook: &str) -> Value {
+fn chain(name: &str, kind: &str, hook: &str, prio: i32) -> Value {
     json!({"add": {"chain": {
         "family": FAMILY, "table": TABLE, "name": name,
-        "type": "nat", "hook": hook, "prio": DSTNAT_PRIORITY, "policy": "accept",
+        "type": kind, "hook": hook, "prio": prio, "policy": "accept",
     }}})
 }
 
@@ -171,8 +196,10 @@ impl Settings {
     pub fn ruleset(&self) -> Value {
         let mut cmds: Vec<Value> = reset().into();
         cmds.push(json!({"add": table()}));
-        cmds.push(chain(OUTPUT, "output"));
-        cmds.push(chain(PREROUTING, "prerouting"));
+        cmds.push(chain(NOTRACK_PREROUTING, "filter", "prerouting", RAW_PRIORITY));
+        cmds.push(chain(NOTRACK_OUTPUT, "filter", "output", RAW_PRIORITY));
+        cmds.push(chain(OUTPUT, "nat", "output", DSTNAT_PRIORITY));
+        cmds.push(chain(PREROUTING, "nat", "prerouting", DSTNAT_PRIORITY));
 
         let not_tcp = || matches("!=", meta("l4proto"), json!("tcp"));
         // `tcp flags & (fin | syn | rst | ack) != syn`: not a connection's first packet.
@@ -184,6 +211,12 @@ impl Settings {
             )
         };
         let x = &self.exclusions;
+
+        // Kept-source deliveries: untracked both ways (see the module docs).
+        for chain_name in [NOTRACK_PREROUTING, NOTRACK_OUTPUT] {
+            let transparent = matches("==", meta("mark"), json!(self.transparent_mark));
+            cmds.push(rule(chain_name, vec![transparent, json!({"notrack": null})]));
+        }
 
         // Outbound.
         cmds.push(rule(OUTPUT, vec![matches("==", meta("mark"), json!(self.mark)), ret()]));

@@ -1,5 +1,5 @@
-//! The rules in a real network namespace: they load, applying twice leaves one rule set, and
-//! removing them restores the namespace exactly. Needs root and `nft`; skipped with a printed
+//! The rules in a real network namespace: they load, applying twice leaves one rule set (and
+//! one return route per family), and removing them restores the namespace exactly. Needs root and `nft`; skipped with a printed
 //! reason otherwise, unless `WEFT_REQUIRE_NETNS=1` (CI), which turns a skip into a failure.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mesh_init::annotations::parse_list;
-use mesh_init::nft::{list_ruleset_in, table_exists_in};
+use mesh_init::nft::{list_ruleset_in, return_route_in, table_exists_in};
 use mesh_init::{Exclusions, Settings};
 use serde_json::Value;
 
@@ -42,6 +42,9 @@ impl Netns {
         let name = format!("weft-init-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let status = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip");
         assert!(status.success(), "ip netns add {name}");
+        // As in every pod (the runtime's loopback plugin): the IPv6 return route needs ::1.
+        let status = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status().expect("run ip");
+        assert!(status.success(), "lo up in {name}");
         Netns { name }
     }
     fn path(&self) -> PathBuf {
@@ -98,25 +101,42 @@ fn apply_is_idempotent_and_remove_restores_the_netns() {
     let before = list_ruleset_in(&ns.path()).expect("list");
     assert!(!table_exists_in(&ns.path()).expect("list"));
 
-    mesh_init::apply_in(&ns.path(), &settings()).expect("apply");
+    let no_route = return_route_in(&ns.path()).expect("list routes");
+    assert_eq!(no_route.trim(), "", "a fresh netns has no return route");
+    let applied = mesh_init::apply_in(&ns.path(), &settings()).expect("apply");
+    applied.return_route.expect("the return route is installed");
     let once = list_ruleset_in(&ns.path()).expect("list");
     assert!(table_exists_in(&ns.path()).expect("list"));
     let rules = weft_rules(&once);
+    // notrack_prerouting, notrack_output: the kept-source mark;
     // output: mark, lo, non-tcp, not an opening SYN, ports, v4 cidrs, v6 cidrs, redirect;
     // prerouting: lo, non-tcp, not an opening SYN, own ports, excluded ports, probe sources,
     // redirect.
-    assert_eq!(rules.len(), 15, "{rules:#?}");
+    assert_eq!(rules.len(), 17, "{rules:#?}");
+    let route = return_route_in(&ns.path()).expect("list routes");
+    assert_eq!(route.matches("fwmark 0x5747 lookup 22343").count(), 2, "one rule per family: {route}");
+    assert_eq!(route.matches("local default dev lo").count(), 2, "one route per family: {route}");
+    for sysctl in ["net.ipv4.tcp_fwmark_accept", "net.ipv4.fwmark_reflect", "net.ipv6.fwmark_reflect"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sysctl", "-n", sysctl])
+            .output()
+            .expect("sysctl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{sysctl}");
+    }
     let text = once.to_string();
     for needle in [r#""redirect":{"port":15001}"#, r#""redirect":{"port":15006}"#, "22342", "10.244.0.1"] {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }
 
-    mesh_init::apply_in(&ns.path(), &settings()).expect("apply again");
+    let applied = mesh_init::apply_in(&ns.path(), &settings()).expect("apply again");
+    applied.return_route.expect("the return route is installed again");
     let twice = list_ruleset_in(&ns.path()).expect("list");
     assert_eq!(once, twice, "applying twice must leave one rule set");
+    assert_eq!(return_route_in(&ns.path()).expect("list routes"), route, "and one return route");
 
     mesh_init::remove_in(&ns.path()).expect("remove");
     assert_eq!(list_ruleset_in(&ns.path()).expect("list"), before, "removal must restore the netns");
+    assert_eq!(return_route_in(&ns.path()).expect("list routes"), no_route, "removal takes the route out");
     mesh_init::remove_in(&ns.path()).expect("removing again is not an error");
 }
 
@@ -141,8 +161,11 @@ fn weft_init_binary_applies_and_removes_in_the_current_netns() {
 
     let out = run(&["--exclude-outbound-ports", "5432", "--probe-source", "10.0.0.1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "no warning: {}", String::from_utf8_lossy(&out.stderr));
     assert!(table_exists_in(&ns.path()).expect("list"));
+    assert!(return_route_in(&ns.path()).expect("routes").contains("lookup 22343"));
     let out = run(&["--remove"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!table_exists_in(&ns.path()).expect("list"));
+    assert_eq!(return_route_in(&ns.path()).expect("routes").trim(), "");
 }

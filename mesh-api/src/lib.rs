@@ -33,3 +33,8 @@ pub const CONTROLLER_NAME: &str = "weft.dev/gateway-controller";
 pub const MESH_LABEL: &str = "weft.dev/mesh";
 /// Mark carried by the proxy's own sockets so interception rules let them pass ("WF").
 pub const PROXY_FWMARK: u32 = 0x5746;
+/// Mark of the proxy's connections that deliver to a pod *from the client's address*
+/// (IP_TRANSPARENT), and of the pod's side of them: a pod's policy route sends packets with
+/// this mark to loopback, so the pod's replies to a client address that is not its own come
+/// back to the proxy instead of leaving on eth0 (`mesh_init::route`).
+pub const TRANSPARENT_FWMARK: u32 = 0x5747;

@@ -275,6 +275,12 @@ build_weft() { # weft-controller | weft-proxy | weft-cni
     mkdir -p "${r}/usr/sbin"
     cp -L "${nft}" "${r}/usr/sbin/nft"
     copy_libs "${nft}" "${r}"
+    # And the pod's return route for kept source addresses with ip (init/src/route.rs).
+    local ip
+    ip="$(command -v ip || echo /usr/sbin/ip)"
+    [[ -x "${ip}" ]] || die "ip is missing (apt-get install iproute2): the weft-cni image needs it"
+    cp -L "${ip}" "${r}/usr/sbin/ip"
+    copy_libs "${ip}" "${r}"
   fi
   oci_image "$(image_name "${id}")" "${r}" "${out}" "[\"/usr/local/bin/${id}\"]"
   rm -rf "${r}"
