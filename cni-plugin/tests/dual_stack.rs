@@ -5,11 +5,15 @@
 //!   both families; the original destination comes back right for each (`SO_ORIGINAL_DST`,
 //!   `IP6T_SO_ORIGINAL_DST`); the proxy's own marked IPv6 connections pass the rules.
 //! - A pod whose netns has IPv6 disabled is adopted all the same and works on IPv4.
+//! - Deliveries to the app keep the client's address on both families (IP_TRANSPARENT and the
+//!   pod's return route), a closed port refuses them at once, a real client that picks the
+//!   port of a live delivery is not mistaken for it, and without the route the proxy delivers
+//!   from the pod's own address and counts it.
 //! - End to end on two dual-stack nodes (bridge + host-local with an IPv4 and a ULA IPv6 range,
 //!   chained with weft-cni): a meshed client calls a meshed server on its IPv6 address across
 //!   the inter-node link only inside HBONE (a capture proves it), the destination proxy sees
-//!   the client's SPIFFE identity, IPv6 to an unmeshed pod goes in plaintext, and IPv4 works
-//!   beside it.
+//!   the client's SPIFFE identity, the server app sees the client pod's IPv6 (and IPv4)
+//!   address, IPv6 to an unmeshed pod goes in plaintext, and IPv4 works beside it.
 //!
 //! Here rather than in mesh-proxy because it needs the rules (mesh-init), the CNI chain and
 //! the testbed together. Needs root, nft, tcpdump and the CNI plugins; skipped otherwise unless
@@ -24,6 +28,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_api::inpod::PodInfo;
@@ -106,16 +111,24 @@ fn pod_and_peer(v6: bool) -> (Netns, Netns) {
         }
         ns.ip(&["link", "set", iface, "up"]);
     }
-    mesh_init::nft::apply_in(&pod.path(), &mesh_init::Settings::default()).expect("rules in the pod");
+    let applied =
+        mesh_init::nft::apply_in(&pod.path(), &mesh_init::Settings::default()).expect("rules in the pod");
+    applied.return_route.expect("the return route in the pod");
     (pod, peer)
 }
 
-/// Adopts the pod's netns as the in-pod server does, with [`Report`] as the mesh.
-async fn adopt(pod: &Netns) -> AdoptedPod {
+/// Adopts the pod's netns (addresses 10.203.0.2 and fd00:203::2) as the in-pod server does,
+/// with [`Report`] as the mesh and `metrics` as its counters.
+async fn adopt_counted(pod: &Netns, metrics: Arc<InpodMetrics>) -> AdoptedPod {
     let fd = OwnedFd::from(std::fs::File::open(pod.path()).expect("open netns"));
     let handle = tokio::runtime::Handle::current();
-    let info =
-        PodInfo { uid: unique("uid"), namespace: "ns".into(), name: "pod".into(), ..Default::default() };
+    let info = PodInfo {
+        uid: unique("uid"),
+        namespace: "ns".into(),
+        name: "pod".into(),
+        ips: vec![ip("10.203.0.2"), ip("fd00:203::2")],
+        ..Default::default()
+    };
     blocking(move || {
         let netns = PodNetns::new(fd)?;
         AdoptedPod::adopt(
@@ -124,7 +137,7 @@ async fn adopt(pod: &Netns) -> AdoptedPod {
             Ports::default(),
             mesh_api::PROXY_FWMARK,
             Arc::new(Report),
-            Arc::new(InpodMetrics::default()),
+            metrics,
             &handle,
         )
     })
@@ -132,8 +145,110 @@ async fn adopt(pod: &Netns) -> AdoptedPod {
     .expect("adopt the pod")
 }
 
+async fn adopt(pod: &Netns) -> AdoptedPod {
+    adopt_counted(pod, Arc::default()).await
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip address")
+}
+
+/// Asks the [`testbed::http::HttpEcho`] at the other end of `conn` whom it sees calling.
+async fn peer_seen(mut conn: tokio::net::TcpStream) -> Option<IpAddr> {
+    use tokio::io::AsyncReadExt as _;
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n").await.ok()?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, conn.read_to_string(&mut answer)).await.ok()?.ok()?;
+    testbed::http::peer_of(&answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_keep_the_client_address_on_both_families_and_fall_back_without_the_route() {
+    if !netns_available(&[]) {
+        return;
+    }
+    let (pod, peer) = pod_and_peer(true);
+    let metrics = Arc::new(InpodMetrics::default());
+    let adopted = adopt_counted(&pod, metrics.clone()).await;
+    let _app = testbed::http::HttpEcho::start_dual_stack(&pod.path(), 8080, "app");
+    let pod_ctx = adopted.context.clone();
+    let counted = |m: &InpodMetrics| {
+        (m.source_kept.load(Ordering::Relaxed), m.source_fallbacks.load(Ordering::Relaxed))
+    };
+
+    // Clients on other nodes (addresses the pod has no route to but its default) and on the
+    // pod's own link: the app sees each of them, on both families.
+    for (client, target) in [
+        ("203.0.113.7", "10.203.0.2:8080"),
+        ("10.203.0.1", "10.203.0.2:8080"),
+        ("2001:db8::7", "[fd00:203::2]:8080"),
+        ("fd00:203::1", "[fd00:203::2]:8080"),
+    ] {
+        let conn = pod_ctx.deliver(Some(ip(client)), sa(target)).await.expect("delivered");
+        assert_eq!(peer_seen(conn).await, Some(ip(client)), "{client} → {target}");
+    }
+    assert_eq!(counted(&metrics), (4, 0));
+    // A client address the delivery cannot take (the pod's own, or none) is not kept.
+    let conn = pod_ctx.deliver(Some(ip("10.203.0.2")), sa("10.203.0.2:8080")).await.expect("delivered");
+    assert_eq!(peer_seen(conn).await, Some(ip("10.203.0.2")));
+    assert_eq!(counted(&metrics), (4, 0));
+
+    // A closed port refuses at once: the kernel's reset carries the mark back to the proxy
+    // (fwmark_reflect) instead of leaving on eth0.
+    for (client, target) in [("203.0.113.7", "10.203.0.2:8081"), ("2001:db8::7", "[fd00:203::2]:8081")] {
+        let started = std::time::Instant::now();
+        let refused = pod_ctx.deliver(Some(ip(client)), sa(target)).await.map(drop);
+        assert_eq!(refused.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionRefused), "{target}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{target} refused in {:?}", started.elapsed());
+    }
+
+    // The peer's real connection from the very port a live delivery from its address uses
+    // is still taken by the proxy's inbound listener: deliveries are untracked, so conntrack
+    // does not take one for the other.
+    let live = pod_ctx.deliver(Some(ip("10.203.0.1")), sa("10.203.0.2:8080")).await.expect("delivered");
+    let port = live.local_addr().expect("local address").port();
+    let got = blocking({
+        let path = peer.path();
+        move || {
+            in_netns(&path, move || {
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                socket.bind(&sa(&format!("10.203.0.1:{port}")).into())?;
+                socket.connect_timeout(&sa("10.203.0.2:8080").into(), WAIT)?;
+                let mut conn: TcpStream = socket.into();
+                conn.set_read_timeout(Some(WAIT))?;
+                let mut out = String::new();
+                conn.read_to_string(&mut out)?;
+                Ok(out)
+            })
+        }
+    })
+    .await
+    .expect("the peer's connection from a delivery's port");
+    assert_eq!(got, "inbound 10.203.0.2:8080");
+    drop(live);
+
+    // Without the return route (a pod meshed by an older weft-cni): delivered from the pod's
+    // own address, counted.
+    mesh_init::nft::in_netns(&pod.path(), || {
+        mesh_init::route::remove(mesh_api::TRANSPARENT_FWMARK);
+        Ok(())
+    })
+    .expect("remove the return route");
+    let before = counted(&metrics);
+    for (client, target, own) in [
+        ("203.0.113.7", "10.203.0.2:8080", "10.203.0.2"),
+        ("2001:db8::7", "[fd00:203::2]:8080", "fd00:203::2"),
+    ] {
+        let conn = pod_ctx.deliver(Some(ip(client)), sa(target)).await.expect("delivered");
+        assert_eq!(peer_seen(conn).await, Some(ip(own)), "{client} → {target} without the route");
+    }
+    assert_eq!(counted(&metrics), (before.0, before.1 + 2));
+    assert!(metrics.render(1).contains("weft_inpod_source_address_fallbacks_total 2"));
+    adopted.drain(Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,15 +468,23 @@ async fn meshed_pods_talk_over_ipv6_inside_hbone_and_ipv4_still_works() {
     let pcap = a.dir.path().join("link.pcap");
     let capture = testbed::capture::Capture::start(&a.netns, &ifaces.0, pcap.clone());
 
-    // Meshed → meshed on IPv6: tunnelled, from the client pod's own certificate.
+    // Meshed → meshed on IPv6: tunnelled, from the client pod's own certificate; the server app
+    // sees the client pod's IPv6 address.
+    let client6 = v6(&client);
     let answer = get(&client.path(), SocketAddr::new(server6, 8080), MESHED_CANARY).await;
     assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: server"), "{answer}");
+    assert_eq!(testbed::http::peer_of(&answer), Some(client6), "{answer}");
     // The same on IPv4, beside it.
     let answer = get(&client.path(), server.addr(8080), MESHED_CANARY).await;
     assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: server"), "{answer}");
+    assert_eq!(testbed::http::peer_of(&answer), Some(client.ip), "{answer}");
     // Through the Service's IPv6 ClusterIP: an endpoint picked, tunnelled likewise.
     let answer = get(&client.path(), sa(&format!("[{SERVER_VIP6}]:80")), MESHED_CANARY).await;
     assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: server"), "{answer}");
+    assert_eq!(testbed::http::peer_of(&answer), Some(client6), "{answer}");
+    // Unmeshed → meshed on IPv6 (plaintext inbound): the app sees the unmeshed pod.
+    let answer = get(&legacy.path(), SocketAddr::new(server6, 8080), PLAINTEXT_CANARY).await;
+    assert_eq!(testbed::http::peer_of(&answer), Some(legacy6), "{answer}");
     // Meshed → unmeshed on IPv6: plaintext, and it works.
     let answer = get(&client.path(), SocketAddr::new(legacy6, 8080), PLAINTEXT_CANARY).await;
     assert!(answer.contains(PLAINTEXT_CANARY) && answer.contains("x-served-by: legacy"), "{answer}");

@@ -187,6 +187,11 @@ fn has_rules(pod: &Pod<'_>) -> bool {
     mesh_init::table_exists_in(&pod.path()).expect("list rules")
 }
 
+/// The pod's return route for kept source addresses (rules and routes as `ip` lists them).
+fn return_route(pod: &Pod<'_>) -> String {
+    mesh_init::nft::return_route_in(&pod.path()).expect("list the return route").trim().to_string()
+}
+
 fn state_file(pod: &Pod<'_>) -> PathBuf {
     pod.node.state_dir().join(format!("{}.json", pod.spec.uid))
 }
@@ -238,7 +243,8 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
     assert_eq!(answer, format!("ping from {}", client.ip));
     assert_eq!(recorder.seen().len(), 1, "port 9090 is excluded: {:?}", recorder.seen());
 
-    // Inbound plaintext: lands on 15006 with the pod's address as original destination.
+    // Inbound plaintext: lands on 15006 with the pod's address as original destination, and is
+    // delivered from the client's address (the app sees who called).
     let _echo_in = Echo::start(&client.path(), 8081);
     let answer = tokio::task::spawn_blocking({
         let (path, addr) = (server.path(), client.addr(8081));
@@ -247,8 +253,10 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
     .await
     .expect("join")
     .expect("unmeshed → meshed connection");
-    assert!(answer.starts_with("ping from "), "{answer}");
+    assert_eq!(answer, format!("ping from {}", server.ip), "the app sees its caller's address");
     assert_eq!(recorder.seen()[1], (client.spec.uid.clone(), "inbound", client.addr(8081)));
+    assert_eq!(proxy.metrics().source_kept.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.metrics().source_fallbacks.load(Ordering::Relaxed), 0);
 
     // Kubelet probes come from the node's address (the bridge gateway) and skip the proxy.
     let answer = tokio::task::spawn_blocking({
@@ -265,9 +273,11 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
     let conf = node.plugin_conf(1, Some(&client.result), &client.spec.weft);
     assert!(node.invoke("weft-cni", "CHECK", &client.spec, "eth0", &conf).0);
 
-    // DEL: proxy told, rules gone, record gone; a second DEL still succeeds.
+    // DEL: proxy told, rules and return route gone, record gone; a second DEL still succeeds.
+    assert!(!return_route(&client).is_empty(), "ADD installed the return route");
     assert!(client.del(), "DEL");
     assert!(!has_rules(&client));
+    assert_eq!(return_route(&client), "", "DEL removes the return route");
     assert!(!state_file(&client).exists());
     eventually("the proxy to release the pod", || proxy.pods().is_empty()).await;
     assert!(client.del(), "DEL is idempotent");

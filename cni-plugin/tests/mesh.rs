@@ -6,7 +6,9 @@
 //! request crosses the inter-node link only inside mutual TLS (HBONE), which a packet capture
 //! on that link proves, while a call to an unmeshed pod crosses in plaintext (the capture's
 //! positive control). The destination proxy reports the client's SPIFFE identity; a forged
-//! certificate is refused.
+//! certificate is refused. The server app sees its callers' own addresses: the meshed client
+//! pod's through HBONE, the unmeshed pod's through the plaintext inbound path; DEL removes the
+//! return route that makes this work along with the rules.
 //!
 //! Needs root, nft, tcpdump and the CNI plugins; skipped otherwise unless WEFT_REQUIRE_NETNS=1.
 
@@ -16,6 +18,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_api::identity::SpiffeId;
@@ -53,7 +56,7 @@ fn identities(url: &ControllerEndpoint, token: &str, dir: &Path) -> Arc<Identity
 /// A node proxy as weft-proxy runs it: config from the controller, the mesh on its pods.
 struct NodeProxy {
     running: Running,
-    _inpod: InpodServer,
+    inpod: InpodServer,
 }
 
 async fn node_proxy(node: &Node, url: &ControllerEndpoint, token: &str) -> NodeProxy {
@@ -75,7 +78,7 @@ async fn node_proxy(node: &Node, url: &ControllerEndpoint, token: &str) -> NodeP
     running.more_metrics.register(Arc::new(move || metrics.render_metrics()));
     let config = InpodConfig { socket: node.socket(), drain_deadline: Duration::ZERO, ..Default::default() };
     let inpod = InpodServer::start(config, Arc::new(mesh)).await.expect("in-pod server");
-    NodeProxy { running, _inpod: inpod }
+    NodeProxy { running, inpod }
 }
 
 async fn get_metrics(admin: SocketAddr) -> String {
@@ -149,6 +152,11 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         .await
         .expect("the meshed call to the pod's own address succeeds");
     assert!(answer.contains(MESHED_CANARY) && answer.contains("x-served-by: v1"), "{answer}");
+    assert_eq!(
+        testbed::http::peer_of(&answer),
+        Some(frontend.ip),
+        "through HBONE the server app sees the client pod's address: {answer}"
+    );
 
     // Meshed → unmeshed is plaintext, and the capture sees it.
     let (frontend_ns, legacy_addr) = (frontend.path(), legacy.addr(8080));
@@ -172,6 +180,17 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         let direct = testbed::capture::count_packets(&pcap, &format!("tcp port 8080 and host {}", pod.ip));
         assert_eq!(direct, 0, "nothing went to {}:8080 directly", pod.ip);
     }
+
+    // Unmeshed → meshed (plaintext inbound, :15006): the app sees the unmeshed pod's address.
+    let (legacy_ns, pod_addr) = (legacy.path(), v1.addr(8080));
+    let answer = blocking(move || testbed::http::get_once(&legacy_ns, pod_addr, PLAINTEXT_CANARY))
+        .await
+        .expect("unmeshed → meshed works");
+    assert!(answer.contains("x-served-by: v1"), "{answer}");
+    assert_eq!(testbed::http::peer_of(&answer), Some(legacy.ip), "the app sees the unmeshed caller: {answer}");
+    let inpod_b = proxy_b.inpod.metrics();
+    assert!(inpod_b.source_kept.load(Ordering::Relaxed) >= 2, "kept-source deliveries counted");
+    assert_eq!(inpod_b.source_fallbacks.load(Ordering::Relaxed), 0, "no delivery fell back");
 
     // The destination proxy knows who called.
     let metrics = get_metrics(proxy_b.running.admin).await;
@@ -219,7 +238,12 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     // so it stops renewing its certificate (the expiry series goes with it).
     let expiry = format!("weft_workload_cert_expiry_seconds{{identity=\"{FRONTEND}\"}}");
     assert!(get_metrics(proxy_a.running.admin).await.contains(&expiry), "frontend had a certificate");
+    let route = mesh_init::nft::return_route_in(&frontend.path()).expect("list the return route");
+    assert!(route.contains("fwmark 0x5747 lookup 22343") && route.contains("local default dev lo"), "{route}");
     assert!(frontend.del(), "DEL");
+    let route = mesh_init::nft::return_route_in(&frontend.path()).expect("list the return route");
+    assert!(route.trim().is_empty(), "DEL removes the return route: {route}");
+    assert!(!mesh_init::table_exists_in(&frontend.path()).expect("list rules"), "DEL removes the rules");
     let mut forgotten = false;
     for _ in 0..100 {
         if !get_metrics(proxy_a.running.admin).await.contains(&expiry) {

@@ -156,7 +156,7 @@ async fn checkout_port(
     let destination = Arc::new(Destination {
         pod: "shop/checkout".into(),
         addresses: vec!["127.0.0.1".parse().expect("ip")],
-        connect: direct_connector(),
+        connect: hbone::server::deliver_direct(),
     });
     (tls, listener, hbone_addr, server, destination)
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use crate::WAIT;
 use crate::netns::in_netns;
 
-/// An HTTP/1.1 server in a pod: answers every request with 200, `x-served-by: <name>` and the
-/// request head as body; keeps connections alive unless asked to close. Stops on drop.
+/// An HTTP/1.1 server in a pod: answers every request with 200, `x-served-by: <name>`,
+/// `x-peer: <the connection's source address>` (who the app sees calling) and the request head
+/// as body; keeps connections alive unless asked to close. Stops on drop.
 pub struct HttpEcho {
     stop: Arc<AtomicBool>,
 }
@@ -35,18 +36,20 @@ impl HttpEcho {
         let flag = stop.clone();
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                let Ok((conn, _)) = listener.accept() else {
+                let Ok((conn, peer)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                std::thread::spawn(move || serve(conn, name));
+                // A dual-stack listener sees IPv4 callers as IPv4-mapped IPv6: name them as IPv4.
+                let peer = peer.ip().to_canonical();
+                std::thread::spawn(move || serve(conn, name, peer));
             }
         });
         HttpEcho { stop }
     }
 }
 
-fn serve(conn: TcpStream, name: &str) {
+fn serve(conn: TcpStream, name: &str, peer: std::net::IpAddr) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(WAIT));
     let mut reader = BufReader::new(&conn);
@@ -60,8 +63,10 @@ fn serve(conn: TcpStream, name: &str) {
         if head.is_empty() {
             return;
         }
-        let answer =
-            format!("HTTP/1.1 200 OK\r\nx-served-by: {name}\r\ncontent-length: {}\r\n\r\n{head}", head.len());
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nx-served-by: {name}\r\nx-peer: {peer}\r\ncontent-length: {}\r\n\r\n{head}",
+            head.len()
+        );
         let close = head.to_ascii_lowercase().contains("connection: close");
         if (&conn).write_all(answer.as_bytes()).is_err() || close {
             return;
@@ -111,6 +116,11 @@ pub fn served_by(
         }
         Ok(served)
     })
+}
+
+/// The `x-peer` header of an [`HttpEcho`] answer: the address the app saw the call come from.
+pub fn peer_of(answer: &str) -> Option<std::net::IpAddr> {
+    answer.lines().find_map(|line| line.strip_prefix("x-peer: ")?.trim().parse().ok())
 }
 
 /// `GET /` from inside `netns` to `addr` with `canary` in a header, on a connection closed

@@ -1,5 +1,7 @@
 //! The destination side of HBONE, on a meshed pod's :15008: mutual TLS with the source
-//! workload's certificate, then one CONNECT per tunnelled connection, each delivered to the pod.
+//! workload's certificate, then one CONNECT per tunnelled connection, each delivered to the pod
+//! from the source pod's address where the pod's netns allows it ([`Deliver`]), so the app sees
+//! its real caller.
 //!
 //! The source's SPIFFE identity is known for every stream (logged, counted per identity), so
 //! an allow-list of identities is a check in [`accept_stream`] away.
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -22,8 +25,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
 use super::{
-    CONNECTION_WINDOW, Connector, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER,
-    STREAM_WINDOW,
+    CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER, STREAM_WINDOW,
 };
 use crate::identity::peer_identity;
 
@@ -37,8 +39,21 @@ pub struct Destination {
     pub pod: String,
     /// The pod's addresses: the only targets a CONNECT may name.
     pub addresses: Vec<IpAddr>,
-    /// Dials the target from inside the pod (its netns, marked to pass its rules).
-    pub connect: Connector,
+    /// Dials the target from inside the pod (its netns, marked to pass its rules), keeping the
+    /// client's address where the pod allows it.
+    pub connect: Deliver,
+}
+
+/// Dials the pod for one stream: `(client, target)`, where `client` is the address the HBONE
+/// connection came from. That is the source pod's own address (its proxy dials from inside the
+/// source pod's netns), which the app should see as its caller's, as without the mesh.
+pub type Deliver =
+    Arc<dyn Fn(Option<IpAddr>, SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>> + Send + Sync>;
+
+/// A [`Deliver`] that dials from the proxy's own netns and address, whoever the client.
+pub fn deliver_direct() -> Deliver {
+    let connect = super::direct_connector();
+    Arc::new(move |_client, target| connect(target))
 }
 
 #[derive(Default)]
@@ -114,11 +129,12 @@ impl HboneServer {
         tracing::debug!(?client, %peer, pod = %destination.pod, "HBONE connection accepted");
         let peer = Arc::new(peer);
         let pod = destination.pod.clone();
+        let source = client.map(|c| c.ip());
         let service = hyper::service::service_fn({
             let server = self.clone();
             move |req| {
                 let (server, destination, peer) = (server.clone(), destination.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(server.accept_stream(req, &destination, &peer).await) }
+                async move { Ok::<_, Infallible>(server.accept_stream(req, &destination, &peer, source).await) }
             }
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -148,6 +164,7 @@ impl HboneServer {
         req: Request<Incoming>,
         destination: &Destination,
         peer: &Arc<SpiffeId>,
+        client: Option<IpAddr>,
     ) -> Response<Empty<Bytes>> {
         let refuse = |status: StatusCode, why: &str| {
             self.refused_streams.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +180,7 @@ impl HboneServer {
         if !destination.addresses.contains(&target.ip()) {
             return refuse(StatusCode::FORBIDDEN, "the target is not this pod");
         }
-        let upstream = match (destination.connect)(target).await {
+        let upstream = match (destination.connect)(client, target).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 let why = format!("the pod does not accept the connection: {error}");

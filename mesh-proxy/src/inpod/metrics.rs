@@ -14,6 +14,10 @@ pub struct InpodMetrics {
     pub hbone_connections: AtomicU64,
     /// Connections whose original destination could not be read (dropped).
     pub original_dst_failures: AtomicU64,
+    /// Deliveries to a pod from the client's address ([`super::PodSocketFactory::connect_as`]).
+    pub source_kept: AtomicU64,
+    /// Deliveries that should have kept the client's address but came from the pod's own.
+    pub source_fallbacks: AtomicU64,
 }
 
 impl InpodMetrics {
@@ -31,6 +35,8 @@ impl InpodMetrics {
             ("weft_inpod_pods_removed_total", get(&self.pods_removed)),
             ("weft_inpod_malformed_messages_total", get(&self.malformed_messages)),
             ("weft_inpod_original_dst_failures_total", get(&self.original_dst_failures)),
+            ("weft_inpod_source_address_kept_total", get(&self.source_kept)),
+            ("weft_inpod_source_address_fallbacks_total", get(&self.source_fallbacks)),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {value}");
         }

@@ -174,7 +174,7 @@ impl AdoptedPod {
         let (phase, _) = watch::channel(Phase::Running);
         let context = Arc::new(PodContext {
             info,
-            sockets: PodSocketFactory::new(netns, mark),
+            sockets: PodSocketFactory::new(netns, mark, metrics.clone()),
             phase: phase.subscribe(),
         });
         let (done, finished) = mpsc::channel(1);

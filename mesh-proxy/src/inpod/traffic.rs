@@ -1,7 +1,8 @@
 //! What happens to a connection intercepted in a pod: the [`PodTraffic`] seam where mesh
 //! routing plugs in, and [`Passthrough`], the default that delivers it unchanged.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -38,6 +39,28 @@ impl PodContext {
     pub fn netns(&self) -> &Arc<PodNetns> {
         self.sockets.netns()
     }
+
+    /// Connects to `target`, one of this pod's addresses, for an inbound connection from
+    /// `client`: from the client's address where the pod's netns allows it, so the app sees who
+    /// called ([`PodSocketFactory::connect_as`]), else (or without a usable client address) from
+    /// the pod's own address.
+    pub async fn deliver(&self, client: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream> {
+        match client.map(|c| c.to_canonical()) {
+            Some(client) if self.can_keep(client, target) => self.sockets.connect_as(client, target).await,
+            _ => self.sockets.connect(target).await,
+        }
+    }
+
+    /// Whether a delivery to `target` may come from `client`'s address: the target must be the
+    /// pod's own (the return route sends everything marked to the pod itself), the client of the
+    /// same family and somebody else (a connection from the pod's own address needs nothing).
+    fn can_keep(&self, client: IpAddr, target: SocketAddr) -> bool {
+        let ips = &self.info.ips;
+        client.is_ipv4() == target.is_ipv4()
+            && ips.contains(&target.ip())
+            && !ips.contains(&client)
+            && !(client.is_loopback() || client.is_unspecified() || client.is_multicast())
+    }
 }
 
 /// Where the proxy's mesh logic receives a pod's intercepted connections. Each call owns its
@@ -73,13 +96,20 @@ pub trait PodTraffic: Send + Sync + 'static {
 pub struct Passthrough;
 
 impl Passthrough {
+    /// `direction` "inbound" delivers from the client's address where the pod allows it
+    /// ([`PodContext::deliver`]); "outbound" leaves from the pod's own, as the pod would.
     pub async fn splice(
         pod: Arc<PodContext>,
         mut conn: TcpStream,
         original_dst: SocketAddr,
         direction: &'static str,
     ) {
-        let mut upstream = match pod.sockets.connect(original_dst).await {
+        let connected = if direction == "inbound" {
+            pod.deliver(conn.peer_addr().ok().map(|peer| peer.ip()), original_dst).await
+        } else {
+            pod.sockets.connect(original_dst).await
+        };
+        let mut upstream = match connected {
             Ok(upstream) => upstream,
             Err(error) => {
                 tracing::debug!(pod = pod.uid(), %original_dst, direction, %error, "passthrough connect failed");

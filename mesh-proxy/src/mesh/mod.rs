@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ConfigStore;
 use crate::hbone::client::{HboneClient, PoolKey};
-use crate::hbone::server::{Destination as HboneDestination, HboneServer, splice};
+use crate::hbone::server::{Deliver, Destination as HboneDestination, HboneServer, splice};
 use crate::hbone::{self, Connector};
 use crate::identity::{IdentityManager, WorkloadCert};
 use crate::inpod::{Passthrough, PodContext, PodTraffic};
@@ -214,7 +214,7 @@ impl MeshTraffic {
         let destination = Arc::new(HboneDestination {
             pod: format!("{}/{}", pod.info.namespace, pod.info.name),
             addresses: pod.info.ips.clone(),
-            connect: pod_connector(&pod),
+            connect: pod_deliver(&pod),
         });
         // When the pod drains (deleted, or this proxy stops or hands over), peers are told to
         // take new streams elsewhere (GOAWAY); streams in flight finish.
@@ -247,6 +247,15 @@ fn pod_connector(pod: &Arc<PodContext>) -> Connector {
     Arc::new(move |addr| {
         let sockets = sockets.clone();
         Box::pin(async move { sockets.connect(addr).await })
+    })
+}
+
+/// Delivers a tunnelled stream to the pod, from the client's address where the pod allows it.
+fn pod_deliver(pod: &Arc<PodContext>) -> Deliver {
+    let pod = pod.clone();
+    Arc::new(move |client, target| {
+        let pod = pod.clone();
+        Box::pin(async move { pod.deliver(client, target).await })
     })
 }
 
