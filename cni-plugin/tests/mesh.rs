@@ -187,7 +187,11 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
         .await
         .expect("unmeshed → meshed works");
     assert!(answer.contains("x-served-by: v1"), "{answer}");
-    assert_eq!(testbed::http::peer_of(&answer), Some(legacy.ip), "the app sees the unmeshed caller: {answer}");
+    assert_eq!(
+        testbed::http::peer_of(&answer),
+        Some(legacy.ip),
+        "the app sees the unmeshed caller: {answer}"
+    );
     let inpod_b = proxy_b.inpod.metrics();
     assert!(inpod_b.source_kept.load(Ordering::Relaxed) >= 2, "kept-source deliveries counted");
     assert_eq!(inpod_b.source_fallbacks.load(Ordering::Relaxed), 0, "no delivery fell back");
@@ -239,7 +243,10 @@ async fn meshed_pods_on_two_nodes_talk_only_over_mutual_tls() {
     let expiry = format!("weft_workload_cert_expiry_seconds{{identity=\"{FRONTEND}\"}}");
     assert!(get_metrics(proxy_a.running.admin).await.contains(&expiry), "frontend had a certificate");
     let route = mesh_init::nft::return_route_in(&frontend.path()).expect("list the return route");
-    assert!(route.contains("fwmark 0x5747 lookup 22343") && route.contains("local default dev lo"), "{route}");
+    assert!(
+        route.contains("fwmark 0x5747 lookup 22343") && route.contains("local default dev lo"),
+        "{route}"
+    );
     assert!(frontend.del(), "DEL");
     let route = mesh_init::nft::return_route_in(&frontend.path()).expect("list the return route");
     assert!(route.trim().is_empty(), "DEL removes the return route: {route}");

@@ -145,7 +145,8 @@ fn delete_rules(family: &Family, mark: &str, table: &str) {
 
 fn install_family(family: &Family, mark: &str, table: &str, priority: &str) -> Result<(), RouteError> {
     sysctl(family.reflect, "1")?;
-    let mut route = vec![family.flag, "route", "replace", "local", family.everything, "dev", "lo", "table", table];
+    let mut route =
+        vec![family.flag, "route", "replace", "local", family.everything, "dev", "lo", "table", table];
     if let Some(src) = family.src {
         route.extend(["src", src]);
     }

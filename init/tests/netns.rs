@@ -43,7 +43,8 @@ impl Netns {
         let status = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip");
         assert!(status.success(), "ip netns add {name}");
         // As in every pod (the runtime's loopback plugin): the IPv6 return route needs ::1.
-        let status = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status().expect("run ip");
+        let status =
+            Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status().expect("run ip");
         assert!(status.success(), "lo up in {name}");
         Netns { name }
     }
