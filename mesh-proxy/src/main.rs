@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mesh_api::identity::SpiffeId;
 use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
 use mesh_proxy::identity::{CaSettings, IdentityManager};
@@ -61,6 +62,12 @@ struct Args {
     /// The certificate authority's address; defaults to --controller.
     #[arg(long, env = "WEFT_CA_ADDRESS")]
     ca_address: Option<String>,
+    /// The proxy's own SPIFFE ID (its ServiceAccount's, e.g.
+    /// spiffe://cluster.local/ns/weft-system/sa/weft-node), which the CA signs for the proxy
+    /// itself. With the mesh on, Gateway routes then reach meshed pods over HBONE presenting
+    /// it; without it they reach them in plaintext.
+    #[arg(long, env = "WEFT_GATEWAY_IDENTITY", requires = "ca_token_file")]
+    gateway_identity: Option<String>,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -121,6 +128,15 @@ async fn main() -> anyhow::Result<()> {
                     let metrics = mesh.clone();
                     running.more_metrics.register(Arc::new(move || metrics.render_metrics()));
                     tracing::info!("mesh on: meshed pods talk over HBONE with their own certificates");
+                    match args.gateway_identity.as_deref().map(str::parse::<SpiffeId>) {
+                        Some(Ok(identity)) => {
+                            mesh.serve_gateways_as(identity);
+                        }
+                        Some(Err(error)) => anyhow::bail!("--gateway-identity: {error}"),
+                        None => tracing::info!(
+                            "no --gateway-identity: Gateway routes reach meshed pods in plaintext"
+                        ),
+                    }
                     Arc::new(mesh)
                 }
                 None => {

@@ -2,6 +2,8 @@
 //! CA over gRPC: streams flow and share one mTLS connection, the server learns the client's
 //! SPIFFE identity, and every impostor is refused.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,27 +145,32 @@ struct Node {
     server: Arc<HboneServer>,
 }
 
-/// What node B's :15008 for checkout is made of: checkout's server TLS, a bound listener and
-/// its address, the HBONE server, and the echo pod behind it.
+/// What node B's :15008 for checkout is made of: checkout's server TLS, a listener bound to
+/// `at` and its address, the HBONE server, and the pod behind it (at `at`'s address).
 async fn checkout_port(
     manager: &Arc<IdentityManager>,
+    at: SocketAddr,
 ) -> (Arc<rustls::ServerConfig>, TcpListener, SocketAddr, Arc<HboneServer>, Arc<Destination>) {
     let cert = manager.certificate(&id(SERVER)).await.expect("server certificate");
     let tls = hbone::tls::server_config(&cert).expect("server tls");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = TcpListener::bind(at).await.unwrap_or_else(|e| panic!("bind {at}: {e}"));
     let hbone_addr = listener.local_addr().expect("addr");
     let server = Arc::new(HboneServer::new(false));
     let destination = Arc::new(Destination {
         pod: "shop/checkout".into(),
-        addresses: vec!["127.0.0.1".parse().expect("ip")],
+        addresses: vec![at.ip()],
         connect: hbone::server::deliver_direct(),
     });
     (tls, listener, hbone_addr, server, destination)
 }
 
-/// Node B's half: checkout's :15008, delivering to the echo pod.
+/// Node B's half: checkout's :15008 on an ephemeral loopback port, delivering to the echo pod.
 async fn destination_node(manager: &Arc<IdentityManager>) -> Node {
-    let (tls, listener, hbone_addr, server, destination) = checkout_port(manager).await;
+    destination_node_at(manager, "127.0.0.1:0".parse().expect("addr")).await
+}
+
+async fn destination_node_at(manager: &Arc<IdentityManager>, at: SocketAddr) -> Node {
+    let (tls, listener, hbone_addr, server, destination) = checkout_port(manager, at).await;
     tokio::spawn({
         let server = server.clone();
         async move {
@@ -324,7 +331,8 @@ async fn no_certificate_for_a_pod_of_another_node() {
 /// once the generation moves past the one it was accepted in — the old proxy draining while the
 /// new one (here: the same listener) takes the new connections, as in an upgrade.
 async fn draining_node(manager: &Arc<IdentityManager>) -> (Node, tokio::sync::watch::Sender<u64>) {
-    let (tls, listener, hbone_addr, server, destination) = checkout_port(manager).await;
+    let (tls, listener, hbone_addr, server, destination) =
+        checkout_port(manager, "127.0.0.1:0".parse().expect("addr")).await;
     let (generation, _) = tokio::sync::watch::channel(0u64);
     tokio::spawn({
         let (server, generation) = (server.clone(), generation.clone());
@@ -610,4 +618,60 @@ async fn tunnel_cost() {
             wall * 1e6 / f64::from(ROUND_TRIPS)
         );
     }
+}
+
+/// A Gateway route whose backend is a meshed pod: the node proxy (with the mesh on and its own
+/// identity) sends the request through an HBONE tunnel to the pod's :15008, which learns the
+/// proxy's identity and delivers to the app; an unmeshed backend is still dialled directly.
+#[tokio::test]
+async fn a_gateway_route_reaches_a_meshed_pod_over_hbone_as_the_proxys_own_identity() {
+    use mesh_proxy::mesh::MeshTraffic;
+    use support::{Behaviour, backend, backend_at, config, gateway_listener, get, prefix, route, rule, to};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller(&dir).await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    // Checkout on "node B", at a loopback address of its own, with its :15008 on the port
+    // every proxy dials; plain, unmeshed, on 127.0.0.1.
+    let checkout = backend_at("127.0.0.2", "checkout", Behaviour::Echo).await;
+    let node = destination_node_at(&node_b, SocketAddr::new(checkout.ip(), hbone::PORT)).await;
+    let plain = backend("plain", Behaviour::Echo).await;
+
+    let port = support::free_port();
+    let listener = gateway_listener(port);
+    let routes = vec![
+        route("plain", 1, &[], &listener, vec![rule(vec![prefix("/plain")], vec![to("plain", 1)])]),
+        route("checkout", 2, &[], &listener, vec![rule(vec![prefix("/")], vec![to("checkout", 1)])]),
+    ];
+    let mut config = config(
+        &listener,
+        vec![support::service_backend("checkout", &[checkout]), support::service_backend("plain", &[plain])],
+        routes,
+    );
+    let meshed = Workload { ips: vec![checkout.ip()], ..workload("checkout", "node-b", SERVER) };
+    config.workloads.insert("shop/checkout".into(), meshed);
+    let running = support::start(config).await;
+    support::wait_listening(port).await;
+    let mesh =
+        MeshTraffic::new(running.store.clone(), running.proxy.clone(), node_a, "cluster.local".into(), false);
+    assert!(mesh.serve_gateways_as(proxy_identity()));
+    assert!(!mesh.serve_gateways_as(proxy_identity()), "set once");
+
+    for _ in 0..3 {
+        let reply = get(port, "shop.example", "/buy", &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.backend(), "checkout");
+    }
+    let gateway = proxy_identity().to_string();
+    assert!(node.server.streams_from(&gateway) >= 1, "the destination saw the proxy's identity");
+    let opened = mesh.client.connections_opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(opened, 1, "keep-alive requests share one tunnel");
+
+    let reply = get(port, "shop.example", "/plain", &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.backend()), (200, "plain".to_string()));
+    assert_eq!(
+        mesh.client.connections_opened.load(std::sync::atomic::Ordering::Relaxed),
+        opened,
+        "an unmeshed backend is not tunnelled"
+    );
 }

@@ -10,6 +10,7 @@
 //! A meshed source whose certificate cannot be had sends nothing to meshed destinations: its
 //! connection is reset and the reason logged (fail closed, never a plaintext fallback).
 
+mod gateway;
 mod http;
 pub mod index;
 

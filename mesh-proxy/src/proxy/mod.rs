@@ -63,7 +63,10 @@ pub struct MeshClient {
 pub struct Proxy {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    /// Dials Gateway listeners' backends directly, until the mesh sets `mesh_gateway`.
     upstream: Upstream,
+    /// With the mesh on: dials them over HBONE when they are meshed pods.
+    mesh_gateway: std::sync::OnceLock<Upstream>,
     mirrors: mirror::Mirrors,
     access_log: bool,
     /// The `-` label of a request that found no route or no backend, made once.
@@ -83,7 +86,21 @@ impl Proxy {
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, access_log: bool) -> Self {
         let upstream = Upstream::default();
         let mirrors = mirror::Mirrors::new(metrics.clone());
-        Proxy { store, metrics, upstream, mirrors, access_log, none: "-".into() }
+        Proxy {
+            store,
+            metrics,
+            upstream,
+            mesh_gateway: std::sync::OnceLock::new(),
+            mirrors,
+            access_log,
+            none: "-".into(),
+        }
+    }
+
+    /// Gateway listeners' backends are dialled with `upstream` from now on (set once, when the
+    /// mesh starts); false when they already were.
+    pub fn dial_gateway_backends_with(&self, upstream: Upstream) -> bool {
+        self.mesh_gateway.set(upstream).is_ok()
     }
 
     pub async fn handle(
@@ -151,7 +168,8 @@ impl Proxy {
         let Some(routes) = routes else {
             return local(StatusCode::NOT_FOUND, "no listener");
         };
-        let upstream = inbound.mesh.as_ref().map_or(&self.upstream, |client| &client.upstream);
+        let gateway = self.mesh_gateway.get().unwrap_or(&self.upstream);
+        let upstream = inbound.mesh.as_ref().map_or(gateway, |client| &client.upstream);
         let authority = request_authority(&req);
         let host = authority.as_ref().map_or("", Authority::host);
         let host = host.trim_start_matches('[').trim_end_matches(']');

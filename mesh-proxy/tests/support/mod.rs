@@ -34,7 +34,12 @@ pub enum Behaviour {
 
 /// A backend on 127.0.0.1:<ephemeral>, running until the test's runtime stops.
 pub async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    backend_at("127.0.0.1", name, behaviour).await
+}
+
+/// A backend on `ip`:<ephemeral> (another loopback address: a pod of another node).
+pub async fn backend_at(ip: &str, name: &'static str, behaviour: Behaviour) -> SocketAddr {
+    let socket = TcpListener::bind((ip, 0)).await.expect("bind backend");
     let addr = socket.local_addr().expect("addr");
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     tokio::spawn(async move {
