@@ -20,6 +20,11 @@ pub mod proto {
     tonic::include_proto!("weft.mesh.v1");
 }
 
+/// The largest config-stream message either side sends or takes: the first message of a
+/// session is the full state, and at 10k Services with 100k endpoints that is tens of MB
+/// (19 MB measured by `cargo xtask bench control`), far past tonic's 4 MB default.
+pub const MAX_CONFIG_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The message of the `Unauthenticated` status with which the controller ends a config stream
 /// whose token expired or whose session reached its maximum age. It is not a refusal: the proxy
 /// reconnects at once, with the token it holds now, and keeps serving its config meanwhile.

@@ -206,8 +206,7 @@ impl Publisher {
         max_session_age: Duration,
     ) -> ConfigDiscoveryServer<ConfigService> {
         ConfigDiscoveryServer::new(ConfigService { publisher: self.clone(), subscribers, max_session_age })
-            // A full state of 10k Services with 100k endpoints is tens of MB of JSON.
-            .max_encoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(mesh_api::MAX_CONFIG_MESSAGE_BYTES)
     }
 }
 

@@ -101,7 +101,8 @@ async fn subscribe(
     node: &str,
 ) -> Result<ConfigUpdate, tonic::Status> {
     let channel = endpoint.connect(WAIT).await.expect("TLS connection");
-    let mut client = ConfigDiscoveryClient::new(channel);
+    let mut client =
+        ConfigDiscoveryClient::new(channel).max_decoding_message_size(mesh_api::MAX_CONFIG_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let subscribe =
         proxy_message::Message::Subscribe(Subscribe { node: node.into(), proxy_version: "test".into() });
@@ -315,4 +316,32 @@ async fn a_stream_ends_when_its_session_age_runs_out_and_the_proxy_reconnects_wi
     std::fs::write(&token_file, "token-a\n").expect("restore the token file");
     eventually("the proxy subscribes again with the restored token", || connected(&controller.publisher))
         .await;
+}
+
+/// A full state far past tonic's 4 MB default message size (a Service with 100k endpoints, as
+/// at the scale `cargo xtask bench control` measures) reaches the proxy.
+#[tokio::test]
+async fn a_full_state_of_100k_endpoints_reaches_the_proxy() {
+    let controller = Controller::start(&["127.0.0.1"]).await;
+    let addrs: Vec<std::net::SocketAddr> = (0..100_000u32)
+        .map(|i| std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8080)))
+        .collect();
+    let mut config = Config::default();
+    config.insert_backend(service_backend("big", &addrs));
+    let version = controller.publisher.publish(config);
+    let update = subscribe(&controller.endpoint(), Some("token-a"), "node-a").await.expect("admitted");
+    let size = prost::Message::encoded_len(&update);
+    assert!(size > 4 * 1024 * 1024, "the test's state must exceed tonic's default: {size} bytes");
+
+    let source = Source::Controller(Subscription {
+        endpoint: controller.endpoint(),
+        node: "node-a".into(),
+        token_file: Some(controller.token_file("token-a")),
+    });
+    let proxy = start_with(source).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.store.load().version < version {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy never took the {size}-byte full state");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

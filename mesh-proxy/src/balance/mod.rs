@@ -23,10 +23,21 @@ use rand::Rng;
 use ewma::PeakEwma;
 use outlier::{Outlier, Verdict};
 
+/// The registry is swept of dead entries no sooner than at this size: below it a sweep costs
+/// more than the entries it would free.
+const MIN_SWEEP: usize = 1024;
+
 /// Endpoint state shared by every snapshot that names the same endpoint address.
 #[derive(Default)]
 pub struct Registry {
-    states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
+    states: Mutex<States>,
+}
+
+#[derive(Default)]
+struct States {
+    by_addr: HashMap<SocketAddr, Weak<EndpointState>>,
+    /// The size at which the next sweep happens.
+    sweep_at: usize,
 }
 
 impl Registry {
@@ -34,14 +45,24 @@ impl Registry {
         let Ok(mut states) = self.states.lock() else {
             return Arc::new(EndpointState::new(Instant::now()));
         };
-        if let Some(existing) = states.get(&addr).and_then(Weak::upgrade) {
+        if let Some(existing) = states.by_addr.get(&addr).and_then(Weak::upgrade) {
             return existing;
         }
         let fresh = Arc::new(EndpointState::new(Instant::now()));
-        states.insert(addr, Arc::downgrade(&fresh));
-        // Forget endpoints no snapshot refers to any more, so churn does not grow the map.
-        states.retain(|_, s| s.strong_count() > 0);
+        states.by_addr.insert(addr, Arc::downgrade(&fresh));
+        // Forget endpoints no snapshot refers to any more, so churn does not grow the map; only
+        // once it has doubled since the last sweep, so a config of n new endpoints costs O(n)
+        // sweeping in all (a sweep per insert made 100k endpoints take minutes).
+        if states.by_addr.len() >= states.sweep_at {
+            states.by_addr.retain(|_, s| s.strong_count() > 0);
+            states.sweep_at = (states.by_addr.len() * 2).max(MIN_SWEEP);
+        }
         fresh
+    }
+
+    /// Endpoints remembered, live or not yet swept (tests).
+    pub fn remembered(&self) -> usize {
+        self.states.lock().map_or(0, |s| s.by_addr.len())
     }
 
     /// The ready endpoints of a backend, as one balancer.
@@ -266,6 +287,23 @@ mod tests {
         let e = set.endpoints.iter().find(|e| e.addr.port() == port).expect("endpoint");
         e.state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight { addr: e.addr, state: e.state.clone(), started: now }
+    }
+
+    #[test]
+    fn churned_endpoints_are_forgotten_and_big_backends_build_in_linear_time() {
+        let registry = Registry::default();
+        // 20 configs in a row, each with 2000 endpoints none of the earlier ones had.
+        for round in 0..20u16 {
+            let ports: Vec<u16> = (0..2000).map(|i| round * 2000 + i + 1).collect();
+            let set = registry.endpoints(&ready(&ports));
+            assert_eq!(set.endpoints.len(), 2000);
+            drop(set);
+            assert!(registry.remembered() <= 3 * 2000, "round {round}: {}", registry.remembered());
+        }
+        // Live endpoints keep their state across snapshots.
+        let first = registry.endpoints(&ready(&[7]));
+        let again = registry.endpoints(&ready(&[7]));
+        assert!(Arc::ptr_eq(&first.endpoints[0].state, &again.endpoints[0].state));
     }
 
     #[test]

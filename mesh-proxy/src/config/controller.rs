@@ -91,7 +91,8 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<SessionEnd, 
     let mut received = false;
     let fail = |received, error: anyhow::Error| SessionError { received, error };
     let channel = sub.endpoint.connect(CONNECT_TIMEOUT).await.map_err(|e| fail(false, e))?;
-    let mut client = ConfigDiscoveryClient::new(channel);
+    let mut client =
+        ConfigDiscoveryClient::new(channel).max_decoding_message_size(mesh_api::MAX_CONFIG_MESSAGE_BYTES);
 
     let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
     let subscribe = proxy_message::Message::Subscribe(Subscribe {
