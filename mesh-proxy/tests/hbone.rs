@@ -675,3 +675,57 @@ async fn a_gateway_route_reaches_a_meshed_pod_over_hbone_as_the_proxys_own_ident
         "an unmeshed backend is not tunnelled"
     );
 }
+
+/// A TCPRoute whose backend is a meshed pod: the spliced connection rides an HBONE tunnel too,
+/// so the destination learns the gateway's identity; without the mesh the same route dials the
+/// pod directly.
+#[tokio::test]
+async fn a_tcp_route_reaches_a_meshed_pod_over_hbone_as_the_proxys_own_identity() {
+    use mesh_api::model::{ListenerProtocol, RouteKind};
+    use mesh_proxy::mesh::MeshTraffic;
+    use support::{Behaviour, backend_at, config, l4_listener, l4_route, to};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = controller(&dir).await;
+    let (node_a, node_b) = (identities(&url, "token-a", &dir), identities(&url, "token-b", &dir));
+    let checkout = backend_at("127.0.0.2", "checkout", Behaviour::Echo).await;
+    let node = destination_node_at(&node_b, SocketAddr::new(checkout.ip(), hbone::PORT)).await;
+
+    let listener = l4_listener("tcp", support::free_port(), ListenerProtocol::Tcp);
+    let route = l4_route(RouteKind::Tcp, "checkout", &listener, &[], vec![to("checkout", 1)]);
+    let mut config = config(&listener, vec![support::service_backend("checkout", &[checkout])], vec![route]);
+    let meshed = Workload { ips: vec![checkout.ip()], ..workload("checkout", "node-b", SERVER) };
+    config.workloads.insert("shop/checkout".into(), meshed);
+    let running = support::start(config).await;
+    support::wait_listening(listener.port).await;
+
+    // An HTTP request carried as opaque bytes: the echo's answer names the backend.
+    let exchange = || async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", listener.port)).await.expect("connect");
+        stream
+            .write_all(b"GET /buy HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let gateway = proxy_identity().to_string();
+    let direct = exchange().await;
+    assert!(direct.starts_with("HTTP/1.1 200") && direct.contains("checkout"), "{direct}");
+    assert_eq!(node.server.streams_from(&gateway), 0, "without the mesh the pod is dialled directly");
+
+    let mesh =
+        MeshTraffic::new(running.store.clone(), running.proxy.clone(), node_a, "cluster.local".into(), false);
+    assert!(mesh.serve_gateways_as(proxy_identity()));
+    for round in 1..=2 {
+        let tunnelled = exchange().await;
+        assert!(tunnelled.starts_with("HTTP/1.1 200") && tunnelled.contains("checkout"), "{tunnelled}");
+        assert_eq!(node.server.streams_from(&gateway), round, "one stream per spliced connection");
+    }
+    let opened = mesh.client.connections_opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(opened, 1, "spliced connections share one pooled tunnel");
+}

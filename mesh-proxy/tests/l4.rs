@@ -86,30 +86,6 @@ async fn exchange(io: &mut (impl AsyncRead + AsyncWrite + Unpin), message: &str)
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-fn l4_listener(section: &str, port: u16, protocol: ListenerProtocol) -> Listener {
-    Listener {
-        key: ListenerKey { gateway: ObjectKey::new("infra", "gw"), section: section.into() },
-        addresses: vec!["127.0.0.1".parse().expect("ip")],
-        port,
-        protocol,
-        hostname: None,
-        tls: (protocol == ListenerProtocol::Tls)
-            .then(|| ListenerTls { mode: TlsMode::Passthrough, certificates: vec![] }),
-    }
-}
-
-fn l4_route(
-    kind: RouteKind,
-    name: &str,
-    listener: &Listener,
-    hostnames: &[&str],
-    backends: Vec<WeightedBackend>,
-) -> Route {
-    let mut r = route(name, 1, hostnames, listener, vec![rule(vec![], backends)]);
-    r.key.kind = kind;
-    r
-}
-
 /// Whether the proxy closed the connection without an answer.
 async fn closed(mut stream: TcpStream, bytes: &[u8]) -> bool {
     let _ = stream.write_all(bytes).await;

@@ -12,6 +12,7 @@ use super::sni::{self, Hello};
 use crate::config::ConfigStore;
 use crate::metrics::L4Outcome;
 use crate::proxy::splice;
+use crate::upstream::dial::Dial;
 use std::net::SocketAddr;
 
 /// A client must send its whole ClientHello within this: the same bound as a TLS handshake on
@@ -25,7 +26,12 @@ const PEEK_RETRY: Duration = Duration::from_millis(5);
 
 /// Serves `stream` at L4 when its address is a TCP or passthrough listener; returns it untouched
 /// when it is the HTTP(S) server's.
-pub async fn serve(stream: TcpStream, bind: SocketAddr, store: &Arc<ConfigStore>) -> Option<TcpStream> {
+pub async fn serve(
+    stream: TcpStream,
+    bind: SocketAddr,
+    store: &Arc<ConfigStore>,
+    dial: &dyn Dial,
+) -> Option<TcpStream> {
     let snapshot = store.load();
     let Some(routes) = snapshot.routes.l4(&bind) else { return Some(stream) };
     let https = snapshot.routes.tls(&bind).is_some();
@@ -57,11 +63,11 @@ pub async fn serve(stream: TcpStream, bind: SocketAddr, store: &Arc<ConfigStore>
         return None;
     };
     match &target.terminate {
-        None => splice::forward(stream, target, metrics).await,
+        None => splice::forward(stream, target, dial, metrics).await,
         Some(server) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
             match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => splice::forward(tls, target, metrics).await,
+                Ok(Ok(tls)) => splice::forward(tls, target, dial, metrics).await,
                 Ok(Err(error)) => tracing::debug!(%bind, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%bind, "TLS handshake timed out"),
             }

@@ -341,7 +341,7 @@ fn serve(
     tokio::spawn(async move {
         let metrics = store.metrics();
         // TCP and TLS-passthrough connections are spliced; what they leave is HTTP(S).
-        let Some(stream) = l4::serve(stream, bind, &store).await else {
+        let Some(stream) = l4::serve(stream, bind, &store, proxy.l4_dialer()).await else {
             metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
             return;
         };

@@ -2,7 +2,8 @@
 //! HBONE tunnel to that pod's :15008, presenting the node proxy's own identity (its
 //! ServiceAccount's SPIFFE ID, which the CA signs for the proxy itself), so ingress traffic is
 //! encrypted and authenticated on the node-to-node link like pod-to-pod traffic, and the
-//! destination sees who sent it. Unmeshed endpoints are dialled directly, as before.
+//! destination sees who sent it. HTTP, TCP and TLS routes alike; unmeshed endpoints are
+//! dialled directly, as before.
 //!
 //! Dialled from the proxy's own network namespace (the node's), not from a pod's.
 
@@ -17,7 +18,6 @@ use super::MeshTraffic;
 use crate::hbone::PORT as HBONE_PORT;
 use crate::hbone::client::PoolKey;
 use crate::hbone::direct_connector;
-use crate::upstream::Upstream;
 use crate::upstream::dial::{Dial, Direct, Io};
 
 /// The pool's name for the gateway's tunnels: they belong to no pod.
@@ -71,6 +71,6 @@ impl MeshTraffic {
     pub fn serve_gateways_as(self: &Arc<Self>, identity: SpiffeId) -> bool {
         tracing::info!(%identity, "Gateway routes reach meshed pods over HBONE with this identity");
         let dialer = GatewayDialer { mesh: Arc::downgrade(self), identity };
-        self.proxy.dial_gateway_backends_with(Upstream::new(Arc::new(dialer)))
+        self.proxy.dial_gateway_backends_with(Arc::new(dialer))
     }
 }

@@ -31,6 +31,7 @@ use crate::route::cors;
 use crate::route::filters::{self, RedirectSource};
 use crate::route::matching::RequestView;
 use crate::route::{BackendTarget, Selected};
+use crate::upstream::dial::Dial;
 use crate::upstream::{Upstream, UpstreamError};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -66,11 +67,18 @@ pub struct Proxy {
     /// Dials Gateway listeners' backends directly, until the mesh sets `mesh_gateway`.
     upstream: Upstream,
     /// With the mesh on: dials them over HBONE when they are meshed pods.
-    mesh_gateway: std::sync::OnceLock<Upstream>,
+    mesh_gateway: std::sync::OnceLock<GatewayBackends>,
     mirrors: mirror::Mirrors,
     access_log: bool,
     /// The `-` label of a request that found no route or no backend, made once.
     none: Arc<str>,
+}
+
+/// How Gateway listeners reach meshed pods once the mesh is on: the HTTP clients for HTTP
+/// routes and the bare dialer for TCP and TLS routes, over the same tunnels.
+struct GatewayBackends {
+    http: Upstream,
+    l4: Arc<dyn Dial>,
 }
 
 /// What the request turned into, for metrics and the access log. The labels are the config's
@@ -97,10 +105,19 @@ impl Proxy {
         }
     }
 
-    /// Gateway listeners' backends are dialled with `upstream` from now on (set once, when the
-    /// mesh starts); false when they already were.
-    pub fn dial_gateway_backends_with(&self, upstream: Upstream) -> bool {
-        self.mesh_gateway.set(upstream).is_ok()
+    /// Gateway listeners' backends (HTTP, TCP and TLS routes alike) are dialled with `dial`
+    /// from now on (set once, when the mesh starts); false when they already were.
+    pub fn dial_gateway_backends_with(&self, dial: Arc<dyn Dial>) -> bool {
+        let backends = GatewayBackends { http: Upstream::new(dial.clone()), l4: dial };
+        self.mesh_gateway.set(backends).is_ok()
+    }
+
+    /// What TCP and TLS routes' connections to their endpoints are dialled with.
+    pub fn l4_dialer(&self) -> &dyn Dial {
+        match self.mesh_gateway.get() {
+            Some(backends) => backends.l4.as_ref(),
+            None => &crate::upstream::dial::Direct,
+        }
     }
 
     pub async fn handle(
@@ -168,7 +185,7 @@ impl Proxy {
         let Some(routes) = routes else {
             return local(StatusCode::NOT_FOUND, "no listener");
         };
-        let gateway = self.mesh_gateway.get().unwrap_or(&self.upstream);
+        let gateway = self.mesh_gateway.get().map_or(&self.upstream, |backends| &backends.http);
         let upstream = inbound.mesh.as_ref().map_or(gateway, |client| &client.upstream);
         let authority = request_authority(&req);
         let host = authority.as_ref().map_or("", Authority::host);

@@ -6,18 +6,25 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::metrics::{L4Outcome, Metrics};
 use crate::route::BackendTarget;
 use crate::route::l4::Target;
+use crate::upstream::dial::Dial;
 
 /// A backend that does not accept within this is treated as down: the client's connection is
 /// closed and the failure counted towards the endpoint's ejection. The same bound as HTTP
 /// upstream connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn forward(mut client: impl AsyncRead + AsyncWrite + Unpin, target: &Target, metrics: &Metrics) {
+/// `dial` makes the connection to the endpoint: from the proxy's namespace, or over HBONE to a
+/// meshed pod once the mesh is on.
+pub async fn forward(
+    mut client: impl AsyncRead + AsyncWrite + Unpin,
+    target: &Target,
+    dial: &dyn Dial,
+    metrics: &Metrics,
+) {
     let listener = &*target.listener;
     let Some(backend) = target.rule.pick_backend() else {
         metrics.record_l4(listener, "-", L4Outcome::NoBackend);
@@ -32,7 +39,7 @@ pub async fn forward(mut client: impl AsyncRead + AsyncWrite + Unpin, target: &T
         metrics.record_l4(listener, &backend.label, L4Outcome::NoBackend);
         return;
     };
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await;
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, dial.dial(endpoint.addr)).await;
     let mut server = match connected {
         Ok(Ok(server)) => server,
         Ok(Err(_)) | Err(_) => {
@@ -46,7 +53,6 @@ pub async fn forward(mut client: impl AsyncRead + AsyncWrite + Unpin, target: &T
     };
     // At L4 the connect time is the latency there is to measure.
     endpoints.answered(&endpoint);
-    let _ = server.set_nodelay(true);
     metrics.record_l4(listener, &backend.label, L4Outcome::Forwarded);
     match super::copy::bidirectional(&mut client, &mut server).await {
         Ok((up, down)) => tracing::debug!(%listener, up, down, "L4 connection closed"),

@@ -202,6 +202,31 @@ pub fn gateway_listener(port: u16) -> Listener {
     }
 }
 
+/// A TCP or TLS-passthrough listener on 127.0.0.1:`port`.
+pub fn l4_listener(section: &str, port: u16, protocol: ListenerProtocol) -> Listener {
+    Listener {
+        key: ListenerKey { gateway: ObjectKey::new("infra", "gw"), section: section.into() },
+        addresses: vec!["127.0.0.1".parse().expect("ip")],
+        port,
+        protocol,
+        hostname: None,
+        tls: (protocol == ListenerProtocol::Tls)
+            .then(|| ListenerTls { mode: TlsMode::Passthrough, certificates: vec![] }),
+    }
+}
+
+pub fn l4_route(
+    kind: RouteKind,
+    name: &str,
+    listener: &Listener,
+    hostnames: &[&str],
+    backends: Vec<WeightedBackend>,
+) -> Route {
+    let mut r = route(name, 1, hostnames, listener, vec![rule(vec![], backends)]);
+    r.key.kind = kind;
+    r
+}
+
 pub fn service_backend(name: &str, addrs: &[SocketAddr]) -> Backend {
     Backend {
         key: backend_key(name),
