@@ -6,12 +6,14 @@
 //! - [`netns`]: namespaces and running code inside them.
 //! - [`cni`]: nodes, pods, the plugin chain, links between nodes.
 //! - [`capture`]: tcpdump on a link, and what crossed it.
+//! - [`grpc`]: a tonic echo server and a ghz-like gRPC load generator (open or closed loop).
 //! - [`http`]: a tiny HTTP server and client for inside pods.
 //! - [`load`]: an open-loop (constant-rate) HTTP/1.1 load generator.
 //! - [`shop`]: the meshed application the mesh test and the demo run.
 
 pub mod capture;
 pub mod cni;
+pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod netns;

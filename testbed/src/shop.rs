@@ -1,6 +1,8 @@
 //! "The shop": the small meshed application the mesh test and the demo run, as the manifests
 //! weft-controller reads: a `frontend` calling Service `checkout`, whose two versions a GAMMA
-//! HTTPRoute splits 90/10 (and `x-version: v2` pins to v2), and an unmeshed `legacy` pod.
+//! HTTPRoute splits 90/10 (and `x-version: v2` pins to v2), and an unmeshed `legacy` pod; for
+//! the benches, a gRPC Service in front of the checkout pods with a GAMMA GRPCRoute
+//! ([`grpc_manifests`]).
 
 use crate::cni::Pod;
 
@@ -68,4 +70,40 @@ pub fn manifests(frontend: &Pod<'_>, v1: &Pod<'_>, v2: &Pod<'_>, legacy: &Pod<'_
         "  - backendRefs: [{name: checkout-v1, port: 80, weight: 90}, {name: checkout-v2, port: 80, weight: 10}]\n",
     );
     yaml
+}
+
+/// Service `checkout-grpc`'s ClusterIP: the gRPC face of the checkout pods (the benches' gRPC
+/// point, [`crate::grpc::GrpcEcho`] on [`GRPC_PORT`] in each).
+pub const CHECKOUT_GRPC_VIP: &str = "10.96.0.20";
+pub const GRPC_PORT: u16 = 9090;
+
+/// What [`manifests`] gains for gRPC: Service `checkout-grpc` (port `grpc`, appProtocol
+/// `kubernetes.io/h2c`) in front of both checkout versions, and a GAMMA GRPCRoute on it that
+/// sends `bench.Echo` calls to it (so the calls are routed at L7, call by call, not spliced).
+pub fn grpc_manifests(v1: &Pod<'_>, v2: &Pod<'_>) -> String {
+    let endpoint = |name: &str, pod: &Pod<'_>| {
+        format!(
+            "{{addresses: [\"{}\"], conditions: {{ready: true}}, nodeName: {}, \
+             targetRef: {{kind: Pod, name: {name}, namespace: shop}}}}",
+            pod.ip, pod.node.name
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: checkout-grpc, namespace: shop}}\n\
+         spec: {{clusterIP: \"{CHECKOUT_GRPC_VIP}\", clusterIPs: [\"{CHECKOUT_GRPC_VIP}\"], \
+         ports: [{{name: grpc, port: {GRPC_PORT}, targetPort: {GRPC_PORT}, protocol: TCP, appProtocol: kubernetes.io/h2c}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: checkout-grpc-1, namespace: shop, labels: {{kubernetes.io/service-name: checkout-grpc}}}}\n\
+         addressType: IPv4\nports: [{{name: grpc, port: {GRPC_PORT}, protocol: TCP}}]\n\
+         endpoints: [{}, {}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {{name: checkout-grpc, namespace: shop}}\n\
+         spec:\n\
+         \x20 parentRefs: [{{group: \"\", kind: Service, name: checkout-grpc, port: {GRPC_PORT}}}]\n\
+         \x20 rules:\n\
+         \x20 - matches: [{{method: {{service: bench.Echo}}}}]\n\
+         \x20   backendRefs: [{{name: checkout-grpc, port: {GRPC_PORT}}}]\n",
+        endpoint("checkout-v1", v1),
+        endpoint("checkout-v2", v2)
+    )
 }

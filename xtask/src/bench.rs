@@ -1,8 +1,8 @@
 //! `cargo xtask bench <scenario> [--quick]`: the one entry point of the benches.
 //!
-//! Scenarios: `ingress` (weft-proxy vs nginx vs HAProxy vs direct on loopback; also writes the
-//! `resources` table, which is derived from the same run), `mesh` (the mesh hop in two netns
-//! nodes), `tcp` (iperf3 through the HBONE tunnel vs the bare veth), `control` (config
+//! Scenarios: `ingress` (weft-proxy vs nginx vs HAProxy vs direct on loopback, HTTP/1.1, h2c and
+//! gRPC; also writes the `resources` table, which is derived from the same run), `mesh` (the
+//! mesh hop in two netns nodes, HTTP/1.1 at several loads and gRPC), `tcp` (iperf3 through the HBONE tunnel vs the bare veth), `control` (config
 //! propagation and memory at 1k/10k Services), `resources` (= `ingress`), `all` (each of them
 //! once, then `report`), and `report` (the plots and the README's Performance section from
 //! `bench/results`, nothing rerun).

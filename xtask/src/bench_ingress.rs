@@ -17,7 +17,12 @@
 //!   and the proxy's CPU from /proc during each run, hence requests per CPU-second (per proxy
 //!   core);
 //! - h2 (h2c, prior knowledge) max requests/s with h2load through each proxy;
-//! - the proxy's RSS idle and its peak under load.
+//! - the proxy's RSS idle and its peak under load;
+//! - gRPC (unary calls over h2c) with [`testbed::grpc`], a ghz-like generator on tonic's
+//!   client: latency at [`GRPC_RATE`] calls/s open loop, and max calls/s closed loop, against
+//!   a tonic echo backend in this process (its own thread and runtime, on core 0 with the other
+//!   load tools). weft-proxy serves a GRPCRoute on a second Gateway listener, nginx
+//!   `grpc_pass`es over keep-alive h2 connections, HAProxy speaks h2 on both sides.
 //!
 //! Results: `bench/results/ingress.{json,md}` (the `resources` table and the latency plot are
 //! made from the JSON by `bench report`). Every process started here is killed on return,
@@ -32,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
+use testbed::grpc::{self, GrpcEcho};
 use testbed::load::constant_rate;
 
 use crate::bench::Plan;
@@ -45,6 +51,24 @@ use crate::measure::{
 /// connections would each need an answer every 1.6 ms: more connections keep the generator
 /// from becoming the bottleneck there.
 const RATES: [(u32, u32); 3] = [(1000, 16), (5000, 16), (10_000, 64)];
+
+/// The gRPC open-loop rate, and the shape of every gRPC run: HTTP/2 connections and calls in
+/// flight at most (open loop) or callers (closed loop, max calls/s).
+const GRPC_RATE: u32 = 1000;
+const GRPC_CONNECTIONS: usize = 4;
+const GRPC_OPEN_CONCURRENCY: usize = 256;
+const GRPC_MAX_CONCURRENCY: usize = 64;
+
+fn grpc_load(addr: SocketAddr, rate: Option<u32>, duration: Duration) -> grpc::Load {
+    grpc::Load {
+        addr,
+        rate,
+        duration,
+        connections: GRPC_CONNECTIONS,
+        concurrency: if rate.is_some() { GRPC_OPEN_CONCURRENCY } else { GRPC_MAX_CONCURRENCY },
+        authority: "echo".into(),
+    }
+}
 
 /// `wrk` for HTTP/1.1 max req/s, one run of `plan`'s length.
 fn wrk_args(plan: Plan) -> Vec<String> {
@@ -104,6 +128,8 @@ struct Setup {
     http1: SocketAddr,
     /// An h2c (prior knowledge) listener, where the path has one.
     h2: Option<SocketAddr>,
+    /// Where gRPC calls go (h2c): the echo itself, or the proxy's listener in front of it.
+    grpc: SocketAddr,
     /// The proxy's process (none for direct).
     proxy: Option<u32>,
 }
@@ -131,10 +157,21 @@ struct Throughput {
     p99_us: Vec<f64>,
 }
 
+/// The gRPC runs of one path: open loop at [`GRPC_RATE`], and closed-loop max.
+#[derive(Default)]
+struct Grpc {
+    latency: Latency,
+    /// Failed calls at the fixed rate, by gRPC status.
+    by_status: std::collections::BTreeMap<String, usize>,
+    max: Throughput,
+    max_by_status: std::collections::BTreeMap<String, usize>,
+}
+
 struct PathResults {
     latency: Vec<Latency>,
     http1: Throughput,
     h2: Throughput,
+    grpc: Grpc,
     idle_rss_kb: u64,
     threads: u64,
 }
@@ -177,6 +214,11 @@ struct Ports {
     nginx_h2: u16,
     haproxy: u16,
     haproxy_h2: u16,
+    /// The tonic echo, and each proxy's gRPC listener in front of it.
+    grpc_backend: u16,
+    weft_grpc: u16,
+    nginx_grpc: u16,
+    haproxy_grpc: u16,
 }
 
 fn backend_conf(dir: &Path, port: u16) -> String {
@@ -193,6 +235,7 @@ fn backend_conf(dir: &Path, port: u16) -> String {
 fn nginx_conf(dir: &Path, ports: &Ports) -> String {
     let d = dir.display();
     let (port, h2, backend) = (ports.nginx, ports.nginx_h2, ports.backend);
+    let (grpc, grpc_backend) = (ports.nginx_grpc, ports.grpc_backend);
     format!(
         "# nginx as the ingress: one worker, every request to one upstream over keep-alive connections.\n\
          daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.error.log warn;\n\
@@ -200,23 +243,32 @@ fn nginx_conf(dir: &Path, ports: &Ports) -> String {
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 60s;\n\
          \x20 upstream backend {{\n    server 127.0.0.1:{backend};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n\
          \x20 server {{\n    listen 127.0.0.1:{port};\n    listen 127.0.0.1:{h2} http2;\n\
-         \x20   location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+         \x20   location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n\
+         \x20 # gRPC: h2c in, grpc_pass over keep-alive h2 connections to the tonic echo.\n\
+         \x20 upstream echo {{\n    server 127.0.0.1:{grpc_backend};\n    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{grpc} http2;\n    http2_max_requests 1000000;\n\
+         \x20   location / {{\n      grpc_pass grpc://echo;\n    }}\n  }}\n}}\n"
     )
 }
 
 fn haproxy_conf(ports: &Ports) -> String {
     let (port, h2, backend) = (ports.haproxy, ports.haproxy_h2, ports.backend);
+    let (grpc, grpc_backend) = (ports.haproxy_grpc, ports.grpc_backend);
     format!(
-        "# HAProxy as the ingress: one thread, one frontend (HTTP/1.1 and h2c), one backend.\n\
+        "# HAProxy as the ingress: one thread, one frontend (HTTP/1.1 and h2c), one backend;\n\
+         # and for gRPC one frontend and one backend speaking h2 (cleartext) on both sides.\n\
          global\n  nbthread 1\n  maxconn 4096\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
          frontend ingress\n  bind 127.0.0.1:{port}\n  bind 127.0.0.1:{h2} proto h2\n  default_backend app\n\n\
-         backend app\n  server app 127.0.0.1:{backend}\n"
+         backend app\n  server app 127.0.0.1:{backend}\n\n\
+         frontend grpc\n  bind 127.0.0.1:{grpc} proto h2\n  default_backend echo\n\n\
+         backend echo\n  server echo 127.0.0.1:{grpc_backend} proto h2\n"
     )
 }
 
 fn weft_manifests(ports: &Ports) -> String {
     let (port, backend) = (ports.weft, ports.backend);
+    let (grpc, grpc_backend) = (ports.weft_grpc, ports.grpc_backend);
     format!(
         "# weft-proxy as the ingress: a Gateway with one HTTP listener (h2c prior knowledge is\n\
          # served on the same port) and one HTTPRoute, any host, to one Service on the backend.\n\
@@ -224,7 +276,7 @@ fn weft_manifests(ports: &Ports) -> String {
          spec:\n  controllerName: weft.dev/gateway-controller\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: bench\n  namespace: bench\n\
          spec:\n  gatewayClassName: weft\n  addresses:\n    - type: IPAddress\n      value: 127.0.0.1\n\
-         \x20 listeners:\n    - name: http\n      protocol: HTTP\n      port: {port}\n---\n\
+         \x20 listeners:\n    - name: http\n      protocol: HTTP\n      port: {port}\n    - name: grpc\n      protocol: HTTP\n      port: {grpc}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: app\n  namespace: bench\n\
          spec:\n  parentRefs:\n    - name: bench\n      sectionName: http\n  rules:\n\
          \x20   - matches:\n        - path: {{type: PathPrefix, value: /}}\n      backendRefs:\n        - {{name: app, port: 80}}\n---\n\
@@ -233,6 +285,16 @@ fn weft_manifests(ports: &Ports) -> String {
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: app-local\n  namespace: bench\n\
          \x20 labels:\n    kubernetes.io/service-name: app\naddressType: IPv4\n\
          ports:\n  - name: http\n    port: {backend}\n    protocol: TCP\n\
+         endpoints:\n  - addresses: [127.0.0.1]\n    conditions:\n      ready: true\n---\n\
+         # gRPC: a GRPCRoute on the second listener to the tonic echo, whose Service port says h2c.\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: echo\n  namespace: bench\n\
+         spec:\n  parentRefs:\n    - name: bench\n      sectionName: grpc\n  rules:\n\
+         \x20   - backendRefs:\n        - {{name: echo, port: 9090}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: bench\n\
+         spec:\n  ports:\n    - name: grpc\n      port: 9090\n      targetPort: {grpc_backend}\n      appProtocol: kubernetes.io/h2c\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo-local\n  namespace: bench\n\
+         \x20 labels:\n    kubernetes.io/service-name: echo\naddressType: IPv4\n\
+         ports:\n  - name: grpc\n    port: {grpc_backend}\n    protocol: TCP\n\
          endpoints:\n  - addresses: [127.0.0.1]\n    conditions:\n      ready: true\n"
     )
 }
@@ -353,7 +415,15 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         nginx_h2: free_port()?,
         haproxy: free_port()?,
         haproxy_h2: free_port()?,
+        grpc_backend: free_port()?,
+        weft_grpc: free_port()?,
+        nginx_grpc: free_port()?,
+        haproxy_grpc: free_port()?,
     };
+    // The gRPC backend: a tonic echo on its own thread and runtime in this process (so on
+    // core 0, with the load tools and the HTTP backend).
+    let echo = GrpcEcho::start(None, SocketAddr::from(([127, 0, 0, 1], ports.grpc_backend)), "echo", None)
+        .context("the gRPC echo")?;
     let configs = [
         ("backend.conf", backend_conf(dir_path, ports.backend)),
         ("nginx.conf", nginx_conf(dir_path, &ports)),
@@ -403,29 +473,33 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let paths = [
-        Setup { name: "direct", http1: local(ports.backend), h2: None, proxy: None },
+        Setup { name: "direct", http1: local(ports.backend), h2: None, grpc: echo.addr, proxy: None },
         Setup {
             name: "weft-proxy",
             http1: local(ports.weft),
             h2: Some(local(ports.weft)),
+            grpc: local(ports.weft_grpc),
             proxy: Some(weft_proc.pid()),
         },
         Setup {
             name: "nginx",
             http1: local(ports.nginx),
             h2: Some(local(ports.nginx_h2)),
+            grpc: local(ports.nginx_grpc),
             proxy: Some(nginx_proc.pid()),
         },
         Setup {
             name: "haproxy",
             http1: local(ports.haproxy),
             h2: Some(local(ports.haproxy_h2)),
+            grpc: local(ports.haproxy_grpc),
             proxy: Some(haproxy_proc.pid()),
         },
     ];
     let procs = [&backend, &weft_proc, &nginx_proc, &haproxy_proc];
     for (path, proc) in paths.iter().zip(procs) {
         wait_ready(path.http1, Some(proc))?;
+        wait_grpc_ready(path, Some(proc))?;
     }
     println!(
         "==> backend (nginx) on {}, weft-proxy on {}, nginx on {} (h2c {}), haproxy on {} (h2c {}); pinned: {}",
@@ -447,6 +521,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
             latency: RATES.iter().map(|_| Latency::default()).collect(),
             http1: Throughput::default(),
             h2: Throughput::default(),
+            grpc: Grpc::default(),
             idle_rss_kb: path.proxy.map_or(0, |pid| status_field(pid, "VmRSS")),
             threads: path.proxy.map_or(0, |pid| status_field(pid, "Threads")),
         })
@@ -457,6 +532,8 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         let url = format!("http://{}{PATH}", path.http1);
         let args: Vec<String> = ["-t1", "-c32", "-d1s", &url].iter().map(|s| s.to_string()).collect();
         max_run(pinning, "wrk", &args, path.proxy).with_context(|| format!("warm-up of {}", path.name))?;
+        grpc::load(None, &grpc_load(path.grpc, None, Duration::from_secs(1)))
+            .with_context(|| format!("gRPC warm-up of {}", path.name))?;
     }
 
     let self_netns = Path::new("/proc/self/ns/net");
@@ -488,6 +565,9 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
                     cpu / run.elapsed.as_secs_f64()
                 );
             }
+        }
+        for (path, result) in paths.iter().zip(&mut results) {
+            grpc_point(path, &mut result.grpc, Some(GRPC_RATE), run_for, repeat)?;
         }
     }
 
@@ -523,6 +603,14 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
             }
         }
     }
+    println!(
+        "==> gRPC max calls/s: closed loop, {GRPC_CONNECTIONS} connections, {GRPC_MAX_CONCURRENCY} callers, {repeats} runs, interleaved"
+    );
+    for repeat in 0..repeats {
+        for (path, result) in paths.iter().zip(&mut results) {
+            grpc_point(path, &mut result.grpc, None, run_for, repeat)?;
+        }
+    }
     let load_after = uptime();
     println!("==> load after the run: {load_after}");
     // Still alive at the end? A proxy that died mid-run would have made errors, but say so.
@@ -542,7 +630,86 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         dir: dir_path.display().to_string(),
     };
     report.write(&load_before, &load_after)?;
-    drop((backend, weft_proc, nginx_proc, haproxy_proc));
+    drop((backend, weft_proc, nginx_proc, haproxy_proc, echo));
+    Ok(())
+}
+
+/// Waits until a unary call through `path` succeeds.
+fn wait_grpc_ready(path: &Setup, proc: Option<&Proc>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match grpc::load(
+            None,
+            &grpc::Load { connections: 1, ..grpc_load(path.grpc, Some(10), Duration::from_millis(100)) },
+        ) {
+            Ok(out) if out.errors() == 0 => return Ok(()),
+            Ok(out) => last = format!("failed calls: {:?}", out.by_status),
+            Err(error) => last = error.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = proc.map(|p| format!("\n{} log:\n{}", p.name, p.log_tail())).unwrap_or_default();
+    bail!(
+        "{} did not answer gRPC {} on {} in {READY_TIMEOUT:?} ({last}){log}",
+        path.name,
+        grpc::METHOD,
+        path.grpc
+    )
+}
+
+/// One gRPC run through `path`: open loop at `rate`, or closed-loop max without one.
+fn grpc_point(
+    path: &Setup,
+    into: &mut Grpc,
+    rate: Option<u32>,
+    run_for: Duration,
+    repeat: usize,
+) -> anyhow::Result<()> {
+    let sampler = RssSampler::start(path.proxy);
+    let before = path.proxy.map_or(0.0, cpu_seconds);
+    let run = grpc::load(None, &grpc_load(path.grpc, rate, run_for))
+        .with_context(|| format!("gRPC {} at {rate:?} calls/s", path.name))?;
+    let cpu_seconds = path.proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
+    let wall = run.latencies.elapsed.as_secs_f64();
+    let peak_rss_kb = sampler.finish();
+    let (p50, p99) = (run.percentile(50.0), run.percentile(99.0));
+    let statuses = if run.by_status.is_empty() { String::new() } else { format!(" {:?}", run.by_status) };
+    println!(
+        "  run {} gRPC {:>9} {:<10} p50 {p50:>6} µs  p99 {p99:>6} µs  {:>8.0} calls/s  errors {}{statuses}  proxy CPU {:.3}",
+        repeat + 1,
+        rate.map_or("max".to_string(), |r| format!("{r}/s")),
+        path.name,
+        run.rps(),
+        run.errors(),
+        cpu_seconds / wall
+    );
+    let merge = |into: &mut std::collections::BTreeMap<String, usize>| {
+        for (status, n) in &run.by_status {
+            *into.entry(status.clone()).or_default() += n;
+        }
+    };
+    if rate.is_some() {
+        let point = &mut into.latency;
+        point.p50.push(p50);
+        point.p99.push(p99);
+        point.errors += run.errors();
+        point.cpu.push(cpu_seconds / wall);
+        point.peak_rss_kb.push(peak_rss_kb);
+        merge(&mut into.by_status);
+    } else {
+        let max = MaxRun {
+            rps: run.rps(),
+            requests: run.calls as f64,
+            errors: run.errors() as u64,
+            cpu_seconds,
+            wall,
+            peak_rss_kb,
+            latency: Some((p50 as f64, p99 as f64)),
+        };
+        record(&mut into.max, &max, path.proxy.is_some());
+        merge(&mut into.max_by_status);
+    }
     Ok(())
 }
 
@@ -573,6 +740,58 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// The gRPC section: latency at the fixed rate and max calls/s, each path.
+    fn grpc_tables(&self, md: &mut String) -> anyhow::Result<()> {
+        let (repeats, run_seconds) = (self.plan.repeats(), self.plan.run().as_secs());
+        let direct = &self.results[0].grpc;
+        let (b50, b99) = (median(&as_f64(&direct.latency.p50)), median(&as_f64(&direct.latency.p99)));
+        writeln!(
+            md,
+            "\n## gRPC (unary, h2c): latency at {GRPC_RATE} calls/s and max calls/s\n\n\
+             `testbed::grpc` (a ghz-like generator on tonic's client) calling `{}` on a tonic echo (in this\n\
+             process, its own thread and runtime). weft-proxy: a GRPCRoute on a second Gateway listener, to a\n\
+             Service port with appProtocol `kubernetes.io/h2c`; nginx: `grpc_pass` to an upstream with\n\
+             `keepalive`; HAProxy: `proto h2` on both sides. Fixed rate: open loop (each latency from the\n\
+             call's due time), {GRPC_CONNECTIONS} HTTP/2 connections, at most {GRPC_OPEN_CONCURRENCY} calls in flight. Max: closed\n\
+             loop, {GRPC_MAX_CONCURRENCY} callers over {GRPC_CONNECTIONS} connections (its p50/p99 from each call's send time). {run_seconds} s a run,\n\
+             {repeats} runs of each path interleaved; median [min–max]. Errors: failed calls by gRPC status.\n\n\
+             | path | p50 µs | p99 µs | added p50 | added p99 | errors | proxy CPU (cores) | max calls/s | max p50 / p99 µs | calls/s per proxy core | errors at max |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            grpc::METHOD
+        )?;
+        let statuses = |errors: usize, by: &std::collections::BTreeMap<String, usize>| {
+            if by.is_empty() {
+                errors.to_string()
+            } else {
+                let each: Vec<String> = by.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                format!("{errors} ({})", each.join(", "))
+            }
+        };
+        for (path, result) in self.paths.iter().zip(self.results) {
+            let g = &result.grpc;
+            let (p50, p99) = (median(&as_f64(&g.latency.p50)), median(&as_f64(&g.latency.p99)));
+            let proxied = path.proxy.is_some();
+            let dash = || "—".to_string();
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} | {} | {} |",
+                path.name,
+                spread(&as_f64(&g.latency.p50), 0),
+                spread(&as_f64(&g.latency.p99), 0),
+                if proxied { format!("{:+.0}", p50 - b50) } else { dash() },
+                if proxied { format!("{:+.0}", p99 - b99) } else { dash() },
+                statuses(g.latency.errors, &g.by_status),
+                if proxied { format!("{:.3}", median(&g.latency.cpu)) } else { dash() },
+                spread(&g.max.rps, 0),
+                median(&g.max.p50_us),
+                median(&g.max.p99_us),
+                if proxied { spread(&g.max.per_core, 0) } else { dash() },
+                statuses(g.max.errors as usize, &g.max_by_status),
+            )?;
+        }
+        Ok(())
+    }
+
     fn write(&self, load_before: &str, load_after: &str) -> anyhow::Result<()> {
         let RunInfo { date, commit, machine } = RunInfo::now();
         let (repeats, run_seconds) = (self.plan.repeats(), self.plan.run().as_secs());
@@ -696,6 +915,7 @@ impl Report<'_> {
                  CPU-second the proxy actually used) is the efficiency figure."
             )?;
         }
+        self.grpc_tables(&mut md)?;
         writeln!(
             md,
             "\nh2 direct to the backend is not measured (the backend is an HTTP/1.1 server); every proxy\n\
@@ -744,6 +964,15 @@ impl Report<'_> {
                 verdict(w < n && w < h)
             )?;
         }
+        let grpc_p99 = |res: &PathResults| {
+            median(&as_f64(&res.grpc.latency.p99)) - median(&as_f64(&direct.grpc.latency.p99))
+        };
+        let (w, n, h) = (grpc_p99(weft), grpc_p99(nginx), grpc_p99(haproxy));
+        writeln!(
+            md,
+            "- gRPC: added p99 at {GRPC_RATE} calls/s lower than nginx's and HAProxy's: weft-proxy {w:+.0} µs, nginx {n:+.0} µs, HAProxy {h:+.0} µs — {}.",
+            verdict(w < n && w < h)
+        )?;
         let saturated_at: Vec<String> = RATES
             .iter()
             .enumerate()
@@ -771,8 +1000,11 @@ impl Report<'_> {
         }
         writeln!(
             md,
-            "# latency: testbed::load::constant_rate (in this process, on core {}), GET {PATH}, at {RATES:?} (rps, connections)\n```",
-            Pinning::LOAD_CORE
+            "# latency: testbed::load::constant_rate (in this process, on core {}), GET {PATH}, at {RATES:?} (rps, connections)\n\
+             # gRPC: testbed::grpc::load (in this process, on core {0}), unary {} to a testbed::grpc::GrpcEcho on :$GRPC_BACKEND,\n\
+             #   {GRPC_RATE} calls/s open loop ({GRPC_CONNECTIONS} connections, ≤ {GRPC_OPEN_CONCURRENCY} in flight), max: closed loop ({GRPC_CONNECTIONS} connections, {GRPC_MAX_CONCURRENCY} callers)\n```",
+            Pinning::LOAD_CORE,
+            grpc::METHOD
         )?;
         writeln!(md, "\n## Configurations (generated)\n")?;
         for (name, text) in self.configs {
@@ -796,9 +1028,17 @@ impl Report<'_> {
                     json!({"rps": t.rps, "proxy_cpu_cores": t.cpu, "requests_per_proxy_core_second": t.per_core,
                            "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us})
                 };
+                let g = &result.grpc;
+                let grpc = json!({
+                    "rate_rps": GRPC_RATE, "connections": GRPC_CONNECTIONS, "in_flight_max": GRPC_OPEN_CONCURRENCY,
+                    "p50_us": g.latency.p50, "p99_us": g.latency.p99, "errors": g.latency.errors,
+                    "errors_by_status": g.by_status, "proxy_cpu_cores": g.latency.cpu, "peak_rss_kb": g.latency.peak_rss_kb,
+                    "max": throughput(&g.max), "max_callers": GRPC_MAX_CONCURRENCY, "max_errors_by_status": g.max_by_status,
+                });
                 json!({
                     "path": path.name, "latency": latency, "http1_max": throughput(&result.http1),
-                    "h2_max": throughput(&result.h2), "idle_rss_kb": result.idle_rss_kb, "threads": result.threads,
+                    "h2_max": throughput(&result.h2), "grpc": grpc, "idle_rss_kb": result.idle_rss_kb,
+                    "threads": result.threads,
                 })
             })
             .collect();

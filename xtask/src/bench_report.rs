@@ -263,8 +263,60 @@ fn plot_ingress(ingress: &Value, work: &Path) -> anyhow::Result<String> {
     ))
 }
 
-/// The mesh run's paths at its one rate: p50 and p99 side by side.
+/// The mesh run: p50 (dashed) and p99 (solid) of each HTTP path against offered load, and the
+/// gRPC paths' one point as marks. Runs from before the load points had one rate: then the
+/// paths side by side at it.
 fn plot_mesh(mesh: &Value, work: &Path) -> anyhow::Result<String> {
+    let Some(load_points) = mesh["load_points"].as_array().filter(|a| !a.is_empty()) else {
+        return plot_mesh_one_rate(mesh, work);
+    };
+    // Paths in the order they first appear.
+    let mut names: Vec<&str> = Vec::new();
+    for point in load_points {
+        let name = text(&point["path"]);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut plots = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut data = String::new();
+        for point in load_points.iter().filter(|p| text(&p["path"]) == *name) {
+            let rate = point["rate_rps"].as_f64().unwrap_or(0.0);
+            writeln!(data, "{rate} {} {}", med(&point["p50_us"]), med(&point["p99_us"]))?;
+        }
+        std::fs::write(work.join(format!("mesh{i}.dat")), data)?;
+        let colour = i + 1;
+        plots.push(format!(
+            "'mesh{i}.dat' using 1:2 with linespoints lc {colour} dt 2 pt 7 title '{name} p50', \
+             'mesh{i}.dat' using 1:3 with linespoints lc {colour} dt 1 pt 7 title '{name} p99'"
+        ));
+    }
+    for (j, point) in mesh["grpc"].as_array().into_iter().flatten().enumerate() {
+        let data = format!(
+            "{} {} {}\n",
+            point["rate_rps"].as_f64().unwrap_or(0.0),
+            med(&point["p50_us"]),
+            med(&point["p99_us"])
+        );
+        std::fs::write(work.join(format!("grpc{j}.dat")), data)?;
+        let (colour, name) = (j + 1, text(&point["path"]).replace('\'', ""));
+        plots.push(format!(
+            "'grpc{j}.dat' using 1:2 with points lc {colour} pt 8 ps 1.5 title '{name} p50', \
+             'grpc{j}.dat' using 1:3 with points lc {colour} pt 9 ps 1.5 title '{name} p99'"
+        ));
+    }
+    Ok(format!(
+        "set title \"Mesh hop latency vs load (HTTP/1.1 open loop; triangles: gRPC)\\n{}\" noenhanced\n\
+         set xlabel 'offered load (req/s)'\nset ylabel 'latency (µs, log scale)'\nset logscale y\nset grid\n\
+         set key outside right noenhanced\nplot {}\n",
+        short_provenance(mesh),
+        plots.join(", ")
+    ))
+}
+
+/// A mesh run with one rate: its paths' p50 and p99 side by side.
+fn plot_mesh_one_rate(mesh: &Value, work: &Path) -> anyhow::Result<String> {
     let mut data = String::new();
     for point in mesh["latency"].as_array().into_iter().flatten() {
         writeln!(data, "\"{}\" {} {}", text(&point["path"]), med(&point["p50_us"]), med(&point["p99_us"]))?;
@@ -318,7 +370,7 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
 
     writeln!(
         md,
-        "**Ingress** ([ingress.md](bench/results/ingress.md)): weft-proxy vs nginx vs HAProxy in front of one nginx backend on loopback, one worker each."
+        "**Ingress** ([ingress.md](bench/results/ingress.md)): weft-proxy vs nginx vs HAProxy in front of one nginx backend (HTTP) or one tonic echo (gRPC) on loopback, one worker each."
     )?;
     match read(dir, "ingress") {
         Some(ingress) => {
@@ -360,6 +412,34 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
             md.push_str(&row("h2c req/s per proxy core (h2load)", &|p: &Value| {
                 format!("{:.0}", med(&p["h2_max"]["requests_per_proxy_core_second"]))
             }));
+            // gRPC (runs before it had none: their cells say so).
+            let grpc_base = direct.map(|d| &d["grpc"]).filter(|g| g.is_object());
+            let grpc_rate = grpc_base.and_then(|g| g["rate_rps"].as_u64()).unwrap_or(0);
+            md.push_str(&row(
+                &format!("gRPC added p50 / p99 at {grpc_rate} calls/s (µs, open loop, tonic client)"),
+                &|p: &Value| match (p["grpc"].is_object(), grpc_base) {
+                    (true, Some(base)) => format!(
+                        "{:+.0} / {:+.0}",
+                        med(&p["grpc"]["p50_us"]) - med(&base["p50_us"]),
+                        med(&p["grpc"]["p99_us"]) - med(&base["p99_us"])
+                    ),
+                    _ => "not measured".into(),
+                },
+            ));
+            md.push_str(&row("gRPC max calls/s (closed loop)", &|p: &Value| {
+                if p["grpc"].is_object() {
+                    format!("{:.0}", med(&p["grpc"]["max"]["rps"]))
+                } else {
+                    "not measured".into()
+                }
+            }));
+            md.push_str(&row("gRPC calls/s per proxy core", &|p: &Value| {
+                if p["grpc"].is_object() {
+                    format!("{:.0}", med(&p["grpc"]["max"]["requests_per_proxy_core_second"]))
+                } else {
+                    "not measured".into()
+                }
+            }));
             md.push_str(&row("RSS idle / peak under h2 load (MB)", &|p: &Value| {
                 format!(
                     "{:.1} / {:.1}",
@@ -389,7 +469,7 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
 
     writeln!(
         md,
-        "**Mesh hop** ([mtls.md](bench/results/mtls.md)): two netns nodes, unmeshed client → unmeshed server (direct) against meshed → meshed over HBONE (L4) and through a GAMMA route (L7)."
+        "**Mesh hop** ([mtls.md](bench/results/mtls.md)): two netns nodes, unmeshed client → unmeshed server (direct) against meshed → meshed over HBONE (L4) and through a GAMMA route (L7), HTTP/1.1 and gRPC (tonic client, unary calls)."
     )?;
     match read(dir, "mtls") {
         Some(mesh) => {
@@ -399,7 +479,13 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
                 "Run: {}.\n\n| path | p50 µs | p99 µs | both proxies' CPU at {rate} req/s (cores) |\n| --- | --- | --- | --- |",
                 provenance(&mesh)
             )?;
-            for point in mesh["latency"].as_array().into_iter().flatten() {
+            // HTTP at the rate, then the gRPC paths (at theirs: the same 1k in runs that have them).
+            for point in mesh["latency"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(mesh["grpc"].as_array().into_iter().flatten())
+            {
                 writeln!(
                     md,
                     "| {} | {:.0} | {:.0} | {:.3} |",
@@ -410,8 +496,11 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
                 )?;
             }
             writeln!(md, "\n{}", targets(dir, "mtls.md"))?;
+            if let Some(note) = mesh["ztunnel"].as_str() {
+                writeln!(md, "{note}\n")?;
+            }
             if dir.join("mesh.png").exists() {
-                writeln!(md, "![mesh hop latency](bench/results/mesh.png)\n")?;
+                writeln!(md, "![mesh hop latency vs load](bench/results/mesh.png)\n")?;
             }
         }
         None => md.push_str(&missing("mesh", "mtls.md")),
@@ -521,4 +610,88 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
          cost of in-pod interception on a passthrough request (`cargo test --release -p cni-plugin --test e2e -- --ignored bench_interception`)."
     )?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress_path(name: &str, p50: f64, grpc: bool) -> Value {
+        let mut path = json!({
+            "path": name,
+            "latency": [{"rate_rps": 1000, "p50_us": [p50], "p99_us": [p50 * 2.0], "proxy_cpu_cores": [0.1]}],
+            "http1_max": {"rps": [1000.0], "requests_per_proxy_core_second": [2000.0]},
+            "h2_max": {"rps": [900.0], "requests_per_proxy_core_second": [1800.0], "peak_rss_kb": 2048},
+            "idle_rss_kb": 1024,
+        });
+        if grpc {
+            path["grpc"] = json!({
+                "rate_rps": 1000, "p50_us": [p50 + 100.0], "p99_us": [p50 * 3.0],
+                "max": {"rps": [4321.0], "requests_per_proxy_core_second": [8765.0]},
+            });
+        }
+        path
+    }
+
+    /// The README's ingress table gains gRPC rows from runs that have them, says "not
+    /// measured" for runs from before, and the mesh table lists the gRPC paths.
+    #[test]
+    fn performance_section_shows_the_grpc_points() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, value: &Value| {
+            std::fs::write(dir.path().join(name), serde_json::to_string(value).expect("json")).expect("write")
+        };
+        let paths = [ingress_path("direct", 100.0, true), ingress_path("weft-proxy", 300.0, true)];
+        write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": paths}));
+        write(
+            "mtls.json",
+            &json!({"machine": "m", "date": "d", "commit": "c", "rate_rps": 1000,
+                "latency": [{"path": "direct (no mesh)", "p50_us": [10], "p99_us": [20], "proxy_cpu_cores": [0.0]}],
+                "grpc": [{"path": "gRPC mesh L7: GAMMA GRPCRoute + HBONE", "p50_us": [30], "p99_us": [40], "proxy_cpu_cores": [0.5]}],
+                "ztunnel": "ztunnel: not run"}),
+        );
+        let md = performance(dir.path()).expect("performance");
+        // weft-proxy's gRPC: p50 400 − 200, p99 900 − 300.
+        assert!(
+            md.contains(
+                "| gRPC added p50 / p99 at 1000 calls/s (µs, open loop, tonic client) | +200 / +600 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| gRPC max calls/s (closed loop) | 4321 |"), "{md}");
+        assert!(md.contains("| gRPC calls/s per proxy core | 8765 |"), "{md}");
+        assert!(md.contains("| gRPC mesh L7: GAMMA GRPCRoute + HBONE | 30 | 40 | 0.500 |"), "{md}");
+        assert!(md.contains("ztunnel: not run"), "{md}");
+
+        let old = [ingress_path("direct", 100.0, false), ingress_path("weft-proxy", 300.0, false)];
+        write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": old}));
+        let md = performance(dir.path()).expect("performance");
+        assert!(md.contains("| gRPC max calls/s (closed loop) | not measured |"), "{md}");
+    }
+
+    /// A mesh run with load points is plotted against load, one line per path, the gRPC points
+    /// as marks; an older run with one rate still plots.
+    #[test]
+    fn mesh_plot_is_latency_against_load() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let point = |path: &str, rate: u64, p99: u64| json!({"path": path, "rate_rps": rate, "p50_us": [p99 / 2], "p99_us": [p99]});
+        let mesh = json!({
+            "date": "d", "machine": "m", "commit": "c", "rate_rps": 1000,
+            "load_points": [point("direct", 500, 100), point("direct", 1000, 120), point("mesh", 500, 300), point("mesh", 1000, 400)],
+            "grpc": [point("gRPC direct", 1000, 200)],
+        });
+        let script = plot_mesh(&mesh, work.path()).expect("plot");
+        assert!(
+            script.contains("'mesh0.dat'")
+                && script.contains("'mesh1.dat'")
+                && script.contains("'grpc0.dat'"),
+            "{script}"
+        );
+        let mesh1 = std::fs::read_to_string(work.path().join("mesh1.dat")).expect("data");
+        assert_eq!(mesh1, "500 150 300\n1000 200 400\n");
+
+        let old = json!({"rate_rps": 1000, "latency": [point("direct", 1000, 120)]});
+        let script = plot_mesh(&old, work.path()).expect("plot");
+        assert!(script.contains("'mesh.dat'"), "{script}");
+    }
 }
