@@ -95,10 +95,9 @@ pub fn warn_without_return_route(applied: mesh_init::Applied) {
 
 /// During an upgrade, connections queued on the old proxy's listener when it closes move to
 /// the new proxy's instead of being reset (mesh-proxy's inpod::handover). Best effort: a
-/// kernel before 5.14 has no such setting, a container's /proc/sys is read-only, and the pod
-/// works without it.
+/// kernel before 5.14 has no such setting, and the pod works without it.
 pub fn allow_listener_migration(netns: &Path) {
-    match mesh_init::nft::in_netns(netns, || Ok(std::fs::write(TCP_MIGRATE_REQ, "1"))) {
+    match mesh_init::nft::in_netns(netns, || Ok(mesh_init::sysctl::set(TCP_MIGRATE_REQ, "1"))) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),
         Err(error) => tracing::info!(%error, "net.ipv4.tcp_migrate_req not set in the pod"),

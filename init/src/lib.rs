@@ -7,6 +7,8 @@
 //! - [`nft`]: running that transaction in the current or in a given network namespace.
 //! - [`route`]: the policy route (and sysctls) that bring the app's replies back to the proxy
 //!   when the proxy delivers from the client's address; installed and removed with the rules.
+//! - [`sysctl`]: a network sysctl of the current netns, also from a container whose `/proc/sys`
+//!   is read-only (the enrolment agent's).
 //!
 //! Everything lives in one table, `inet weft`, so the rules never touch a table that
 //! iptables-legacy, iptables-nft or kube-proxy own, and removing that table leaves the network
@@ -16,6 +18,7 @@ pub mod annotations;
 pub mod nft;
 pub mod route;
 pub mod rules;
+pub mod sysctl;
 
 pub use annotations::{AnnotationError, Cidr, Exclusions, PortRange};
 pub use nft::{Applied, NftError, apply, apply_in, remove, remove_in, table_exists_in};

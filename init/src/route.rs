@@ -53,8 +53,8 @@ pub enum RouteError {
     Spawn { ip: String, source: std::io::Error },
     #[error("`ip {args}` failed ({status}): {stderr}")]
     Refused { args: String, status: std::process::ExitStatus, stderr: String },
-    #[error("cannot set {path}: {source}")]
-    Sysctl { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Sysctl(#[from] crate::sysctl::SysctlError),
 }
 
 /// One address family's part of the route.
@@ -116,7 +116,7 @@ fn ip(args: &[&str]) -> Result<String, RouteError> {
 }
 
 fn sysctl(path: &str, value: &str) -> Result<(), RouteError> {
-    std::fs::write(path, value).map_err(|source| RouteError::Sysctl { path: path.to_string(), source })
+    Ok(crate::sysctl::set(path, value)?)
 }
 
 /// Whether the current netns has IPv6 (on loopback, where the route goes).
@@ -160,7 +160,8 @@ fn install_family(family: &Family, mark: &str, table: &str, priority: &str) -> R
 /// Installs (or re-installs) the return route in the current netns. The sysctls come first and
 /// a route only after them: a route without them would make the proxy keep addresses whose
 /// replies still leave on eth0 (the proxy's check sees the route, not the sysctls), so where
-/// they cannot be set (a read-only `/proc/sys`, as in an unprivileged container) nothing is
+/// they cannot be set (a read-only `/proc/sys` that cannot be remounted, as in an unprivileged
+/// container: [`crate::sysctl`]) nothing is
 /// installed. Each family is done independently: an error in one (IPv6 on a netns whose
 /// loopback is down, say) leaves the other in place, and the proxy keeps source addresses in
 /// the families that have the route. The error names the family.

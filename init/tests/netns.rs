@@ -170,3 +170,54 @@ fn weft_init_binary_applies_and_removes_in_the_current_netns() {
     assert!(!table_exists_in(&ns.path()).expect("list"));
     assert_eq!(return_route_in(&ns.path()).expect("routes").trim(), "");
 }
+
+/// As in the enrolment agent's container (runc's `readonlyPaths`): `/proc/sys` is a read-only
+/// bind mount. With CAP_SYS_ADMIN the sysctls of the return route are still set, in the pod's
+/// netns, and the route is installed.
+#[test]
+fn the_return_route_is_installed_from_behind_a_read_only_proc_sys() {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+
+    if !netns_available() {
+        return;
+    }
+    let host_sysctl =
+        || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept").expect("host sysctl");
+    let host_before = host_sysctl();
+    let ns = Netns::new("ro");
+    let path = ns.path();
+    // A thread of its own with a private mount namespace: the rest of the test process keeps
+    // its writable /proc/sys. Threads it starts (apply_in's) inherit its namespaces.
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNS).expect("unshare the mount namespace");
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .expect("make mounts private");
+        mount(Some("/proc/sys"), "/proc/sys", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .expect("bind /proc/sys");
+        let read_only = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mount(None::<&str>, "/proc/sys", None::<&str>, read_only, None::<&str>).expect("remount read-only");
+        let refused = std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "0").expect_err("read-only");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ReadOnlyFilesystem);
+        let applied = mesh_init::apply_in(&path, &settings()).expect("apply");
+        applied.return_route.expect("the return route is installed");
+    })
+    .join()
+    .expect("the read-only thread");
+
+    for sysctl in ["net.ipv4.tcp_fwmark_accept", "net.ipv4.fwmark_reflect", "net.ipv6.fwmark_reflect"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sysctl", "-n", sysctl])
+            .output()
+            .expect("sysctl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{sysctl} in the pod");
+    }
+    let route = return_route_in(&ns.path()).expect("list routes");
+    assert_eq!(route.matches("fwmark 0x5747 lookup 22343").count(), 2, "one rule per family: {route}");
+    assert_eq!(host_sysctl(), host_before, "the pod's value was set, not the test process's");
+}
