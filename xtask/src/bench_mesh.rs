@@ -14,8 +14,38 @@
 //! Medians and spread go to `bench/results/mtls.{json,md}`. Tunnel throughput is `bench tcp`'s,
 //! in the same lab ([`with_shop`]).
 //!
-//! ztunnel as the L4 peer (issue 9: "where a ztunnel binary is available, `ZTUNNEL_BIN`"):
-//! see [`ZTUNNEL_NOTE`].
+//! ## ztunnel, the L4 peer (`ZTUNNEL_BIN`)
+//!
+//! Where `ZTUNNEL_BIN` names a ztunnel binary (Istio's ambient node proxy, built by hand from
+//! its public source; never committed), the bench adds it as the L4 peer of "mesh L4: HBONE by
+//! pod address": two more unmeshed pods, `zt/zclient` on node A and `zt/zserver` on node B,
+//! each with a ztunnel of its own in *dedicated* mode (`PROXY_MODE=dedicated`: the
+//! single-tenant mode that serves the network namespace it runs in, so no istio-cni and no
+//! ZDS/inpod socket protocol are needed), and the same HTTP and gRPC load from zclient to
+//! zserver's pod address. What ztunnel needs and how the lab gives it:
+//!
+//! - **No istiod.** `XDS_ADDRESS=""` turns the xDS client off and `LOCAL_XDS_PATH` reads the
+//!   workloads from a file ([`ztunnel_config`]: both pods, `protocol: HBONE`, their nodes and
+//!   service accounts; no policies, so all is allowed).
+//! - **No CA.** `FAKE_CA=true` signs workload certificates with the test root compiled into
+//!   ztunnel, so the two instances trust each other (mTLS with SPIFFE identities, as with
+//!   istiod's CA). It exists only in builds with the `testing` feature.
+//! - **Redirection** in each pod: what istio-cni installs, as nftables rules
+//!   ([`ZTUNNEL_NFT`]): outbound TCP to :15001, inbound TCP to :15006 except HBONE on :15008,
+//!   ztunnel's own sockets (`PACKET_MARK=1337`) and loopback let through.
+//! - `ENABLE_ORIG_SRC=false`: the server-side ztunnel connects to the app from the pod's own
+//!   address instead of spoofing the client's (that needs policy routing the bench does not
+//!   set up); the app sees the pod address, which is how the bench checks the tunnel was used.
+//!
+//! Build (about 20 minutes on 2 cores; `protoc` needed; the optional `boring-rustls-provider`
+//! git dependency may be dropped from its Cargo.toml where github is out of reach, as it only
+//! serves `tls-boring`):
+//!
+//! ```sh
+//! git clone https://github.com/istio/ztunnel && cd ztunnel
+//! cargo build --release --no-default-features --features tls-ring,testing
+//! ZTUNNEL_BIN=$PWD/target/release/ztunnel cargo xtask bench mesh
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,7 +63,7 @@ use testbed::shop;
 
 use crate::bench::{Binaries, Plan};
 use crate::demo_mesh::Lab;
-use crate::measure::{RunInfo, as_f64, cpu_seconds, median, spread, uptime, verdict};
+use crate::measure::{Proc, RunInfo, as_f64, cpu_seconds, median, spawn, spread, uptime, verdict};
 
 /// The HTTP/1.1 load points, requests/s. 1k is the point the targets and the resources table
 /// read.
@@ -52,9 +82,117 @@ const GRPC_IN_FLIGHT: usize = 256;
 const ADDED_P99_TARGET_US: f64 = 200.0;
 const CPU_PER_1K_TARGET: f64 = 0.05;
 
-/// Why ztunnel is not in this bench (yet): what it needs that this lab does not give it.
-pub const ZTUNNEL_NOTE: &str = "ztunnel (the L4 peer issue 9 names, via `ZTUNNEL_BIN`) is not run: see \
-`xtask/src/bench_mesh.rs` for what running it without istiod takes.";
+/// What the report says when `ZTUNNEL_BIN` is not set.
+const ZTUNNEL_NOT_RUN: &str = "ztunnel (the L4 peer issue 9 names) was not run: set `ZTUNNEL_BIN` to a ztunnel \
+built with `cargo build --release --no-default-features --features tls-ring,testing` from \
+github.com/istio/ztunnel to add it (dedicated mode, local config, fake CA; see `xtask/src/bench_mesh.rs`).";
+
+/// The redirection istio-cni would install in a pod for ztunnel, as nftables rules.
+const ZTUNNEL_NFT: &str = "table ip ztunnel {
+  chain output {
+    type nat hook output priority -100; policy accept;
+    oifname \"lo\" accept
+    meta mark & 0xfff == 0x539 accept
+    ip protocol tcp redirect to :15001
+  }
+  chain prerouting {
+    type nat hook prerouting priority -100; policy accept;
+    tcp dport 15008 accept
+    meta mark & 0xfff == 0x539 accept
+    ip protocol tcp redirect to :15006
+  }
+}
+";
+
+/// ztunnel's local config (what istiod would send over xDS): the two pods as HBONE workloads.
+fn ztunnel_config(client: &Pod<'_>, server: &Pod<'_>) -> String {
+    let workload = |name: &str, pod: &Pod<'_>| {
+        format!(
+            "- uid: cluster1//v1/Pod/zt/{name}\n  name: {name}\n  namespace: zt\n  serviceAccount: {name}\n\
+             \x20 workloadIps: [\"{}\"]\n  protocol: HBONE\n  node: {}\n  network: \"\"\n  services: {{}}\n",
+            pod.ip, pod.node.name
+        )
+    };
+    format!("workloads:\n{}{}", workload("zclient", client), workload("zserver", server))
+}
+
+/// The ztunnel peer: its two pods, their apps and a ztunnel in each.
+/// Fields drop in order: the ztunnels and apps stop before their pods are deleted.
+struct Ztunnel<'a> {
+    /// Both ztunnels (client's, server's).
+    procs: Vec<Proc>,
+    _apps: (HttpEcho, GrpcEcho),
+    client: Pod<'a>,
+    server: Pod<'a>,
+    _dir: tempfile::TempDir,
+}
+
+impl<'a> Ztunnel<'a> {
+    fn start(lab: &'a Lab, bin: &std::path::Path) -> anyhow::Result<Ztunnel<'a>> {
+        let client = lab.a.add_pod("zt", "zclient", unmeshed());
+        let server = lab.b.add_pod("zt", "zserver", unmeshed());
+        let any = SocketAddr::from(([0, 0, 0, 0], shop::GRPC_PORT));
+        let apps = (
+            HttpEcho::start(&server.path(), 8080, "zserver"),
+            GrpcEcho::start(Some(&server.path()), any, "zserver", None)?,
+        );
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("ztunnel.yaml");
+        std::fs::write(&config, ztunnel_config(&client, &server))?;
+        std::fs::write(dir.path().join("redirect.nft"), ZTUNNEL_NFT)?;
+        let mut procs = Vec::new();
+        for (pod, name, log) in
+            [(&client, "zclient", "ztunnel-zclient"), (&server, "zserver", "ztunnel-zserver")]
+        {
+            let status =
+                pod.spec.netns.command("nft").arg("-f").arg(dir.path().join("redirect.nft")).status()?;
+            if !status.success() {
+                bail!("nft -f redirect.nft in {name} failed");
+            }
+            let mut command = pod.spec.netns.command(bin);
+            command
+                .env("FAKE_CA", "true")
+                .env("XDS_ADDRESS", "")
+                .env("CA_ADDRESS", "")
+                .env("LOCAL_XDS_PATH", &config)
+                .env("PROXY_MODE", "dedicated")
+                .env("PROXY_WORKLOAD_INFO", format!("zt/{name}/{name}"))
+                .env("PACKET_MARK", "1337")
+                .env("ENABLE_ORIG_SRC", "false")
+                .env("RUST_LOG", "warn");
+            procs.push(spawn(log, command, dir.path())?);
+        }
+        let z = Ztunnel { client, server, procs, _apps: apps, _dir: dir };
+        z.wait_ready()?;
+        Ok(z)
+    }
+
+    /// Until a request from zclient reaches zserver's app through both ztunnels: the app sees
+    /// the call come from its own pod's address (the server-side ztunnel), not zclient's.
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            match testbed::http::get_once(&self.client.path(), self.server.addr(8080), "ztunnel") {
+                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.server.ip) => return Ok(()),
+                Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
+                Err(error) => last = error.to_string(),
+            }
+            for proc in &self.procs {
+                if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
+                    bail!("{} exited:\n{}", proc.name, proc.log_tail());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
+        bail!("no request crossed the ztunnels in 30 s ({last})\n{}", logs.join("\n"))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}
 
 /// The demo lab with the shop published: meshed `frontend` and unmeshed `client` on node A;
 /// meshed `v1` (and `v2`) and unmeshed `legacy` on node B, each serving HTTP on :8080 and gRPC
@@ -122,7 +260,12 @@ struct Series {
 struct Results {
     http: Vec<Series>,
     grpc: Vec<Series>,
+    /// The ztunnel binary measured, if any.
+    ztunnel: Option<String>,
 }
+
+const ZTUNNEL_HTTP: &str = "ztunnel L4: HBONE by pod address";
+const ZTUNNEL_GRPC: &str = "gRPC ztunnel L4: HBONE by pod address";
 
 pub fn run(binaries: &Binaries, plan: Plan) -> anyhow::Result<()> {
     if let Err(reason) = testbed::netns::available(&[]) {
@@ -136,25 +279,51 @@ pub fn run(binaries: &Binaries, plan: Plan) -> anyhow::Result<()> {
 fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     let vip = SocketAddr::new(shop::CHECKOUT_VIP.parse()?, 80);
     let grpc_vip = SocketAddr::new(shop::CHECKOUT_GRPC_VIP.parse()?, shop::GRPC_PORT);
-    let http: [(&'static str, PathBuf, SocketAddr); 3] = [
-        ("direct (no mesh)", shop.client.path(), shop.legacy.addr(8080)),
-        ("mesh L4: HBONE by pod address", shop.frontend.path(), shop.v1.addr(8080)),
-        ("mesh L7: GAMMA route + HBONE", shop.frontend.path(), vip),
+    // Each path: its name, the client's netns, the address called, the proxies whose CPU it costs.
+    let weft = shop.lab.proxy_pids();
+    let mut http: Vec<(&'static str, PathBuf, SocketAddr, Vec<u32>)> = vec![
+        ("direct (no mesh)", shop.client.path(), shop.legacy.addr(8080), weft.clone()),
+        ("mesh L4: HBONE by pod address", shop.frontend.path(), shop.v1.addr(8080), weft.clone()),
+        ("mesh L7: GAMMA route + HBONE", shop.frontend.path(), vip, weft.clone()),
     ];
-    let grpc_paths: [(&'static str, PathBuf, SocketAddr); 3] = [
-        ("gRPC direct (no mesh)", shop.client.path(), shop.legacy.addr(shop::GRPC_PORT)),
-        ("gRPC mesh L4: HBONE by pod address", shop.frontend.path(), shop.v1.addr(shop::GRPC_PORT)),
-        ("gRPC mesh L7: GAMMA GRPCRoute + HBONE", shop.frontend.path(), grpc_vip),
+    let mut grpc_paths: Vec<(&'static str, PathBuf, SocketAddr, Vec<u32>)> = vec![
+        ("gRPC direct (no mesh)", shop.client.path(), shop.legacy.addr(shop::GRPC_PORT), weft.clone()),
+        (
+            "gRPC mesh L4: HBONE by pod address",
+            shop.frontend.path(),
+            shop.v1.addr(shop::GRPC_PORT),
+            weft.clone(),
+        ),
+        ("gRPC mesh L7: GAMMA GRPCRoute + HBONE", shop.frontend.path(), grpc_vip, weft.clone()),
     ];
-    let new = |paths: &[(&'static str, PathBuf, SocketAddr)], n: usize| -> Vec<Series> {
+    let ztunnel = match std::env::var_os("ZTUNNEL_BIN") {
+        Some(bin) => {
+            println!(
+                "==> ztunnel from ZTUNNEL_BIN={}: dedicated mode in zt/zclient and zt/zserver",
+                PathBuf::from(&bin).display()
+            );
+            Some(Ztunnel::start(shop.lab, std::path::Path::new(&bin)).context("ztunnel (ZTUNNEL_BIN)")?)
+        }
+        None => None,
+    };
+    if let Some(z) = &ztunnel {
+        http.push((ZTUNNEL_HTTP, z.client.path(), z.server.addr(8080), z.pids()));
+        grpc_paths.push((ZTUNNEL_GRPC, z.client.path(), z.server.addr(shop::GRPC_PORT), z.pids()));
+    }
+    let new = |paths: &[(&'static str, PathBuf, SocketAddr, Vec<u32>)], n: usize| -> Vec<Series> {
         paths
             .iter()
-            .map(|(name, _, _)| Series { name, points: (0..n).map(|_| Point::default()).collect() })
+            .map(|(name, ..)| Series { name, points: (0..n).map(|_| Point::default()).collect() })
             .collect()
     };
-    let mut results = Results { http: new(&http, RATES.len()), grpc: new(&grpc_paths, 1) };
-    let pids = shop.lab.proxy_pids();
-    let cpu_during = |f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
+    let mut results = Results {
+        http: new(&http, RATES.len()),
+        grpc: new(&grpc_paths, 1),
+        ztunnel: ztunnel
+            .as_ref()
+            .map(|_| std::env::var_os("ZTUNNEL_BIN").unwrap_or_default().to_string_lossy().into_owned()),
+    };
+    let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
         let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
         let elapsed = f()?;
         let cpu: f64 = pids.iter().zip(&before).map(|(pid, b)| cpu_seconds(*pid) - b).sum();
@@ -164,10 +333,10 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     // Warm-up, not recorded: the first calls of a path open its HBONE connections and fetch
     // certificates (a 100 ms p99 on whichever point came first).
     let warm_up = Duration::from_millis(500);
-    for (name, netns, addr) in &http {
+    for (name, netns, addr, _) in &http {
         constant_rate(netns, *addr, 200, warm_up, 16).with_context(|| format!("warm-up of {name}"))?;
     }
-    for (name, netns, addr) in &grpc_paths {
+    for (name, netns, addr, _) in &grpc_paths {
         grpc::load(Some(netns), &grpc::Load::at_rate(*addr, 200, warm_up))
             .with_context(|| format!("warm-up of {name}"))?;
     }
@@ -178,9 +347,9 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     );
     for repeat in 0..repeats {
         for (r, rate) in RATES.iter().enumerate() {
-            for (path, (_, netns, addr)) in results.http.iter_mut().zip(&http) {
+            for (path, (_, netns, addr, pids)) in results.http.iter_mut().zip(&http) {
                 let mut run = None;
-                let cpu = cpu_during(&mut || {
+                let cpu = cpu_during(pids, &mut || {
                     let out = constant_rate(netns, *addr, *rate, run_for, connections(*rate))
                         .with_context(|| format!("{} at {rate} rps", path.name))?;
                     let elapsed = out.elapsed;
@@ -203,14 +372,14 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
                 );
             }
         }
-        for (path, (_, netns, addr)) in results.grpc.iter_mut().zip(&grpc_paths) {
+        for (path, (_, netns, addr, pids)) in results.grpc.iter_mut().zip(&grpc_paths) {
             let load = grpc::Load {
                 connections: GRPC_CONNECTIONS,
                 concurrency: GRPC_IN_FLIGHT,
                 ..grpc::Load::at_rate(*addr, GRPC_RATE, run_for)
             };
             let mut run = None;
-            let cpu = cpu_during(&mut || {
+            let cpu = cpu_during(pids, &mut || {
                 let out = grpc::load(Some(netns), &load).with_context(|| path.name)?;
                 let elapsed = out.latencies.elapsed;
                 run = Some(out);
@@ -300,7 +469,8 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
                 p99 - base_p99,
                 spread(&point.proxy_cpu, 3)
             )?;
-            if i > 0 && rate == TARGET_RATE {
+            // The targets are Weft's: a peer's row has none.
+            if i > 0 && rate == TARGET_RATE && !path.name.contains("ztunnel") {
                 let added = p99 - base_p99;
                 // Two proxies carry each request (one per node): the target is per proxy.
                 let per_proxy_per_1k = median(&point.proxy_cpu) / 2.0 / (f64::from(rate) / 1000.0);
@@ -347,9 +517,17 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         writeln!(md, "| {} | {} |", path.name, cells.join(" | "))?;
     }
     writeln!(md, "\n## Targets (issue 9)\n\n{}\n", verdicts.join("\n"))?;
+    let ztunnel_note = match &results.ztunnel {
+        Some(bin) => format!(
+            "ztunnel rows: `{bin}` (ZTUNNEL_BIN) in dedicated mode, one in each of two more unmeshed pods\n\
+             (zt/zclient on node A, zt/zserver on node B), local config and fake CA, nftables redirection as\n\
+             istio-cni's; their CPU column is both ztunnels' (the weft-proxies are idle then)."
+        ),
+        None => ZTUNNEL_NOT_RUN.to_string(),
+    };
     writeln!(
         md,
-        "{ZTUNNEL_NOTE}\n\n\
+        "{ztunnel_note}\n\n\
          Tunnel throughput (iperf3, 1 and 8 connections): `cargo xtask bench tcp`, [tcp.md](tcp.md).\n\n\
          Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins)."
     )?;
@@ -375,7 +553,7 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         "run_seconds": run_seconds, "repeats": repeats,
         "latency": latency, "load_points": load_points,
         "grpc": grpc_points, "grpc_connections": GRPC_CONNECTIONS, "grpc_in_flight_max": GRPC_IN_FLIGHT,
-        "ztunnel": ZTUNNEL_NOTE,
+        "ztunnel": ztunnel_note,
     });
     plan.save("mtls", &md, &report)
 }

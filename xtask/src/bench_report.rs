@@ -119,8 +119,11 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
         let rate = mesh["rate_rps"].as_f64().unwrap_or(1000.0);
         for point in mesh["latency"].as_array().into_iter().flatten().skip(1) {
             // Both node proxies carry every request: per proxy, half of their sum.
+            // A peer's row (ztunnel) is named as such: the targets below are weft-proxy's.
+            let path = text(&point["path"]);
+            let proxy = if path.contains("ztunnel") { "ztunnel" } else { "weft-proxy" };
             rows.push(json!({
-                "proxy": format!("weft-proxy ({})", text(&point["path"])), "role": "mesh node proxy",
+                "proxy": format!("{proxy} ({path})"), "role": "mesh node proxy",
                 "idle_rss_kb": Value::Null, "rss_at_1k_kb": Value::Null,
                 "cpu_per_1k_rps": med(&point["proxy_cpu_cores"]) / 2.0 / (rate / 1000.0),
             }));
