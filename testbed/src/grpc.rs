@@ -52,6 +52,8 @@ struct Say {
     name: &'static str,
     failing: Option<Failing>,
     calls: Arc<AtomicU64>,
+    /// The next call waits this long (µs) before answering: a stall, once.
+    stall_next: Arc<AtomicU64>,
 }
 
 impl tonic::server::UnaryService<Msg> for Say {
@@ -61,7 +63,11 @@ impl tonic::server::UnaryService<Msg> for Say {
     fn call(&mut self, request: Request<Msg>) -> Self::Future {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let (name, failing) = (self.name, self.failing);
+        let stall = self.stall_next.swap(0, Ordering::Relaxed);
         Box::pin(async move {
+            if stall > 0 {
+                tokio::time::sleep(Duration::from_micros(stall)).await;
+            }
             if let Some(f) = failing.filter(|f| f.every > 0 && call.is_multiple_of(f.every)) {
                 return Err(Status::new(f.code, "failing on purpose"));
             }
@@ -77,6 +83,7 @@ pub struct GrpcEcho {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     calls: Arc<AtomicU64>,
+    stall_next: Arc<AtomicU64>,
 }
 
 impl GrpcEcho {
@@ -90,7 +97,8 @@ impl GrpcEcho {
     ) -> std::io::Result<GrpcEcho> {
         let file = netns.map(std::fs::File::open).transpose()?;
         let calls = Arc::new(AtomicU64::new(0));
-        let say = Say { name, failing, calls: calls.clone() };
+        let stall_next = Arc::new(AtomicU64::new(0));
+        let say = Say { name, failing, calls: calls.clone(), stall_next: stall_next.clone() };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
         std::thread::Builder::new().name(format!("grpc-echo-{name}")).spawn(move || {
@@ -116,7 +124,12 @@ impl GrpcEcho {
             });
         })?;
         let addr = ready_rx.recv().map_err(|_| std::io::Error::other("echo thread died"))??;
-        Ok(GrpcEcho { addr, stop: Some(stop), calls })
+        Ok(GrpcEcho { addr, stop: Some(stop), calls, stall_next })
+    }
+
+    /// The next call to arrive waits `stall` before it is answered (a GC pause, a slow disk).
+    pub fn stall_next(&self, stall: Duration) {
+        self.stall_next.store(stall.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Calls answered (or failed on purpose) so far.

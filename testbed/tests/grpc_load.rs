@@ -60,3 +60,33 @@ fn a_missing_server_is_an_error_not_a_hang() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(load(None, &Load::at_rate(addr, 10, Duration::from_millis(100))).is_err());
 }
+
+/// Coordinated omission: one call in flight at a time (as a client with one connection and no
+/// multiplexing would be), 200 calls due a second, and the server stalls one call for 300 ms.
+/// The ~60 calls due during the stall cannot leave before it ends; measured from when they were
+/// due (not from when they could be sent), they show the stall, so the tail carries it. A
+/// closed-loop client would report one slow call and ~60 fast ones.
+#[test]
+fn a_stall_shows_in_the_latencies_of_every_call_due_during_it() {
+    let echo = GrpcEcho::start(None, local(), "echo", None).expect("echo");
+    let spec =
+        Load { connections: 1, concurrency: 1, ..Load::at_rate(echo.addr, 200, Duration::from_secs(2)) };
+    let stall = Duration::from_millis(300);
+    let out = std::thread::scope(|scope| {
+        let run = scope.spawn(|| load(None, &spec));
+        std::thread::sleep(Duration::from_millis(700));
+        echo.stall_next(stall);
+        run.join().expect("load thread")
+    })
+    .expect("load");
+    assert_eq!(out.errors(), 0, "{:?}", out.by_status);
+    assert_eq!(out.calls, 400);
+    // Calls due in the stall's first 200 ms (~40) waited at least 100 ms each.
+    let slow = out.latencies.micros.iter().filter(|&&us| us >= 100_000).count();
+    assert!(slow >= 30, "{slow} calls ≥ 100 ms; max {} µs", out.percentile(100.0));
+    assert!(out.percentile(100.0) >= stall.as_micros() as u64 * 9 / 10, "max {} µs", out.percentile(100.0));
+    // … and the rest of the run is unaffected: the median is a normal loopback call.
+    assert!(out.percentile(50.0) < 50_000, "p50 {} µs", out.percentile(50.0));
+    // The schedule still ends on time: the queue drains after the stall.
+    assert!(out.latencies.elapsed < Duration::from_millis(2600), "{:?}", out.latencies.elapsed);
+}

@@ -255,10 +255,20 @@ fn plot_ingress(ingress: &Value, work: &Path) -> anyhow::Result<String> {
                  'max{i}.dat' using 1:3 with points lc {colour} pt 4 ps 1.5 notitle"
             ));
         }
+        // The gRPC point (open loop, tonic client), where the run has one.
+        let grpc = &path["grpc"];
+        if let Some(rate) = grpc["rate_rps"].as_f64() {
+            let data = format!("{rate} {} {}\n", med(&grpc["p50_us"]), med(&grpc["p99_us"]));
+            std::fs::write(work.join(format!("grpc{i}.dat")), data)?;
+            plots.push(format!(
+                "'grpc{i}.dat' using 1:2 with points lc {colour} pt 8 ps 1.5 notitle, \
+                 'grpc{i}.dat' using 1:3 with points lc {colour} pt 9 ps 1.5 notitle"
+            ));
+        }
     }
     Ok(format!(
         "set title \"Ingress latency vs load\\n{}\" noenhanced\n\
-         set xlabel 'offered load (req/s); open marks: wrk max (closed loop, circle p50, square p99)'\n\
+         set xlabel 'offered load (req/s); open marks: wrk max (closed loop, circle p50, square p99); triangles: gRPC open loop (open p50, filled p99)'\n\
          set ylabel 'latency (µs, log scale)'\nset logscale y\nset grid\nset key outside right\n\
          plot {}\n",
         short_provenance(ingress),
@@ -670,6 +680,18 @@ mod tests {
         write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": old}));
         let md = performance(dir.path()).expect("performance");
         assert!(md.contains("| gRPC max calls/s (closed loop) | not measured |"), "{md}");
+    }
+
+    /// The ingress plot marks each path's gRPC point at its rate, where the run has one.
+    #[test]
+    fn ingress_plot_marks_the_grpc_points() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let ingress =
+            json!({"paths": [ingress_path("direct", 100.0, true), ingress_path("nginx", 200.0, false)]});
+        let script = plot_ingress(&ingress, work.path()).expect("plot");
+        assert!(script.contains("'grpc0.dat'") && !script.contains("'grpc1.dat'"), "{script}");
+        let grpc0 = std::fs::read_to_string(work.path().join("grpc0.dat")).expect("data");
+        assert_eq!(grpc0, "1000 200 300\n");
     }
 
     /// A mesh run with load points is plotted against load, one line per path, the gRPC points
