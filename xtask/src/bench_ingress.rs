@@ -789,6 +789,20 @@ impl Report<'_> {
                 statuses(g.max.errors as usize, &g.max_by_status),
             )?;
         }
+        let saturated = self
+            .paths
+            .iter()
+            .zip(self.results)
+            .filter(|(p, _)| p.proxy.is_some())
+            .all(|(_, r)| median(&r.grpc.max.cpu) >= 0.9);
+        if !saturated {
+            writeln!(
+                md,
+                "\nAt gRPC max, a proxy using less than one core was held back by core 0, where the generator and\n\
+                 the echo share one process (tonic on both sides): max calls/s then compares paths under the same\n\
+                 client, and calls/s per proxy core (calls per CPU-second the proxy used) is the efficiency figure."
+            )?;
+        }
         Ok(())
     }
 

@@ -168,13 +168,35 @@ impl<'a> Ztunnel<'a> {
     }
 
     /// Until a request from zclient reaches zserver's app through both ztunnels: the app sees
-    /// the call come from its own pod's address (the server-side ztunnel), not zclient's.
+    /// the call come from its own pod's address (the server-side ztunnel), not zclient's; and
+    /// the server-side ztunnel counts it as an mTLS (HBONE) connection, not a plaintext one
+    /// its :15006 would also have taken.
     fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         while std::time::Instant::now() < deadline {
             match testbed::http::get_once(&self.client.path(), self.server.addr(8080), "ztunnel") {
-                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.server.ip) => return Ok(()),
+                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.server.ip) => {
+                    let metrics = self.server_metrics();
+                    let mtls = metrics.lines().any(|l| {
+                        l.starts_with("istio_tcp_connections_opened_total")
+                            && l.contains("connection_security_policy=\"mutual_tls\"")
+                    });
+                    if !mtls {
+                        bail!(
+                            "zserver's ztunnel counted no mTLS connection: the calls did not cross HBONE\n{}",
+                            metrics
+                                .lines()
+                                .filter(|l| l.starts_with("istio_tcp"))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        );
+                    }
+                    println!(
+                        "==> ztunnel ready: zclient → zserver crosses both ztunnels, counted as mTLS by zserver's"
+                    );
+                    return Ok(());
+                }
                 Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
                 Err(error) => last = error.to_string(),
             }
@@ -187,6 +209,24 @@ impl<'a> Ztunnel<'a> {
         }
         let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
         bail!("no request crossed the ztunnels in 30 s ({last})\n{}", logs.join("\n"))
+    }
+
+    /// The server-side ztunnel's Prometheus metrics (its stats port, :15020, in zserver).
+    fn server_metrics(&self) -> String {
+        testbed::netns::in_netns(&self.server.path(), || {
+            use std::io::{Read as _, Write as _};
+            let Ok(mut conn) = std::net::TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], 15020)),
+                Duration::from_secs(1),
+            ) else {
+                return String::new();
+            };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: stats\r\nconnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = conn.read_to_string(&mut out);
+            out
+        })
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -319,9 +359,16 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     let mut results = Results {
         http: new(&http, RATES.len()),
         grpc: new(&grpc_paths, 1),
-        ztunnel: ztunnel
-            .as_ref()
-            .map(|_| std::env::var_os("ZTUNNEL_BIN").unwrap_or_default().to_string_lossy().into_owned()),
+        ztunnel: ztunnel.as_ref().map(|_| {
+            let bin = std::env::var_os("ZTUNNEL_BIN").unwrap_or_default();
+            // `ztunnel version`: its build info (crypto provider, profile), for the report.
+            let version = std::process::Command::new(&bin)
+                .arg("version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            format!("{} ({version})", PathBuf::from(&bin).display())
+        }),
     };
     let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
         let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
