@@ -376,7 +376,7 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
     writeln!(
         md,
         "Every figure below comes from `bench/results/*.json`, written by `cargo xtask bench <scenario>`\n\
-         (`ingress`, `mesh`, `tcp`, `control`; `all` runs them in turn, about 20 minutes, then this report).\n\
+         (`ingress`, `mesh`, `tcp`, `control`; `all` runs them in turn, about 30 minutes, then this report).\n\
          Each names its machine and date; the targets are issue 9's, and a missed one says so. Runs on a\n\
          machine shared with other builds carry its load average: compare paths within one run.\n"
     )?;
