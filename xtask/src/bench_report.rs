@@ -425,34 +425,37 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
             md.push_str(&row("h2c req/s per proxy core (h2load)", &|p: &Value| {
                 format!("{:.0}", med(&p["h2_max"]["requests_per_proxy_core_second"]))
             }));
-            // gRPC (runs before it had none: their cells say so).
+            // gRPC: runs from before it have no rows; a path that has none says so.
             let grpc_base = direct.map(|d| &d["grpc"]).filter(|g| g.is_object());
             let grpc_rate = grpc_base.and_then(|g| g["rate_rps"].as_u64()).unwrap_or(0);
-            md.push_str(&row(
-                &format!("gRPC added p50 / p99 at {grpc_rate} calls/s (µs, open loop, tonic client)"),
-                &|p: &Value| match (p["grpc"].is_object(), grpc_base) {
-                    (true, Some(base)) => format!(
-                        "{:+.0} / {:+.0}",
-                        med(&p["grpc"]["p50_us"]) - med(&base["p50_us"]),
-                        med(&p["grpc"]["p99_us"]) - med(&base["p99_us"])
-                    ),
-                    _ => "not measured".into(),
-                },
-            ));
-            md.push_str(&row("gRPC max calls/s (closed loop)", &|p: &Value| {
-                if p["grpc"].is_object() {
-                    format!("{:.0}", med(&p["grpc"]["max"]["rps"]))
-                } else {
-                    "not measured".into()
-                }
-            }));
-            md.push_str(&row("gRPC calls/s per proxy core", &|p: &Value| {
-                if p["grpc"].is_object() {
-                    format!("{:.0}", med(&p["grpc"]["max"]["requests_per_proxy_core_second"]))
-                } else {
-                    "not measured".into()
-                }
-            }));
+            let grpc_rows = grpc_base.is_some() || proxies.iter().any(|p| p["grpc"].is_object());
+            if grpc_rows {
+                md.push_str(&row(
+                    &format!("gRPC added p50 / p99 at {grpc_rate} calls/s (µs, open loop, tonic client)"),
+                    &|p: &Value| match (p["grpc"].is_object(), grpc_base) {
+                        (true, Some(base)) => format!(
+                            "{:+.0} / {:+.0}",
+                            med(&p["grpc"]["p50_us"]) - med(&base["p50_us"]),
+                            med(&p["grpc"]["p99_us"]) - med(&base["p99_us"])
+                        ),
+                        _ => "not measured".into(),
+                    },
+                ));
+                md.push_str(&row("gRPC max calls/s (closed loop)", &|p: &Value| {
+                    if p["grpc"].is_object() {
+                        format!("{:.0}", med(&p["grpc"]["max"]["rps"]))
+                    } else {
+                        "not measured".into()
+                    }
+                }));
+                md.push_str(&row("gRPC calls/s per proxy core", &|p: &Value| {
+                    if p["grpc"].is_object() {
+                        format!("{:.0}", med(&p["grpc"]["max"]["requests_per_proxy_core_second"]))
+                    } else {
+                        "not measured".into()
+                    }
+                }));
+            }
             md.push_str(&row("RSS idle / peak under h2 load (MB)", &|p: &Value| {
                 format!(
                     "{:.1} / {:.1}",
@@ -678,6 +681,11 @@ mod tests {
 
         let old = [ingress_path("direct", 100.0, false), ingress_path("weft-proxy", 300.0, false)];
         write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": old}));
+        let md = performance(dir.path()).expect("performance");
+        assert!(!md.contains("gRPC added") && !md.contains("gRPC max"), "{md}");
+        // One path measured, another not (a peer whose gRPC config failed): that one says so.
+        let mixed = [ingress_path("direct", 100.0, true), ingress_path("weft-proxy", 300.0, false)];
+        write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": mixed}));
         let md = performance(dir.path()).expect("performance");
         assert!(md.contains("| gRPC max calls/s (closed loop) | not measured |"), "{md}");
     }
