@@ -488,6 +488,72 @@ async fn the_certificate_of_an_identity_no_pod_has_any_more_is_forgotten() {
     assert_eq!(node_a.tracked(), vec![id(CLIENT)]);
 }
 
+/// A "pod" that accepts connections and never reads from them.
+async fn stalled_pod() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    addr
+}
+
+/// Writes into `tunnel` until a write stalls (nothing moves for 300 ms), up to 64 MiB; the
+/// bytes that went in.
+async fn write_until_stalled(tunnel: &mut hbone::client::Tunnel) -> usize {
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut pushed = 0;
+    while pushed < 64 * 1024 * 1024 {
+        match tokio::time::timeout(Duration::from_millis(300), tunnel.write_all(&chunk)).await {
+            Ok(written) => written.expect("write"),
+            Err(_) => return pushed,
+        }
+        pushed += chunk.len();
+    }
+    panic!("64 MiB went into a stream nobody reads: its flow control never closed");
+}
+
+/// A stream whose reader stops (the pod stops reading what the client sends, or the client
+/// stops reading what the pod sends back) fills its own window and stalls alone: a new stream
+/// on the same connection still gets through at once.
+#[tokio::test]
+async fn a_stalled_stream_does_not_block_the_others_on_its_connection() {
+    let Lab { _dir, node_a, node, pod } = lab().await;
+    let client = HboneClient::default();
+    let cert = node_a.certificate(&id(CLIENT)).await.expect("client certificate");
+    let (key, connect) = (key(node.hbone, SERVER), direct_connector());
+
+    // Into a pod that never reads: the window closes on the way there.
+    let mut upload = client.open(&key, &cert, &connect, stalled_pod().await).await.expect("tunnel");
+    let pushed = write_until_stalled(&mut upload).await;
+    assert!(
+        pushed >= hbone::STREAM_WINDOW as usize,
+        "stalled after {pushed} bytes, within one stream window"
+    );
+
+    // From a pod whose echo the client never reads: the window closes on the way back (and
+    // then the echo stops reading too).
+    let mut unread = client.open(&key, &cert, &connect, pod).await.expect("tunnel");
+    let pushed = write_until_stalled(&mut unread).await;
+    assert!(
+        pushed >= hbone::STREAM_WINDOW as usize,
+        "stalled after {pushed} bytes, within one stream window"
+    );
+
+    let mut fresh = client.open(&key, &cert, &connect, pod).await.expect("tunnel");
+    fresh.write_all(b"still moving").await.expect("write");
+    let mut echoed = [0; 12];
+    tokio::time::timeout(Duration::from_secs(2), fresh.read_exact(&mut echoed))
+        .await
+        .expect("a new stream is not held up by the stalled ones")
+        .expect("read");
+    assert_eq!(&echoed, b"still moving");
+    assert_eq!(client.connections(), 1, "all three streams shared one connection");
+}
+
 /// A "pod" that reads everything it is sent, then answers with the byte count and closes: the
 /// sender knows every byte arrived when it reads the count.
 async fn sink_pod() -> SocketAddr {

@@ -2,24 +2,23 @@
 //! and one CONNECT stream per tunnelled TCP connection.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode, Version};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_api::identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, Connector, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER,
     STREAM_WINDOW, tls,
@@ -59,24 +58,30 @@ pub enum HboneError {
     #[error("cannot build the TLS config: {0}")]
     Config(#[from] rustls::Error),
     #[error("HTTP/2 with {0} failed: {1}")]
-    H2(SocketAddr, hyper::Error),
+    H2(SocketAddr, h2::Error),
     #[error("{peer} refused the tunnel to {target}: {status}")]
     Refused { peer: SocketAddr, target: SocketAddr, status: StatusCode },
 }
 
 #[derive(Clone)]
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
     /// Set when a stream could not be opened on it: never offered again.
     retired: Arc<AtomicBool>,
 }
 
 impl Pooled {
-    /// Whether new streams may go here. A peer that drains sends GOAWAY: hyper then ends the
-    /// connection's request side (`is_closed`) while the streams in flight go on.
+    /// Whether new streams may go here. A peer that drains sends GOAWAY: h2 then refuses new
+    /// streams on the connection (`poll_ready` fails) while the streams in flight go on; a
+    /// connection that ended (the peer vanished, keepalive gave up) fails the same way.
     fn usable(&self) -> bool {
-        !self.sender.is_closed() && !self.retired.load(Ordering::Acquire)
+        if self.retired.load(Ordering::Acquire) {
+            return false;
+        }
+        // Only asks: a fresh clone has no stream pending, so this never waits or wakes.
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.sender.clone().poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
 }
 
@@ -124,21 +129,23 @@ impl HboneClient {
         let guard = StreamGuard(pooled.streams.clone());
         let mut sender = pooled.sender;
         let peer = key.destination;
+        // Authority form (`podIP:port`): h2 sends a CONNECT with `:authority` alone.
         let request = Request::builder()
             .method(Method::CONNECT)
             .version(Version::HTTP_2)
             .uri(target.to_string())
-            .body(Empty::new())
+            .body(())
             .map_err(|e| HboneError::Connect(peer, io::Error::other(e)))?;
         // Failing here, the request never got an answer: nothing was served.
-        sender.ready().await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
-        let response = sender.send_request(request).await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
+        poll_fn(|cx| sender.poll_ready(cx)).await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
+        let (response, send) =
+            sender.send_request(request, false).map_err(|e| Unsent(HboneError::H2(peer, e)))?;
+        let response = response.await.map_err(|e| Unsent(HboneError::H2(peer, e)))?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused { peer, target, status: response.status() }.into());
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(|e| HboneError::H2(peer, e))?;
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Tunnel { io: TokioIo::new(upgraded), _guard: guard })
+        Ok(Tunnel { io: H2Stream::new(send, response.into_body()), _guard: guard })
     }
 
     /// A live pooled connection with a free stream, counted as taken.
@@ -175,20 +182,37 @@ impl HboneClient {
         if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(HboneError::NoH2(peer));
         }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .handshake(TokioIo::new(tls))
+            // Until the peer's SETTINGS say otherwise: what a destination proxy allows.
+            .initial_max_send_streams(MAX_STREAMS_PER_CONNECTION as usize)
+            // A stream may queue as much as the peer lets it have in flight, so a bulk
+            // direction never waits for the buffer while the window is open, and never holds
+            // more than its window.
+            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| HboneError::H2(peer, e))?;
+        let ping = connection.ping_pong();
         let source = key.source_identity.clone();
+        // The connection's only task: it reads and writes the TLS socket for every stream.
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %source, %error, "HBONE connection ended");
+            let keepalive = async {
+                match ping {
+                    Some(ping) => keepalive(ping).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ended = connection => match ended {
+                    Ok(()) => tracing::debug!(%peer, %source, "HBONE connection ended"),
+                    Err(error) => tracing::debug!(%peer, %source, %error, "HBONE connection ended"),
+                },
+                // Dropping the connection fails its streams and takes it out of the pool.
+                why = keepalive => tracing::debug!(%peer, %source, %why, "HBONE connection lost: closed"),
             }
         });
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +223,19 @@ impl HboneClient {
     /// Open pooled connections (live ones only), for metrics and tests.
     pub fn connections(&self) -> usize {
         self.pool.lock().map(|pool| pool.values().flatten().filter(|c| c.usable()).count()).unwrap_or(0)
+    }
+}
+
+/// Pings the peer every [`KEEPALIVE_INTERVAL`]; returns why the peer is taken for gone when a
+/// pong does not come back within [`KEEPALIVE_TIMEOUT`].
+async fn keepalive(mut ping: h2::PingPong) -> String {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return format!("keepalive ping failed: {error}"),
+            Err(_) => return format!("no keepalive pong within {KEEPALIVE_TIMEOUT:?}"),
+        }
     }
 }
 
@@ -235,7 +272,7 @@ impl Drop for StreamGuard {
 
 /// One tunnelled TCP connection: bytes written here come out of the destination pod's socket.
 pub struct Tunnel {
-    io: TokioIo<Upgraded>,
+    io: H2Stream,
     _guard: StreamGuard,
 }
 

@@ -7,7 +7,6 @@
 //! an allow-list of identities is a check in [`accept_stream`] away.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +15,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_api::identity::SpiffeId;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
+use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER, STREAM_WINDOW,
 };
@@ -130,46 +129,71 @@ impl HboneServer {
         let peer = Arc::new(peer);
         let pod = destination.pod.clone();
         let source = client.map(|c| c.ip());
-        let service = hyper::service::service_fn({
-            let server = self.clone();
-            move |req| {
-                let (server, destination, peer) = (server.clone(), destination.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(server.accept_stream(req, &destination, &peer, source).await) }
-            }
-        });
-        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let handshake = h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .serve_connection(TokioIo::new(stream), service);
-        let mut connection = std::pin::pin!(connection);
-        let served = tokio::select! {
-            served = connection.as_mut() => served,
-            () = drain => {
-                self.goaways.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(?client, %pod, "HBONE connection draining: GOAWAY sent");
-                connection.as_mut().graceful_shutdown();
-                connection.await
+            // As on the client: a stream queues at most what its window lets it have in flight.
+            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .handshake::<_, Bytes>(stream);
+        let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                tracing::debug!(?client, %peer, %pod, %error, "HBONE connection ended before HTTP/2 began");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?client, %peer, %pod, "HBONE peer did not begin HTTP/2 in time");
+                return;
             }
         };
-        if let Err(error) = served {
-            tracing::debug!(?client, %error, "HBONE connection ended");
+        let mut drain = std::pin::pin!(drain);
+        let mut draining = false;
+        // This task drives the connection (its TLS reads and writes, for every stream) while it
+        // waits for the next stream; each stream gets one task, which answers and then copies.
+        loop {
+            tokio::select! {
+                accepted = connection.accept() => match accepted {
+                    Some(Ok((request, respond))) => {
+                        let (server, destination, peer) = (self.clone(), destination.clone(), peer.clone());
+                        tokio::spawn(async move {
+                            server.accept_stream(request, respond, &destination, &peer, source).await
+                        });
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(?client, %error, "HBONE connection ended");
+                        break;
+                    }
+                    // Closed, after the last stream when draining.
+                    None => break,
+                },
+                () = drain.as_mut(), if !draining => {
+                    draining = true;
+                    self.goaways.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?client, %pod, "HBONE connection draining: GOAWAY sent");
+                    // Streams the peer opened before it saw the GOAWAY are still accepted.
+                    connection.graceful_shutdown();
+                }
+            }
         }
     }
 
+    /// One CONNECT: checked, dialled, answered, then copied both ways until both sides end.
     async fn accept_stream(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
         destination: &Destination,
         peer: &Arc<SpiffeId>,
         client: Option<IpAddr>,
-    ) -> Response<Empty<Bytes>> {
-        let refuse = |status: StatusCode, why: &str| {
+    ) {
+        let mut refuse = |status: StatusCode, why: &str| {
             self.refused_streams.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, pod = %destination.pod, authority = ?req.uri().authority(), %status, why, "HBONE stream refused");
-            answer(status)
+            if let Err(error) = respond.send_response(answer(status), true) {
+                tracing::debug!(%peer, %error, "the refusal could not be sent");
+            }
         };
         if req.method() != Method::CONNECT {
             return refuse(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is spoken here");
@@ -190,23 +214,20 @@ impl HboneServer {
         if let Ok(mut streams) = self.streams.lock() {
             *streams.entry(peer.to_string()).or_default() += 1;
         }
-        let (peer, pod, access_log) = (peer.clone(), destination.pod.clone(), self.access_log);
-        tokio::spawn(async move {
-            let result = match hyper::upgrade::on(req).await {
-                Ok(upgraded) => splice(TokioIo::new(upgraded), upstream).await,
-                Err(error) => Err(io::Error::other(error)),
-            };
-            match result {
-                Ok((sent, received)) if access_log => {
-                    tracing::info!(target: "weft::access", source = %peer, %pod, %target, sent, received, "hbone")
-                }
-                Ok((sent, received)) => {
-                    tracing::debug!(source = %peer, %pod, %target, sent, received, "HBONE stream done")
-                }
-                Err(error) => tracing::debug!(source = %peer, %pod, %target, %error, "HBONE stream failed"),
+        let pod = &destination.pod;
+        let result = match respond.send_response(answer(StatusCode::OK), false) {
+            Ok(send) => splice(H2Stream::new(send, req.into_body()), upstream).await,
+            Err(error) => Err(io::Error::other(error)),
+        };
+        match result {
+            Ok((sent, received)) if self.access_log => {
+                tracing::info!(target: "weft::access", source = %peer, %pod, %target, sent, received, "hbone")
             }
-        });
-        answer(StatusCode::OK)
+            Ok((sent, received)) => {
+                tracing::debug!(source = %peer, %pod, %target, sent, received, "HBONE stream done")
+            }
+            Err(error) => tracing::debug!(source = %peer, %pod, %target, %error, "HBONE stream failed"),
+        }
     }
 
     /// Prometheus text: streams by source identity, refusals.
@@ -242,8 +263,8 @@ impl HboneServer {
     }
 }
 
-fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+fn answer(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = status;
     response
 }
