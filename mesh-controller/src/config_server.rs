@@ -116,8 +116,8 @@ impl Publisher {
         }
     }
 
-    /// Publishes `config` whole (standalone mode and tests): the changes are found by
-    /// comparing it with the current config. Returns the version now current.
+    /// Publishes `config` whole (tests; both modes publish through [`Publisher::update`]):
+    /// the changes are found by comparing it with the current config. Returns the version now current.
     pub fn publish(&self, config: Config) -> u64 {
         self.update(|current| {
             let changed = changed_between(current, &config);
@@ -150,8 +150,18 @@ impl Publisher {
         *self.versions.borrow()
     }
 
-    /// The current version with a copy of its config (for admin and tests; proxies are sent
-    /// deltas instead).
+    /// Runs `f` on the current version and its config, without copying it (the config is 10k
+    /// Services and 100k endpoints at scale): /metrics is scraped often, and each certificate
+    /// request checks its caller against the config. Publishing waits meanwhile: keep `f` short.
+    pub fn with_config<R>(&self, f: impl FnOnce(u64, &Config) -> R) -> R {
+        match self.state.read() {
+            Ok(state) => f(state.version, &state.config),
+            Err(_) => f(0, &Config::default()),
+        }
+    }
+
+    /// The current version with a copy of its config (for tests; proxies are sent deltas
+    /// instead, and everything else looks through [`Publisher::with_config`]).
     pub fn current(&self) -> Snapshot {
         match self.state.read() {
             Ok(state) => Snapshot { version: state.version, config: Arc::new(state.config.clone()) },

@@ -35,17 +35,44 @@ pub struct Loaded {
 
 /// Reads every manifest below `dir` into one store.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ManifestError> {
-    let mut files = Vec::new();
-    collect_files(dir, &mut files)?;
-    files.sort();
     let mut loaded = Loaded::default();
-    for path in files {
+    for path in manifest_files(dir)? {
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
         loaded.files += 1;
         load_text(&text, &path, &mut loaded)?;
     }
     Ok(loaded)
+}
+
+/// The manifest files (`*.yaml`, `*.yml`) below `dir`, in path order.
+pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// What one manifest file holds.
+#[derive(Debug, Default)]
+pub struct FileObjects {
+    /// In the file's order; a later document with the same kind and key wins, as in a store.
+    pub objects: Vec<Object>,
+    /// `kind` of every document skipped because the controller does not read it.
+    pub skipped_kinds: Vec<String>,
+}
+
+/// Reads one manifest file; any document that does not parse fails the whole file.
+pub fn load_file(path: &Path) -> Result<FileObjects, ManifestError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
+    let mut out = FileObjects::default();
+    parse_text(&text, path, |parsed| match parsed {
+        Parsed::Object(object) => out.objects.push(*object),
+        Parsed::Empty => {}
+        Parsed::Skipped(kind) => out.skipped_kinds.push(kind),
+    })?;
+    Ok(out)
 }
 
 /// Reads one YAML stream (as if it were the file `origin`) into a store.
@@ -56,14 +83,20 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Loaded, ManifestError> {
 }
 
 fn load_text(text: &str, path: &Path, loaded: &mut Loaded) -> Result<(), ManifestError> {
+    parse_text(text, path, |parsed| match parsed {
+        Parsed::Object(object) => {
+            loaded.store.insert(*object);
+            loaded.objects += 1;
+        }
+        Parsed::Empty => {}
+        Parsed::Skipped(kind) => loaded.skipped_kinds.push(kind),
+    })
+}
+
+fn parse_text(text: &str, path: &Path, mut each: impl FnMut(Parsed)) -> Result<(), ManifestError> {
     for (line, doc) in documents(text) {
         match parse_document(doc) {
-            Ok(Parsed::Object(object)) => {
-                loaded.store.insert(*object);
-                loaded.objects += 1;
-            }
-            Ok(Parsed::Empty) => {}
-            Ok(Parsed::Skipped(kind)) => loaded.skipped_kinds.push(kind),
+            Ok(parsed) => each(parsed),
             Err(DocumentError { line: offset, message }) => {
                 return Err(ManifestError::Invalid {
                     path: path.to_path_buf(),

@@ -15,7 +15,7 @@ use mesh_api::model::ObjectKey;
 
 /// One object of any kind the controller reads. Objects pass through this type once on their
 /// way into the store, so the size of the largest variant costs nothing worth boxing for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Object {
     GatewayClass(GatewayClass),
@@ -169,6 +169,30 @@ impl Store {
             Object::Namespace(o) => put(&mut self.namespaces, o),
             Object::Secret(o) => put(&mut self.secrets, o),
             Object::ConfigMap(o) => put(&mut self.config_maps, o),
+        }
+    }
+
+    /// Whether the store holds exactly `object` already (so inserting it changes nothing).
+    pub fn holds(&self, object: &Object) -> bool {
+        fn same<K: PartialEq>(map: &Objects<K>, key: &ObjectKey, object: &K) -> bool {
+            map.get(key).is_some_and(|held| **held == *object)
+        }
+        let key = object.key();
+        match object {
+            Object::GatewayClass(o) => same(&self.gateway_classes, &key, o),
+            Object::Gateway(o) => same(&self.gateways, &key, o),
+            Object::HttpRoute(o) => same(&self.http_routes, &key, o),
+            Object::GrpcRoute(o) => same(&self.grpc_routes, &key, o),
+            Object::TlsRoute(o) => same(&self.tls_routes, &key, o),
+            Object::TcpRoute(o) => same(&self.tcp_routes, &key, o),
+            Object::UdpRoute(o) => same(&self.udp_routes, &key, o),
+            Object::ReferenceGrant(o) => same(&self.reference_grants, &key, o),
+            Object::Service(o) => same(&self.services, &key, o),
+            Object::EndpointSlice(o) => same(&self.endpoint_slices, &key, o),
+            Object::Pod(o) => same(&self.pods, &key, o),
+            Object::Namespace(o) => same(&self.namespaces, &key, o),
+            Object::Secret(o) => same(&self.secrets, &key, o),
+            Object::ConfigMap(o) => same(&self.config_maps, &key, o),
         }
     }
 

@@ -178,3 +178,188 @@ async fn a_broken_manifest_edit_keeps_the_last_good_config() {
     let held = held.apply(&fixed).expect("delta applies");
     assert!(held.services.contains_key("default/api") && !held.services.contains_key("default/web"));
 }
+
+/// A Service `name` with one ready endpoint, and (with `prefix`) its GAMMA route.
+fn service_yaml(name: &str, address: &str, prefix: Option<&str>) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{clusterIP: 10.96.0.{}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+         endpoints: [{{addresses: [{address}], conditions: {{ready: true}}}}]\n---\n",
+        name.as_bytes()[0]
+    );
+    if let Some(prefix) = prefix {
+        yaml.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  parentRefs: [{{group: \"\", kind: Service, name: {name}, port: 80}}]\n\
+             \x20 rules:\n  - matches: [{{path: {{type: PathPrefix, value: \"{prefix}\"}}}}]\n\
+             \x20   backendRefs: [{{name: {name}, port: 80}}]\n"
+        ));
+    }
+    yaml
+}
+
+/// Replaces `path` by rename, as editors and ConfigMap mounts do.
+fn replace(path: &std::path::Path, text: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, text).expect("write");
+    std::fs::rename(&staged, path).expect("rename");
+}
+
+/// The resource ids (`kind key`) an update carries, sorted.
+fn ids(update: &ConfigUpdate) -> (Vec<String>, Vec<String>) {
+    let name = |id: &mesh_api::proto::ResourceId| format!("{:?} {}", id.kind(), id.key);
+    let mut upserts: Vec<String> = update.upserts.iter().filter_map(|r| r.id.as_ref()).map(name).collect();
+    let mut removals: Vec<String> = update.removals.iter().map(name).collect();
+    upserts.sort();
+    removals.sort();
+    (upserts, removals)
+}
+
+/// A source on a folder with `a.yaml` (Service a, its route on `/a`) and `b.yaml` (Service b,
+/// its route on `/b`), read once, and a proxy that holds (and ACKed) its first version.
+async fn standalone_folder() -> (tempfile::TempDir, ManifestSource, Publisher, Proxy, Config) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.yaml"), service_yaml("a", "10.1.0.1", Some("/a"))).expect("write");
+    std::fs::write(dir.path().join("b.yaml"), service_yaml("b", "10.1.0.2", Some("/b"))).expect("write");
+    let publisher = Publisher::new();
+    let mut source = ManifestSource::new(dir.path().to_path_buf(), Settings::default(), publisher.clone());
+    assert_eq!(source.reload().expect("valid folder"), 1);
+    let url = start(publisher.clone()).await;
+    let mut proxy = Proxy::connect(&url, subscribe("node-1")).await.expect("subscribed");
+    let first = proxy.next().await;
+    let held = Config::default().apply(&first).expect("applies");
+    assert_eq!(held.routes.len(), 2, "{:?}", held.routes.keys());
+    proxy.ack(first.version).await;
+    (dir, source, publisher, proxy, held)
+}
+
+#[tokio::test]
+async fn a_standalone_edit_reads_only_its_file_and_publishes_only_its_objects() {
+    let (dir, mut source, publisher, mut proxy, held) = standalone_folder().await;
+    replace(&dir.path().join("b.yaml"), &service_yaml("b", "10.1.0.2", Some("/b-v2")));
+    let scan = source.scan();
+    assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+    assert_eq!((scan.read, scan.removed), (1, 0), "only the edited file is read");
+    assert_eq!(scan.version, 2);
+    let delta = proxy.next().await;
+    assert!(!delta.full_state);
+    assert_eq!(ids(&delta), (vec!["Route HTTPRoute/shop/b".to_string()], vec![]), "only the edited route");
+    let held = held.apply(&delta).expect("delta applies");
+    assert_eq!(held, *publisher.current().config, "the proxy holds what a whole read resolves");
+    proxy.ack(delta.version).await;
+
+    // Nothing changed: nothing read, nothing published.
+    let scan = source.scan();
+    assert_eq!((scan.read, scan.removed, scan.version), (0, 0, 2));
+    // A rewrite with the same content is read but publishes nothing.
+    replace(&dir.path().join("a.yaml"), &service_yaml("a", "10.1.0.1", Some("/a")));
+    let scan = source.scan();
+    assert_eq!((scan.read, scan.version), (1, 2));
+    proxy.nothing_within(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_its_last_good_objects_while_other_files_apply() {
+    let (dir, mut source, publisher, mut proxy, held) = standalone_folder().await;
+    replace(&dir.path().join("a.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: [broken\n");
+    replace(&dir.path().join("b.yaml"), &service_yaml("b", "10.1.0.9", Some("/b")));
+    let scan = source.scan();
+    assert_eq!(scan.errors.len(), 1, "{:?}", scan.errors);
+    assert!(scan.errors[0].to_string().contains("a.yaml:"), "{}", scan.errors[0]);
+    let delta = proxy.next().await;
+    assert_eq!(
+        ids(&delta),
+        (vec!["Backend shop/b:80".to_string()], vec![]),
+        "b's new endpoint, and nothing of the broken a"
+    );
+    let held = held.apply(&delta).expect("applies");
+    assert!(held.services.contains_key("shop/a") && held.routes.contains_key("HTTPRoute/shop/a"));
+    proxy.ack(delta.version).await;
+
+    // Not read again while unchanged; fixed, it applies.
+    assert_eq!(source.scan().read, 0);
+    replace(&dir.path().join("a.yaml"), &service_yaml("a", "10.1.0.1", Some("/a-fixed")));
+    let scan = source.scan();
+    assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+    let delta = proxy.next().await;
+    assert_eq!(ids(&delta), (vec!["Route HTTPRoute/shop/a".to_string()], vec![]));
+    assert_eq!(held.apply(&delta).expect("applies"), *publisher.current().config);
+}
+
+#[tokio::test]
+async fn removing_adding_and_renaming_files() {
+    let (dir, mut source, publisher, mut proxy, held) = standalone_folder().await;
+    // Removed: its Service, backend and route go.
+    std::fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+    let scan = source.scan();
+    assert_eq!((scan.read, scan.removed), (0, 1));
+    let delta = proxy.next().await;
+    let (upserts, removals) = ids(&delta);
+    assert!(upserts.is_empty(), "{upserts:?}");
+    assert_eq!(removals, ["Backend shop/b:80", "Route HTTPRoute/shop/b", "Service shop/b"]);
+    let held = held.apply(&delta).expect("applies");
+    proxy.ack(delta.version).await;
+
+    // Added (in a subfolder): its objects arrive.
+    std::fs::create_dir(dir.path().join("more")).expect("mkdir");
+    std::fs::write(dir.path().join("more/c.yml"), service_yaml("c", "10.1.0.3", None)).expect("write");
+    let scan = source.scan();
+    assert_eq!(scan.read, 1);
+    let delta = proxy.next().await;
+    assert_eq!(ids(&delta), (vec!["Backend shop/c:80".to_string(), "Service shop/c".to_string()], vec![]));
+    let held = held.apply(&delta).expect("applies");
+    proxy.ack(delta.version).await;
+
+    // Renamed: the same objects from another path; nothing to publish.
+    let version = publisher.version();
+    std::fs::rename(dir.path().join("a.yaml"), dir.path().join("renamed.yaml")).expect("rename");
+    let scan = source.scan();
+    assert_eq!((scan.read, scan.removed, scan.version), (1, 1, version));
+    proxy.nothing_within(Duration::from_millis(200)).await;
+    assert_eq!(held, *publisher.current().config);
+}
+
+#[tokio::test]
+async fn an_object_in_two_files_comes_from_the_last_and_survives_its_removal() {
+    let (dir, mut source, publisher, mut proxy, held) = standalone_folder().await;
+    // z.yaml sorts last: its route for b wins over b.yaml's.
+    std::fs::write(dir.path().join("z.yaml"), service_yaml("b", "10.1.0.2", Some("/from-z"))).expect("write");
+    source.scan();
+    let delta = proxy.next().await;
+    assert_eq!(ids(&delta), (vec!["Route HTTPRoute/shop/b".to_string()], vec![]));
+    let held = held.apply(&delta).expect("applies");
+    proxy.ack(delta.version).await;
+    // Without z.yaml, b.yaml's definition is back; nothing is removed.
+    std::fs::remove_file(dir.path().join("z.yaml")).expect("remove");
+    source.scan();
+    let delta = proxy.next().await;
+    assert_eq!(ids(&delta), (vec!["Route HTTPRoute/shop/b".to_string()], vec![]));
+    let held = held.apply(&delta).expect("applies");
+    assert_eq!(held, *publisher.current().config);
+    let whole = mesh_controller::manifests::load_dir(dir.path()).expect("loads");
+    let resolved = mesh_controller::resolve::resolve(&whole.store, &Settings::default());
+    assert_eq!(held, resolved.config, "the same as reading the folder whole");
+}
+
+#[tokio::test]
+async fn the_watch_notices_an_edit_without_waiting_for_the_poll() {
+    let (dir, source, _publisher, mut proxy, _held) = standalone_folder().await;
+    tokio::spawn(source.watch());
+    // Let the watch task set up its inotify watch.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fastest = Duration::MAX;
+    for (n, prefix) in ["/one", "/two", "/three"].into_iter().enumerate() {
+        let written = std::time::Instant::now();
+        replace(&dir.path().join("b.yaml"), &service_yaml("b", "10.1.0.2", Some(prefix)));
+        let delta = proxy.next().await;
+        fastest = fastest.min(written.elapsed());
+        assert_eq!(delta.version, 2 + n as u64);
+        proxy.ack(delta.version).await;
+    }
+    // The poll runs every 250 ms; inotify answers in milliseconds. The fastest of three
+    // leaves room for a loaded machine.
+    assert!(fastest < Duration::from_millis(200), "fastest edit took {fastest:?}");
+}

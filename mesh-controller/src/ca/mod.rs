@@ -158,8 +158,8 @@ impl CertificateService {
             request.identity.parse().map_err(|e: mesh_api::identity::SpiffeIdError| {
                 ("bad_identity", Status::invalid_argument(e.to_string()))
             })?;
-        let config = self.publisher.current().config;
-        authorize::authorize(&caller, &identity, &config)
+        self.publisher
+            .with_config(|_, config| authorize::authorize(&caller, &identity, config))
             .map_err(|refusal| ("not_on_node", Status::permission_denied(refusal.to_string())))?;
         let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(request.ttl_seconds)));
         let issued = self
