@@ -1,8 +1,8 @@
 //! Versions of the config on the wire: a full state, then deltas of named resources.
 //!
 //! The controller computes a complete [`Config`] on every change and sends each proxy only what
-//! differs from the version that proxy last acknowledged. The proxy rebuilds the next complete
-//! `Config` with [`Config::apply`]; an update that does not apply cleanly is refused whole, so a
+//! differs from the version that proxy last acknowledged. The proxy brings its `Config` to the
+//! next version with [`Config::apply_in_place`] (or builds a new one with [`Config::apply`]); an update that does not apply cleanly is refused whole, so a
 //! proxy is always on exactly one version the controller sent.
 
 use std::collections::BTreeMap;
@@ -162,6 +162,129 @@ impl Config {
     }
 }
 
+/// One decoded upsert, checked and ready to go in.
+enum Decoded {
+    Service(crate::model::Service),
+    Workload(crate::model::Workload),
+    Backend(crate::model::Backend),
+    Listener(crate::model::Listener),
+    Route(crate::model::Route),
+    Certificate(crate::model::Certificate),
+}
+
+impl Config {
+    /// [`Config::apply`] in place: `self` becomes the version `update` describes, at the cost of
+    /// the update's size (nothing else is copied). Everything is decoded and checked before
+    /// anything changes, so on an error `self` is untouched. Returns the resources that
+    /// changed (upserted or removed), by kind and key.
+    pub fn apply_in_place(
+        &mut self,
+        update: &proto::ConfigUpdate,
+    ) -> Result<Vec<(ResourceKind, String)>, DeltaError> {
+        let mut decoded = Vec::with_capacity(update.upserts.len());
+        for upsert in &update.upserts {
+            let id = upsert.id.clone().unwrap_or_default();
+            let kind = id.kind();
+            macro_rules! decode_kind {
+                ($field:ident, $k:expr, $key:expr) => {
+                    if kind == $k {
+                        let value = decode(kind, &id.key, &upsert.body)?;
+                        let found = ($key)(&value);
+                        if found != id.key {
+                            return Err(DeltaError::KeyMismatch { kind, key: id.key, found });
+                        }
+                        decoded.push((id.key, Decoded::from(value)));
+                        continue;
+                    }
+                };
+            }
+            for_each_kind!(decode_kind);
+            return Err(DeltaError::UnspecifiedKind { key: id.key });
+        }
+        if !update.full_state {
+            for removal in &update.removals {
+                let kind = removal.kind();
+                let key = &removal.key;
+                let present = match kind {
+                    ResourceKind::Unspecified => {
+                        return Err(DeltaError::UnspecifiedKind { key: key.clone() });
+                    }
+                    ResourceKind::Service => self.services.contains_key(key),
+                    ResourceKind::Workload => self.workloads.contains_key(key),
+                    ResourceKind::Backend => self.backends.contains_key(key),
+                    ResourceKind::Listener => self.listeners.contains_key(key),
+                    ResourceKind::Route => self.routes.contains_key(key),
+                    ResourceKind::Certificate => self.certificates.contains_key(key),
+                };
+                if !present {
+                    return Err(DeltaError::UnknownRemoval { kind, key: key.clone() });
+                }
+            }
+        } else if let Some(removal) = update.removals.first() {
+            // A full state removes nothing; `apply` finds the same removal unknown.
+            return Err(DeltaError::UnknownRemoval { kind: removal.kind(), key: removal.key.clone() });
+        }
+        let mut changed = Vec::with_capacity(decoded.len() + update.removals.len());
+        if update.full_state {
+            *self = Config::default();
+        }
+        for removal in &update.removals {
+            let key = &removal.key;
+            match removal.kind() {
+                ResourceKind::Service => drop(self.services.remove(key)),
+                ResourceKind::Workload => drop(self.workloads.remove(key)),
+                ResourceKind::Backend => drop(self.backends.remove(key)),
+                ResourceKind::Listener => drop(self.listeners.remove(key)),
+                ResourceKind::Route => drop(self.routes.remove(key)),
+                ResourceKind::Certificate => drop(self.certificates.remove(key)),
+                ResourceKind::Unspecified => {}
+            }
+            changed.push((removal.kind(), key.clone()));
+        }
+        for (key, value) in decoded {
+            let kind = match value {
+                Decoded::Service(v) => {
+                    self.services.insert(key.clone(), v);
+                    ResourceKind::Service
+                }
+                Decoded::Workload(v) => {
+                    self.workloads.insert(key.clone(), v);
+                    ResourceKind::Workload
+                }
+                Decoded::Backend(v) => {
+                    self.backends.insert(key.clone(), v);
+                    ResourceKind::Backend
+                }
+                Decoded::Listener(v) => {
+                    self.listeners.insert(key.clone(), v);
+                    ResourceKind::Listener
+                }
+                Decoded::Route(v) => {
+                    self.routes.insert(key.clone(), v);
+                    ResourceKind::Route
+                }
+                Decoded::Certificate(v) => {
+                    self.certificates.insert(key.clone(), v);
+                    ResourceKind::Certificate
+                }
+            };
+            changed.push((kind, key));
+        }
+        Ok(changed)
+    }
+}
+
+macro_rules! decoded_from {
+    ($($variant:ident),*) => {
+        $(impl From<crate::model::$variant> for Decoded {
+            fn from(value: crate::model::$variant) -> Self {
+                Decoded::$variant(value)
+            }
+        })*
+    };
+}
+decoded_from!(Service, Workload, Backend, Listener, Route, Certificate);
+
 fn resource<T: Serialize>(kind: ResourceKind, key: &str, value: &T) -> proto::Resource {
     // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
     let body = serde_json::to_vec(value).unwrap_or_default();
@@ -241,6 +364,43 @@ mod tests {
         a.insert_service(service("default", "one", 80));
         let delta = a.diff(&a.clone(), 3);
         assert!(delta.upserts.is_empty() && delta.removals.is_empty());
+    }
+
+    #[test]
+    fn apply_in_place_reaches_what_apply_does_and_refuses_whole() {
+        let mut a = Config::default();
+        a.insert_service(service("default", "one", 80));
+        a.insert_service(service("default", "two", 80));
+        let mut b = Config::default();
+        b.insert_service(service("default", "one", 8080));
+        b.insert_service(service("default", "three", 80));
+        let delta = a.diff(&b, 2);
+        let mut held = a.clone();
+        let mut changed = held.apply_in_place(&delta).expect("applies");
+        changed.sort();
+        assert_eq!(held, b);
+        assert_eq!(held, a.apply(&delta).expect("applies"));
+        let keys: Vec<&str> = changed.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(keys, ["default/one", "default/three", "default/two"]);
+
+        // A bad body after a good one: nothing changes.
+        let mut broken = b.diff(&a, 3);
+        broken.upserts.push(proto::Resource {
+            id: Some(proto::ResourceId { kind: ResourceKind::Service as i32, key: "default/x".into() }),
+            body: b"{not json".to_vec(),
+        });
+        assert!(matches!(held.apply_in_place(&broken), Err(DeltaError::BadBody { .. })));
+        assert_eq!(held, b, "untouched");
+        let removal = proto::ConfigUpdate {
+            version: 4,
+            full_state: false,
+            upserts: b.diff(&a, 4).upserts,
+            removals: vec![proto::ResourceId { kind: ResourceKind::Route as i32, key: "nope".into() }],
+        };
+        assert!(matches!(held.apply_in_place(&removal), Err(DeltaError::UnknownRemoval { .. })));
+        assert_eq!(held, b, "untouched");
+        held.apply_in_place(&a.to_full_update(5)).expect("full state");
+        assert_eq!(held, a);
     }
 
     #[test]

@@ -92,6 +92,15 @@ impl Controller {
         std::fs::write(&path, format!("{token}\n")).expect("token file");
         path
     }
+
+    /// The source of a proxy subscribing as `node` with `token`, as weft-proxy runs it.
+    fn proxy(&self, node: &str, token: &str) -> Source {
+        Source::Controller(Subscription {
+            endpoint: self.endpoint(),
+            node: node.into(),
+            token_file: Some(self.token_file(token)),
+        })
+    }
 }
 
 /// Subscribes as `node` with `token` over `endpoint`; the first update, or the refusal.
@@ -128,19 +137,12 @@ async fn a_proxy_with_its_nodes_token_gets_the_config_over_tls() {
     let controller = Controller::start(&["127.0.0.1"]).await;
 
     // The proxy as weft-proxy runs it.
-    let source = Source::Controller(Subscription {
-        endpoint: controller.endpoint(),
-        node: "node-a".into(),
-        token_file: Some(controller.token_file("token-a")),
+    let proxy = start_with(controller.proxy("node-a", "token-a")).await;
+    eventually("the proxy got its config", || proxy.store.is_ready()).await;
+    proxy.store.read_config(|_, config| {
+        assert!(config.services.contains_key("default/web"));
+        assert!(config.certificates.contains_key("shop/gateway-tls"));
     });
-    let proxy = start_with(source).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !proxy.store.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "the proxy never got its config");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(proxy.store.load().config.services.contains_key("default/web"));
-    assert!(proxy.store.load().config.certificates.contains_key("shop/gateway-tls"));
 
     // And on the wire: the full state, Gateway keys included, to node-a's proxy.
     let update = subscribe(&controller.endpoint(), Some("token-a"), "node-a").await.expect("served");
@@ -181,15 +183,10 @@ async fn no_token_a_wrong_token_or_another_nodes_token_is_refused() {
     );
 
     // The proxy itself, with node-b's token, never installs node-a's config.
-    let source = Source::Controller(Subscription {
-        endpoint,
-        node: "node-a".into(),
-        token_file: Some(controller.token_file("token-b")),
-    });
-    let proxy = start_with(source).await;
+    let proxy = start_with(controller.proxy("node-a", "token-b")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!proxy.store.is_ready());
-    assert!(proxy.store.load().config.certificates.is_empty());
+    assert!(proxy.store.read_config(|_, config| config.certificates.is_empty()));
 }
 
 fn other_ca_bundle(dir: &Path) -> PathBuf {
@@ -285,13 +282,8 @@ async fn a_stream_ends_when_its_session_age_runs_out_and_the_proxy_reconnects_wi
     drop(tx);
 
     // The proxy as weft-proxy runs it: it reconnects on its own, again and again.
+    let proxy = start_with(controller.proxy("node-a", "token-a")).await;
     let token_file = controller.token_file("token-a");
-    let source = Source::Controller(Subscription {
-        endpoint: controller.endpoint(),
-        node: "node-a".into(),
-        token_file: Some(token_file.clone()),
-    });
-    let proxy = start_with(source).await;
     eventually("the proxy has its config", || proxy.store.is_ready()).await;
     let reauthenticated = controller.publisher.proxies.reauthentications();
     eventually("the proxy's stream was renewed twice", || {
@@ -310,7 +302,10 @@ async fn a_stream_ends_when_its_session_age_runs_out_and_the_proxy_reconnects_wi
     })
     .await;
     assert!(!connected(&controller.publisher), "a refused token must not keep a stream");
-    assert!(proxy.store.load().config.certificates.contains_key("shop/gateway-tls"), "last good config kept");
+    assert!(
+        proxy.store.read_config(|_, config| config.certificates.contains_key("shop/gateway-tls")),
+        "last good config kept"
+    );
 
     // A valid token again: the proxy is back.
     std::fs::write(&token_file, "token-a\n").expect("restore the token file");
@@ -333,15 +328,44 @@ async fn a_full_state_of_100k_endpoints_reaches_the_proxy() {
     let size = prost::Message::encoded_len(&update);
     assert!(size > 4 * 1024 * 1024, "the test's state must exceed tonic's default: {size} bytes");
 
-    let source = Source::Controller(Subscription {
-        endpoint: controller.endpoint(),
-        node: "node-a".into(),
-        token_file: Some(controller.token_file("token-a")),
-    });
-    let proxy = start_with(source).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.store.load().version < version {
-        assert!(tokio::time::Instant::now() < deadline, "the proxy never took the {size}-byte full state");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let proxy = start_with(controller.proxy("node-a", "token-a")).await;
+    eventually(&format!("the proxy took the {size}-byte full state"), || {
+        proxy.store.load().version >= version
+    })
+    .await;
+}
+
+/// A change after the full state reaches the proxy as a delta, applied in place: traffic
+/// follows the backend that moved, and the proxy holds exactly the controller's config.
+#[tokio::test]
+async fn a_delta_moves_traffic_and_leaves_the_proxy_holding_the_controllers_config() {
+    let controller = Controller::start(&["127.0.0.1"]).await;
+    let v1 = backend("v1", Behaviour::Echo).await;
+    let v2 = backend("v2", Behaviour::Echo).await;
+    let l = gateway_listener(free_port());
+    let version_with = |addr, path: &str| {
+        let backends = vec![service_backend("app", &[addr]), service_backend("other", &[v1])];
+        let routes = vec![route("r", 1, &[], &l, vec![rule(vec![prefix(path)], vec![to("app", 1)])])];
+        controller.publisher.publish(config(&l, backends, routes))
+    };
+    let first = version_with(v1, "/");
+    let proxy = start_with(controller.proxy("node-a", "token-a")).await;
+    eventually("the proxy holds the first version", || proxy.store.load().version >= first).await;
+    wait_listening(l.port).await;
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v1");
+
+    let acks = |c: &Controller| c.publisher.proxies.snapshot().get("node-a").map_or(0, |s| s.acks);
+    let acks_before = acks(&controller);
+    let second = version_with(v2, "/");
+    eventually("the proxy holds the second version", || proxy.store.load().version >= second).await;
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v2", "traffic follows the moved backend");
+    assert_eq!(acks(&controller), acks_before + 1, "one update, ACKed");
+
+    // The route changes and nothing else: the proxy's compiled route follows.
+    let third = version_with(v2, "/new");
+    eventually("the proxy holds the third version", || proxy.store.load().version >= third).await;
+    assert_eq!(get(l.port, "h", "/", &[]).await.status, http::StatusCode::NOT_FOUND);
+    assert_eq!(get(l.port, "h", "/new", &[]).await.backend(), "v2");
+    let held = proxy.store.read_config(|version, config| (version, config.clone()));
+    assert_eq!(held, (third, (*controller.publisher.current().config).clone()));
 }

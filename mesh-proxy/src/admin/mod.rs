@@ -70,8 +70,7 @@ fn answer(req: &Request<Incoming>, store: &ConfigStore, more: &MoreMetrics) -> R
             text(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
         "/config_dump" => {
-            let snapshot = store.load();
-            let body = config_dump(snapshot.version, &snapshot.config);
+            let body = store.read_config(config_dump);
             text(StatusCode::OK, body, "application/json")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),

@@ -2,7 +2,8 @@
 //! against the controller's CA (see [`connection`](super::connection)), authenticated with the
 //! proxy's token (the controller serves a node's config only to that node's proxy).
 //!
-//! Each update is applied to the last good config as a whole; it is ACKed once it is serving,
+//! Each update is applied to the last good config as a whole (in place: a delta costs its own
+//! size); it is ACKed once it is serving,
 //! or NACKed with the reason while the last good config keeps serving. When the stream breaks,
 //! the proxy reconnects with capped exponential backoff and serves what it has meanwhile.
 
@@ -141,17 +142,24 @@ fn refused(status: tonic::Status) -> anyhow::Error {
 
 /// Installs `update` on top of the config being served, or says why not.
 fn apply(update: &ConfigUpdate, store: &ConfigStore) -> proxy_message::Message {
-    let current = store.load();
-    match current.config.apply(update) {
-        Ok(next) => {
-            store.install(update.version, next);
+    let started = std::time::Instant::now();
+    match store.apply(update) {
+        Ok(()) => {
+            tracing::debug!(
+                version = update.version,
+                full = update.full_state,
+                upserts = update.upserts.len(),
+                removals = update.removals.len(),
+                elapsed = ?started.elapsed(),
+                "config update applied"
+            );
             proxy_message::Message::Ack(Ack { version: update.version })
         }
         Err(error) => {
             store.metrics().config_nacks.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 version = update.version,
-                serving = current.version,
+                serving = store.load().version,
                 %error,
                 "config update refused; keeping the last good config"
             );

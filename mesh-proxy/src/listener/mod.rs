@@ -65,14 +65,14 @@ fn wanted_count(store: &ConfigStore) -> usize {
 }
 
 fn wanted(store: &ConfigStore) -> BTreeSet<SocketAddr> {
-    let snapshot = store.load();
-    snapshot
-        .config
-        .listeners
-        .values()
-        .filter(|l| serves_http(l) || crate::route::l4::serves_l4(l))
-        .flat_map(bind_addresses)
-        .collect()
+    store.read_config(|_, config| {
+        config
+            .listeners
+            .values()
+            .filter(|l| serves_http(l) || crate::route::l4::serves_l4(l))
+            .flat_map(bind_addresses)
+            .collect()
+    })
 }
 
 /// How the Gateway listeners stop ([`run`]'s `stop`).

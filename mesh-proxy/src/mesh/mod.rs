@@ -102,8 +102,10 @@ impl MeshTraffic {
         if cached.0 == snapshot.version {
             return cached.1.clone();
         }
-        let built = Arc::new(MeshIndex::build(&snapshot.config));
-        self.index.store(Arc::new((snapshot.version, built.clone())));
+        // Built from the held config, tagged with its version (the snapshot's, or newer).
+        let (version, built) =
+            self.store.read_config(|version, config| (version, Arc::new(MeshIndex::build(config))));
+        self.index.store(Arc::new((version, built.clone())));
         built
     }
 

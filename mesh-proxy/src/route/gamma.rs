@@ -11,10 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_api::model::{Config, Consumers, ParentTarget, RouteKind};
-use mesh_api::precedence::MatchOrder;
 
-use super::matching::Matcher;
-use super::{CompiledRule, Entry, HostBucket, ListenerRoutes};
+use super::{CompiledRoute, Entry, HostBucket, ListenerRoutes, RouteCache};
 use crate::balance::EndpointSet;
 
 /// The GAMMA routes of every Service frontend of one config snapshot.
@@ -30,13 +28,17 @@ struct ServiceRoutes {
 }
 
 impl MeshRoutes {
-    pub(super) fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> Self {
+    pub(super) fn build(
+        config: &Config,
+        backends: &HashMap<&str, Arc<EndpointSet>>,
+        cache: &mut RouteCache,
+    ) -> Self {
         let mut entries: BTreeMap<(SocketAddr, Consumers), Vec<Entry>> = BTreeMap::new();
-        for route in config.routes.values() {
+        for (route_key, route) in &config.routes {
             if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc) {
                 continue;
             }
-            let mut rules: Option<Vec<Arc<CompiledRule>>> = None;
+            let mut compiled: Option<Arc<CompiledRoute>> = None;
             for parent in &route.parents {
                 let ParentTarget::Service { service, port, consumers } = &parent.target else { continue };
                 let Some(svc) = config.services.get(&service.to_string()) else { continue };
@@ -46,33 +48,22 @@ impl MeshRoutes {
                     .filter(|p| port.is_none_or(|only| only == p.port))
                     .flat_map(|p| svc.vips.iter().map(move |vip| SocketAddr::new(*vip, p.port)))
                     .collect();
-                let rules = rules.get_or_insert_with(|| {
-                    route
-                        .rules
-                        .iter()
-                        .map(|rule| Arc::new(CompiledRule::build(route, rule, backends)))
-                        .collect()
-                });
+                let compiled = compiled.get_or_insert_with(|| cache.get(route_key, route, backends));
                 let label: Arc<str> = format!("{service}").into();
-                for (rule_index, (rule, compiled)) in route.rules.iter().zip(rules.iter()).enumerate() {
-                    for (match_index, m) in rule.matches.iter().enumerate() {
-                        let Ok(matcher) = Matcher::compile(m) else { continue };
-                        let order = MatchOrder::new(route, rule_index, match_index, m);
-                        for frontend in &frontends {
-                            entries.entry((*frontend, consumers.clone())).or_default().push(Entry {
-                                order: order.clone(),
-                                matcher: matcher.clone(),
-                                rule: compiled.clone(),
-                                listener: label.clone(),
-                            });
-                        }
+                for (rule_index, compiled_match) in &compiled.matches {
+                    for frontend in &frontends {
+                        entries.entry((*frontend, consumers.clone())).or_default().push(Entry {
+                            compiled: compiled_match.clone(),
+                            rule: compiled.rules[*rule_index].clone(),
+                            listener: label.clone(),
+                        });
                     }
                 }
             }
         }
         let mut frontends: HashMap<SocketAddr, ServiceRoutes> = HashMap::new();
         for ((frontend, consumers), mut list) in entries {
-            list.sort_by(|a, b| a.order.cmp(&b.order));
+            list.sort_by(|a, b| a.compiled.order.cmp(&b.compiled.order));
             let routes = ListenerRoutes {
                 listener_hosts: Vec::new(),
                 port: frontend.port(),

@@ -38,7 +38,17 @@ impl RoutingTable {
     pub fn build(config: &Config, registry: &Registry) -> Self {
         let backends: HashMap<&str, Arc<EndpointSet>> =
             config.backends.iter().map(|(key, b)| (key.as_str(), Arc::new(registry.endpoints(b)))).collect();
+        Self::build_with(config, &backends, &mut RouteCache::default())
+    }
 
+    /// [`RoutingTable::build`] with each backend's endpoint set already made and the routes
+    /// compiled for an earlier snapshot in `cache` (both kept by the config store, so a delta
+    /// compiles again only the backends and routes it touches).
+    pub fn build_with(
+        config: &Config,
+        backends: &HashMap<&str, Arc<EndpointSet>>,
+        cache: &mut RouteCache,
+    ) -> Self {
         // Several Gateway listeners may share one address and port (told apart by hostname):
         // their routes go into the same table.
         let mut by_addr: HashMap<SocketAddr, ListenerRoutes> = HashMap::new();
@@ -67,15 +77,14 @@ impl RoutingTable {
         // whose hostname matches it best, and only that listener's routes can answer it.
         type BucketKey = (Option<String>, Option<String>);
         let mut buckets: HashMap<SocketAddr, BTreeMap<BucketKey, Vec<Entry>>> = HashMap::new();
-        for route in config.routes.values() {
+        for (route_key, route) in &config.routes {
             if !matches!(route.key.kind, RouteKind::Http | RouteKind::Grpc) {
                 continue;
             }
-            let rules: Vec<Arc<CompiledRule>> = route
-                .rules
-                .iter()
-                .map(|rule| Arc::new(CompiledRule::build(route, rule, &backends)))
-                .collect();
+            if !route.parents.iter().any(|p| matches!(p.target, ParentTarget::Listener(_))) {
+                continue;
+            }
+            let compiled = cache.get(route_key, route, backends);
             for parent in &route.parents {
                 let ParentTarget::Listener(listener_key) = &parent.target else { continue };
                 let listener_name = listener_key.to_string();
@@ -87,26 +96,15 @@ impl RoutingTable {
                 } else {
                     parent.hostnames.iter().map(|h| Some(h.to_ascii_lowercase())).collect()
                 };
-                for (rule_index, (rule, compiled)) in route.rules.iter().zip(&rules).enumerate() {
-                    for (match_index, m) in rule.matches.iter().enumerate() {
-                        let matcher = match Matcher::compile(m) {
-                            Ok(matcher) => matcher,
-                            Err(error) => {
-                                tracing::warn!(route = %route.key, rule = rule_index, %error, "match skipped");
-                                continue;
-                            }
-                        };
-                        let order = MatchOrder::new(route, rule_index, match_index, m);
-                        for addr in addrs {
-                            for hostname in &hostnames {
-                                let key = (listener_hostname.clone(), hostname.clone());
-                                buckets.entry(*addr).or_default().entry(key).or_default().push(Entry {
-                                    order: order.clone(),
-                                    matcher: matcher.clone(),
-                                    rule: compiled.clone(),
-                                    listener: listener_name.clone(),
-                                });
-                            }
+                for (rule_index, compiled_match) in &compiled.matches {
+                    for addr in addrs {
+                        for hostname in &hostnames {
+                            let key = (listener_hostname.clone(), hostname.clone());
+                            buckets.entry(*addr).or_default().entry(key).or_default().push(Entry {
+                                compiled: compiled_match.clone(),
+                                rule: compiled.rules[*rule_index].clone(),
+                                listener: listener_name.clone(),
+                            });
                         }
                     }
                 }
@@ -115,7 +113,7 @@ impl RoutingTable {
         for (addr, hosts) in buckets {
             let Some(routes) = by_addr.get_mut(&addr) else { continue };
             for ((listener, pattern), mut entries) in hosts {
-                entries.sort_by(|a, b| a.order.cmp(&b.order));
+                entries.sort_by(|a, b| a.compiled.order.cmp(&b.compiled.order));
                 routes.hosts.push(HostBucket { listener, pattern, entries });
             }
         }
@@ -123,9 +121,9 @@ impl RoutingTable {
             .into_iter()
             .filter_map(|(addr, ls)| Some((addr, tls::server_config(&ls, config)?)))
             .collect();
-        let mesh = gamma::MeshRoutes::build(config, &backends);
-        let l4 = l4::build(config, &backends);
-        let udp = l4::build_udp(config, &backends);
+        let mesh = gamma::MeshRoutes::build(config, backends, cache);
+        let l4 = l4::build(config, backends);
+        let udp = l4::build_udp(config, backends);
         RoutingTable { listeners: by_addr, tls, mesh, l4, udp }
     }
 
@@ -182,10 +180,115 @@ struct HostBucket {
 }
 
 struct Entry {
-    order: MatchOrder,
-    matcher: Matcher,
+    compiled: Arc<CompiledMatch>,
     rule: Arc<CompiledRule>,
     listener: Arc<str>,
+}
+
+/// One match of a route, compiled, with its place in precedence order.
+pub struct CompiledMatch {
+    order: MatchOrder,
+    matcher: Matcher,
+}
+
+/// An HTTP or gRPC route compiled: its rules with their backends resolved, and its matches.
+pub struct CompiledRoute {
+    rules: Vec<Arc<CompiledRule>>,
+    /// Each match that compiled, with the index of its rule (one that does not compile is left
+    /// out, and logged when the route is compiled).
+    matches: Vec<(usize, Arc<CompiledMatch>)>,
+    /// Keys of the backends the rules name (mirrors included), found or not: when one of them
+    /// changes, the route is compiled again.
+    backends: Vec<String>,
+}
+
+impl CompiledRoute {
+    fn build(route: &model::Route, backends: &HashMap<&str, Arc<EndpointSet>>) -> Self {
+        let rules =
+            route.rules.iter().map(|rule| Arc::new(CompiledRule::build(route, rule, backends))).collect();
+        let mut matches = Vec::new();
+        for (rule_index, rule) in route.rules.iter().enumerate() {
+            for (match_index, m) in rule.matches.iter().enumerate() {
+                match Matcher::compile(m) {
+                    Ok(matcher) => {
+                        let order = MatchOrder::new(route, rule_index, match_index, m);
+                        matches.push((rule_index, Arc::new(CompiledMatch { order, matcher })));
+                    }
+                    Err(error) => {
+                        tracing::warn!(route = %route.key, rule = rule_index, %error, "match skipped")
+                    }
+                }
+            }
+        }
+        let mirrored = |filters: &[Filter]| -> Vec<BackendRef> {
+            filters
+                .iter()
+                .filter_map(|f| match f {
+                    Filter::RequestMirror(m) => Some(m.backend.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut named: Vec<BackendRef> = Vec::new();
+        for rule in &route.rules {
+            named.extend(mirrored(&rule.filters));
+            for b in &rule.backends {
+                named.push(b.backend.clone());
+                named.extend(mirrored(&b.filters));
+            }
+        }
+        let backends = named
+            .iter()
+            .filter_map(|b| match b {
+                BackendRef::Service(key) => Some(key.to_string()),
+                BackendRef::Invalid { .. } => None,
+            })
+            .collect();
+        CompiledRoute { rules, matches, backends }
+    }
+}
+
+/// Compiled HTTP and gRPC routes by route key, kept between snapshots: a config change
+/// compiles again only the routes it changed and those naming a backend it changed.
+#[derive(Default)]
+pub struct RouteCache {
+    routes: HashMap<String, Arc<CompiledRoute>>,
+}
+
+impl RouteCache {
+    /// The compiled form of `route` (stored under `key`), from the cache or compiled now.
+    fn get(
+        &mut self,
+        key: &str,
+        route: &model::Route,
+        backends: &HashMap<&str, Arc<EndpointSet>>,
+    ) -> Arc<CompiledRoute> {
+        if let Some(compiled) = self.routes.get(key) {
+            return compiled.clone();
+        }
+        let compiled = Arc::new(CompiledRoute::build(route, backends));
+        self.routes.insert(key.to_string(), compiled.clone());
+        compiled
+    }
+
+    /// Forgets the routes `routes` names (changed or removed) and every route that names one
+    /// of `backends`.
+    pub fn forget(
+        &mut self,
+        routes: &std::collections::HashSet<&str>,
+        backends: &std::collections::HashSet<&str>,
+    ) {
+        for key in routes {
+            self.routes.remove(*key);
+        }
+        if !backends.is_empty() {
+            self.routes.retain(|_, c| !c.backends.iter().any(|b| backends.contains(b.as_str())));
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.routes.clear();
+    }
 }
 
 /// The rule that answers a request, and how it was matched.
@@ -220,9 +323,9 @@ impl ListenerRoutes {
             .filter_map(|b| hostname_rank(b.pattern.as_deref(), host).map(|rank| (rank, b)))
             .min_by(|a, b| a.0.cmp(&b.0))?
             .1;
-        bucket.entries.iter().find(|e| e.matcher.is_match(req)).map(|e| Selected {
+        bucket.entries.iter().find(|e| e.compiled.matcher.is_match(req)).map(|e| Selected {
             rule: &e.rule,
-            matched_prefix: e.matcher.matched_prefix(),
+            matched_prefix: e.compiled.matcher.matched_prefix(),
             listener: &e.listener,
         })
     }
