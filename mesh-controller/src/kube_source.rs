@@ -217,6 +217,8 @@ pub async fn run(
         let changes = store.take_changes();
         let started = std::time::Instant::now();
         let version = publisher.update(|config| resolver.resolve_into(&store, &changes, config));
+        // The status writer compares every status with what the API holds itself.
+        drop(resolver.take_status_changes());
         tracing::debug!(version, objects = store.object_count(), elapsed = ?started.elapsed(), "resolved");
         if *leader.borrow() {
             let mut failed = writer.write(&store, resolver.statuses()).await.failed;

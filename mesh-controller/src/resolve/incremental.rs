@@ -51,6 +51,10 @@ pub struct Resolver {
     exposures: Exposures,
     /// The ConfigMaps GatewayClasses and Gateways name as parameters.
     parameter_config_maps: BTreeSet<ObjectKey>,
+    /// Routes whose status changed, and whether the Gateway statuses were recomputed, since
+    /// [`Resolver::take_status_changes`]: what standalone mode logs, without comparing every
+    /// status after each change.
+    status_changes: (BTreeSet<RouteKey>, bool),
 }
 
 /// Records every upsert and removal that really changes the config.
@@ -122,6 +126,7 @@ impl Resolver {
             backends_of_service: HashMap::new(),
             exposures: Exposures::new(),
             parameter_config_maps: BTreeSet::new(),
+            status_changes: (BTreeSet::new(), false),
         }
     }
 
@@ -131,6 +136,12 @@ impl Resolver {
 
     pub fn statuses(&self) -> &Statuses {
         &self.statuses
+    }
+
+    /// The routes whose status changed (or went) since the last call, and whether the Gateway
+    /// statuses were recomputed meanwhile.
+    pub fn take_status_changes(&mut self) -> (BTreeSet<RouteKey>, bool) {
+        std::mem::take(&mut self.status_changes)
     }
 
     /// The Services and EndpointSlices that expose the Gateways.
@@ -305,7 +316,9 @@ impl Resolver {
                 unindex(&mut self.routes_by_gateway, &old.gateways, key);
             }
             let Some(spec) = routes::spec_for(store, key) else {
-                self.statuses.routes.remove(key);
+                if self.statuses.routes.remove(key).is_some() {
+                    self.status_changes.0.insert(key.clone());
+                }
                 w.del_route(&key.to_string());
                 continue;
             };
@@ -319,8 +332,17 @@ impl Resolver {
                 *self.attached.entry(listener.clone()).or_default() += 1;
             }
             match &outcome.status {
-                Some(status) => drop(self.statuses.routes.insert(key.clone(), status.clone())),
-                None => drop(self.statuses.routes.remove(key)),
+                Some(status) => {
+                    if self.statuses.routes.get(key) != Some(status) {
+                        self.status_changes.0.insert(key.clone());
+                        self.statuses.routes.insert(key.clone(), status.clone());
+                    }
+                }
+                None => {
+                    if self.statuses.routes.remove(key).is_some() {
+                        self.status_changes.0.insert(key.clone());
+                    }
+                }
             }
             match &outcome.route {
                 Some(route) => w.put_route(route.clone()),
@@ -330,6 +352,7 @@ impl Resolver {
         }
 
         if attachments_changed {
+            self.status_changes.1 = true;
             self.attached.retain(|_, n| *n > 0);
             self.statuses.gateways = self
                 .gateways
