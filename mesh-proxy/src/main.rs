@@ -77,8 +77,36 @@ struct Args {
     drain_seconds: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// glibc's malloc serves blocks of 128 KiB and more with mmap at first, then raises that
+/// threshold to the largest block freed and returns the free top of a heap to the kernel once it
+/// passes twice that. A bulk tunnel allocates and frees blocks of 256 KiB all the time (an HTTP/2
+/// DATA frame of [`mesh_proxy::hbone::MAX_FRAME_SIZE`], the TLS and copy buffers around it), so
+/// the heap top kept being handed back and faulted in again, zeroed page by page: a profile of a
+/// tunnel at full speed spent ~15 % of the proxy's CPU in page faults, gone with these settings.
+/// Blocks under 1 MiB come from the heap, and up to 4 MiB of free heap top is kept per arena:
+/// a few frames' worth, not enough to matter for memory.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    const MMAP_THRESHOLD: i32 = 1024 * 1024;
+    const TRIM_THRESHOLD: i32 = 4 * 1024 * 1024;
+    // SAFETY: mallopt only sets allocator parameters; it returns 0 when a value is refused, and
+    // the defaults then stay, which is still correct.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
+
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads exist, so every arena they make uses the same settings.
+    tune_malloc();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
