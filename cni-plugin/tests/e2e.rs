@@ -8,105 +8,21 @@
 //! `WEFT_REQUIRE_NETNS=1` (CI and `cargo xtask e2e`), which turns a skip into a failure.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodContext, PodTraffic};
+use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodTraffic};
 use serde_json::{Value, json};
-use tokio::net::TcpStream as TokioStream;
 
 mod support;
 
-use support::{WAIT, WEFT_CNI, eventually, in_netns, unmeshed};
+use support::{Installer, PodServer, Recorder, WAIT, WEFT_CNI, eventually, in_netns, round_trip, unmeshed};
 use testbed::cni::{Node, Pod, PodSpec};
 use testbed::netns::{Netns, unique};
-
-/// An echo server in a pod: answers each connection's first line with `<line> from <peer ip>`.
-struct Echo {
-    stop: Arc<AtomicBool>,
-}
-
-impl Echo {
-    fn start(netns: &Path, port: u16) -> Echo {
-        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(WAIT));
-                        let mut buf = [0u8; 256];
-                        let n = conn.read(&mut buf).unwrap_or(0);
-                        let line = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-                        let _ = write!(conn, "{line} from {}", peer.ip());
-                    }
-                    Err(_) => wait_readable(&listener),
-                }
-            }
-        });
-        Echo { stop }
-    }
-}
-
-/// A server in a pod echoing every line back, for as long as the connection lasts.
-fn line_echo(netns: &Path, port: u16) -> Echo {
-    let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo"));
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(WAIT));
-                        let mut reader = std::io::BufReader::new(&conn);
-                        let mut line = String::new();
-                        while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
-                            if (&conn).write_all(line.as_bytes()).is_err() {
-                                break;
-                            }
-                            line.clear();
-                        }
-                    });
-                }
-                Err(_) => wait_readable(&listener),
-            }
-        }
-    });
-    Echo { stop }
-}
-
-/// Waits (at most 50 ms, so the stop flag is seen) until a connection is ready to accept:
-/// a sleep here would add its length to every connection's latency.
-fn wait_readable(listener: &TcpListener) {
-    let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
-    let _ = nix::poll::poll(&mut fds, 50u16);
-}
-
-/// One line through an open connection and back.
-fn round_trip(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
-    conn.write_all(format!("{line}\n").as_bytes())?;
-    let mut buf = vec![0u8; line.len() + 1];
-    conn.read_exact(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).trim().to_string())
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Connects from inside `netns` to `addr`, sends `ping`, returns the answer.
 fn ping(netns: &Path, addr: SocketAddr) -> std::io::Result<String> {
@@ -118,41 +34,6 @@ fn ping(netns: &Path, addr: SocketAddr) -> std::io::Result<String> {
         conn.read_to_string(&mut out)?;
         Ok(out)
     })
-}
-
-/// A PodTraffic that records what it is given, then passes through.
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<(String, &'static str, SocketAddr)>>,
-}
-
-impl Recorder {
-    fn seen(&self) -> Vec<(String, &'static str, SocketAddr)> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl PodTraffic for Recorder {
-    fn outbound(&self, pod: Arc<PodContext>, conn: TokioStream, dst: SocketAddr) -> BoxFuture<'static, ()> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((pod.uid().to_string(), "outbound", dst));
-        }
-        Passthrough.outbound(pod, conn, dst)
-    }
-    fn inbound_plaintext(
-        &self,
-        pod: Arc<PodContext>,
-        conn: TokioStream,
-        dst: SocketAddr,
-    ) -> BoxFuture<'static, ()> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((pod.uid().to_string(), "inbound", dst));
-        }
-        Passthrough.inbound_plaintext(pod, conn, dst)
-    }
-    fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TokioStream) -> BoxFuture<'static, ()> {
-        Passthrough.inbound_hbone(pod, conn)
-    }
 }
 
 /// A node of this file's tests: one pod subnet, pods in namespace `e2e`.
@@ -220,8 +101,8 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
 
     // Outbound: lands on the proxy's 15001 with the original destination, then passes through
     // from inside the pod (the server sees the pod's own address).
-    let _echo = Echo::start(&server.path(), 8080);
-    let _echo_excluded = Echo::start(&server.path(), 9090);
+    let _echo = PodServer::first_line_from_peer(&server.path(), 8080);
+    let _echo_excluded = PodServer::first_line_from_peer(&server.path(), 9090);
     let answer = tokio::task::spawn_blocking({
         let (path, addr) = (client.path(), server.addr(8080));
         move || ping(&path, addr)
@@ -245,7 +126,7 @@ async fn meshed_pod_traffic_goes_through_the_proxy_exclusions_bypass_unmeshed_un
 
     // Inbound plaintext: lands on 15006 with the pod's address as original destination, and is
     // delivered from the client's address (the app sees who called).
-    let _echo_in = Echo::start(&client.path(), 8081);
+    let _echo_in = PodServer::first_line_from_peer(&client.path(), 8081);
     let answer = tokio::task::spawn_blocking({
         let (path, addr) = (server.path(), client.addr(8081));
         move || ping(&path, addr)
@@ -304,52 +185,6 @@ async fn add_fails_closed_when_the_proxy_is_down() {
     assert!(std::fs::read_dir(node.state_dir()).map(|d| d.count()).unwrap_or(0) == 0, "nothing recorded");
 }
 
-/// `weft-cni install` as a child process, stopped (SIGTERM) on drop.
-struct Installer {
-    child: Child,
-}
-
-impl Installer {
-    fn start(node: &Node, bin: &Path, conf: &Path) -> Installer {
-        let child = Command::new(WEFT_CNI)
-            .arg("install")
-            .arg("--cni-bin-dir")
-            .arg(bin)
-            .arg("--cni-conf-dir")
-            .arg(conf)
-            .arg("--proxy-socket")
-            .arg(node.socket())
-            .arg("--state-dir")
-            .arg(node.state_dir())
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("start installer");
-        Installer { child }
-    }
-
-    fn stop(&mut self) -> bool {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        false
-    }
-}
-
-impl Drop for Installer {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
     if !support::netns_available(&[]) {
@@ -360,11 +195,11 @@ async fn proxy_restart_readopts_pods_and_connections_flow_within_a_second() {
     let (bin, conf) = (cni.path().join("bin"), cni.path().join("net.d"));
     std::fs::create_dir_all(&conf).expect("conf dir");
     let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
-    let _installer = Installer::start(&node, &bin, &conf);
+    let _installer = Installer::start(&node, &bin, &conf, &[]);
 
     let client = node.try_add_pod("e2e", "ra", meshed(json!({}))).expect("meshed ADD");
     let server = node.try_add_pod("e2e", "rb", unmeshed()).expect("unmeshed ADD");
-    let _echo = Echo::start(&server.path(), 8080);
+    let _echo = PodServer::first_line_from_peer(&server.path(), 8080);
     let connect = || {
         let (path, addr) = (client.path(), server.addr(8080));
         tokio::task::spawn_blocking(move || ping(&path, addr))
@@ -415,7 +250,7 @@ async fn installer_chains_itself_restores_the_chain_after_a_rewrite_and_removes_
             })
             .unwrap_or_default()
     };
-    let mut installer = Installer::start(&node, &bin, &conf);
+    let mut installer = Installer::start(&node, &bin, &conf, &[]);
     eventually("the installer to chain itself", || chain() == ["bridge", "portmap", "weft-cni"]).await;
     assert!(bin.join("weft-cni").exists(), "binary installed");
 
@@ -450,7 +285,7 @@ async fn a_snapshot_drops_pods_the_plugin_no_longer_records() {
     assert_eq!(proxy.pods(), want);
     // The DEL of `lost` never reached the proxy; only the plugin's record went away.
     std::fs::remove_file(state_file(&lost)).expect("remove record");
-    let _installer = Installer::start(&node, &bin, &conf);
+    let _installer = Installer::start(&node, &bin, &conf, &[]);
     eventually("the snapshot to drop the unrecorded pod", || proxy.pods() == vec![kept.spec.uid.clone()])
         .await;
     proxy.shutdown(Duration::ZERO).await;
@@ -470,7 +305,7 @@ async fn proxy_shutdown_stops_accepting_and_drains_open_connections_until_the_de
     let proxy = start_proxy(&node, Arc::new(Passthrough)).await;
     let client = node.try_add_pod("e2e", "da", meshed(json!({}))).expect("ADD");
     let server = node.try_add_pod("e2e", "db", unmeshed()).expect("ADD");
-    let _echo = line_echo(&server.path(), 7070);
+    let _echo = PodServer::line_echo(&server.path(), 7070);
     let addr = server.addr(7070);
     let mut conn =
         in_netns(&client.path(), move || TcpStream::connect_timeout(&addr, WAIT)).expect("connect");
@@ -552,7 +387,7 @@ async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
 
     let seen_by_a = Arc::new(Recorder::default());
     let proxy_a = start_proxy(&node, seen_by_a.clone()).await;
-    let mut installer_a = Installer::start(&node, &bin, &conf);
+    let mut installer_a = Installer::start(&node, &bin, &conf, &[]);
     eventually("the first installer to chain itself", chained).await;
     let client = node.try_add_pod("e2e", "ua", meshed(json!({}))).expect("meshed ADD");
     let server = node.try_add_pod("e2e", "ub", unmeshed()).expect("unmeshed ADD");
@@ -563,8 +398,8 @@ async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
     };
     assert_eq!(migrate(&client), "1", "ADD lets a closing proxy listener's queue move to the new one");
     assert_eq!(migrate(&server), "0", "an unmeshed pod's netns is untouched");
-    let _echo_out = Echo::start(&server.path(), 8080);
-    let _echo_in = Echo::start(&client.path(), 8081);
+    let _echo_out = PodServer::first_line_from_peer(&server.path(), 8080);
+    let _echo_in = PodServer::first_line_from_peer(&client.path(), 8081);
     // Outbound from the meshed pod (its 15001) and inbound to it (its 15006).
     let routes = vec![(client.path(), server.addr(8080)), (server.path(), client.addr(8081))];
     let stream = Stream::start(routes, Duration::from_millis(1));
@@ -578,7 +413,7 @@ async fn upgrade_overlaps_old_and_new_proxy_and_loses_no_connection() {
     assert!(proxy_b.pods().is_empty());
     let stopped = Instant::now();
     let shutdown_a = tokio::spawn(proxy_a.shutdown(Duration::from_secs(5)));
-    let installer_b = Installer::start(&node, &bin, &conf);
+    let installer_b = Installer::start(&node, &bin, &conf, &[]);
     eventually("B to adopt the pod", || proxy_b.pods() == vec![client.spec.uid.clone()]).await;
     eventually("B to serve the pod", || !seen_by_b.seen().is_empty()).await;
     assert!(installer_a.stop(), "old installer exits cleanly");
@@ -720,7 +555,7 @@ fn bench_interception() {
     let meshed_client = node.try_add_pod("e2e", "bm", meshed(json!({}))).expect("ADD");
     let plain_client = node.try_add_pod("e2e", "bp", unmeshed()).expect("ADD");
     let server = node.try_add_pod("e2e", "bs", unmeshed()).expect("ADD");
-    let _echo = line_echo(&server.path(), 7070);
+    let _echo = PodServer::line_echo(&server.path(), 7070);
     let addr = server.addr(7070);
     let run = |client: &Pod<'_>| -> (Value, Value, Duration) {
         let cpu = threads_cpu("weft-bench-prx");

@@ -14,111 +14,21 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use mesh_proxy::inpod::{InpodConfig, InpodServer, Passthrough, PodContext, PodTraffic};
+use mesh_proxy::inpod::{InpodConfig, InpodServer};
 use serde_json::json;
-use tokio::net::TcpStream as TokioStream;
 
-use support::{PodProcess, WAIT, WEFT_CNI, client, in_netns, kubeconfig, unmeshed};
-
-/// Outbound connections the proxy was given (pod UID, original destination).
-#[derive(Default)]
-struct Recorder {
-    seen: Mutex<Vec<(String, SocketAddr)>>,
-}
-
-impl Recorder {
-    fn seen(&self) -> Vec<(String, SocketAddr)> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl PodTraffic for Recorder {
-    fn outbound(&self, pod: Arc<PodContext>, conn: TokioStream, dst: SocketAddr) -> BoxFuture<'static, ()> {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push((pod.uid().to_string(), dst));
-        }
-        Passthrough.outbound(pod, conn, dst)
-    }
-    fn inbound_plaintext(
-        &self,
-        pod: Arc<PodContext>,
-        conn: TokioStream,
-        dst: SocketAddr,
-    ) -> BoxFuture<'static, ()> {
-        Passthrough.inbound_plaintext(pod, conn, dst)
-    }
-    fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TokioStream) -> BoxFuture<'static, ()> {
-        Passthrough.inbound_hbone(pod, conn)
-    }
-}
-
-/// A server in a pod echoing every line back, for as long as each connection lasts.
-struct LineEcho {
-    stop: Arc<AtomicBool>,
-}
-
-impl LineEcho {
-    fn start(netns: &Path, port: u16) -> LineEcho {
-        let listener = in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind echo"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        std::thread::spawn(move || {
-                            let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
-                            let mut reader = std::io::BufReader::new(&conn);
-                            let mut line = String::new();
-                            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
-                                if (&conn).write_all(line.as_bytes()).is_err() {
-                                    break;
-                                }
-                                line.clear();
-                            }
-                        });
-                    }
-                    Err(_) => {
-                        let mut fds =
-                            [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
-                        let _ = nix::poll::poll(&mut fds, 50u16);
-                    }
-                }
-            }
-        });
-        LineEcho { stop }
-    }
-}
-
-impl Drop for LineEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One line through an open connection and back.
-fn round_trip(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
-    conn.write_all(format!("{line}\n").as_bytes())?;
-    let mut buf = vec![0u8; line.len() + 1];
-    conn.read_exact(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).trim().to_string())
-}
+use support::{
+    Installer, PodProcess, PodServer, Recorder, WAIT, client, in_netns, kubeconfig, round_trip, unmeshed,
+};
 
 /// A new connection from `netns` to `addr`: one line there and back.
 async fn new_connection(netns: PathBuf, addr: SocketAddr) -> std::io::Result<String> {
@@ -129,51 +39,6 @@ async fn new_connection(netns: PathBuf, addr: SocketAddr) -> std::io::Result<Str
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// `weft-cni install` with the enrolment agent, as a child process; SIGTERM on drop.
-struct Installer {
-    child: Child,
-}
-
-impl Installer {
-    fn start(node: &testbed::cni::Node, cni: &Path, node_name: &str, kubeconfig: &Path) -> Installer {
-        let (bin, conf) = (cni.join("bin"), cni.join("net.d"));
-        std::fs::create_dir_all(&conf).expect("conf dir");
-        let child = Command::new(WEFT_CNI)
-            .arg("install")
-            .arg("--cni-bin-dir")
-            .arg(bin)
-            .arg("--cni-conf-dir")
-            .arg(conf)
-            .arg("--proxy-socket")
-            .arg(node.socket())
-            .arg("--state-dir")
-            .arg(node.state_dir())
-            .arg("--node-name")
-            .arg(node_name)
-            .arg("--agent-kubeconfig")
-            .arg(kubeconfig)
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("start installer");
-        Installer { child }
-    }
-}
-
-impl Drop for Installer {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-    }
 }
 
 /// The test's Node and Namespace objects, deleted on drop (also when the test fails).
@@ -290,7 +155,7 @@ async fn running_pods_are_enrolled_when_their_namespace_is_labelled_and_unenroll
     let proxy = InpodServer::start(config, recorder.clone()).await.expect("in-pod server");
     let pods: Api<KubePod> = Api::namespaced(client.clone(), &ns);
     let server = node.try_add_pod("other", "srv", unmeshed()).expect("server ADD");
-    let _echo = LineEcho::start(&server.path(), 8080);
+    let _echo = PodServer::line_echo(&server.path(), 8080);
     // The app pod: API object (bound to the node, Running at its address) and sandbox.
     // The API server picks the UID, which the runtime passes to CNI (K8S_POD_UID), and the
     // address comes from CNI: object, then ADD, then the status kubelet would report.
@@ -315,7 +180,12 @@ async fn running_pods_are_enrolled_when_their_namespace_is_labelled_and_unenroll
     let record = node.state_dir().join(format!("{uid}.json"));
 
     let cni = tempfile::tempdir().expect("tempdir");
-    let _installer = Installer::start(&node, cni.path(), &node_name, &path);
+    let _installer = Installer::start(
+        &node,
+        &cni.path().join("bin"),
+        &cni.path().join("net.d"),
+        &["--node-name".as_ref(), node_name.as_ref(), "--agent-kubeconfig".as_ref(), path.as_os_str()],
+    );
 
     // Not in the mesh: direct, and the agent leaves it alone.
     assert_eq!(new_connection(app.path(), server.addr(8080)).await.expect("direct"), "hello");
@@ -343,7 +213,11 @@ async fn running_pods_are_enrolled_when_their_namespace_is_labelled_and_unenroll
     assert_eq!(saved["netns"], json!(app.path()), "recorded by its pinned path: {saved}");
     assert_eq!(saved["pod"]["namespace"], json!(ns));
     assert_eq!(new_connection(app.path(), server.addr(8080)).await.expect("through the proxy"), "hello");
-    assert_eq!(recorder.seen(), vec![(uid.clone(), server.addr(8080))], "new connections land at the proxy");
+    assert_eq!(
+        recorder.seen(),
+        vec![(uid.clone(), "outbound", server.addr(8080))],
+        "new connections land at the proxy"
+    );
     // The connection from before stays direct (the proxy never saw it) and works.
     let (answer, mut before) =
         tokio::task::spawn_blocking(move || (round_trip(&mut before, "two"), before)).await.expect("join");

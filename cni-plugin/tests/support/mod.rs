@@ -3,8 +3,19 @@
 // Each test file is its own crate and uses a part of this module: the rest is not dead.
 #![allow(dead_code, unused_imports)]
 
+use std::ffi::OsStr;
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
 use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use mesh_proxy::inpod::{Passthrough, PodContext, PodTraffic};
+use tokio::net::TcpStream as TokioStream;
 
 pub use testbed::WAIT;
 pub use testbed::cni::{Node, link, meshed, unmeshed};
@@ -183,4 +194,170 @@ pub async fn controller() -> (
         std::future::pending(),
     ));
     (ControllerEndpoint::new(&url, Some(bundle), false).expect("endpoint"), publisher, dir)
+}
+
+/// A TCP server in a pod's netns, each accepted connection handled on a thread of its own;
+/// stopped on drop.
+pub struct PodServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl PodServer {
+    pub fn start(
+        netns: &Path,
+        port: u16,
+        handle: impl Fn(TcpStream, SocketAddr) + Send + Clone + 'static,
+    ) -> PodServer {
+        let listener =
+            in_netns(netns, move || TcpListener::bind(("0.0.0.0", port)).expect("bind a pod server"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(WAIT));
+                        let handle = handle.clone();
+                        std::thread::spawn(move || handle(conn, peer));
+                    }
+                    // At most 50 ms, so the stop flag is seen; a sleep instead would add its
+                    // length to every connection's latency.
+                    Err(_) => {
+                        let mut fds =
+                            [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+                        let _ = nix::poll::poll(&mut fds, 50u16);
+                    }
+                }
+            }
+        });
+        PodServer { stop }
+    }
+
+    /// Answers each connection's first line with `<line> from <peer ip>`, then closes it.
+    pub fn first_line_from_peer(netns: &Path, port: u16) -> PodServer {
+        Self::start(netns, port, |mut conn, peer| {
+            let mut buf = [0u8; 256];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let line = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            let _ = write!(conn, "{line} from {}", peer.ip());
+        })
+    }
+
+    /// Echoes every line back, for as long as each connection lasts.
+    pub fn line_echo(netns: &Path, port: u16) -> PodServer {
+        Self::start(netns, port, |conn, _| {
+            let mut reader = std::io::BufReader::new(&conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if (&conn).write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        })
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One line through an open connection and back.
+pub fn round_trip(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    conn.write_all(format!("{line}\n").as_bytes())?;
+    let mut buf = vec![0u8; line.len() + 1];
+    conn.read_exact(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
+/// A PodTraffic that records what it is given (pod UID, direction, original destination),
+/// then passes it through.
+#[derive(Default)]
+pub struct Recorder {
+    seen: Mutex<Vec<(String, &'static str, SocketAddr)>>,
+}
+
+impl Recorder {
+    pub fn seen(&self) -> Vec<(String, &'static str, SocketAddr)> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, pod: &PodContext, direction: &'static str, dst: SocketAddr) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((pod.uid().to_string(), direction, dst));
+        }
+    }
+}
+
+impl PodTraffic for Recorder {
+    fn outbound(&self, pod: Arc<PodContext>, conn: TokioStream, dst: SocketAddr) -> BoxFuture<'static, ()> {
+        self.record(&pod, "outbound", dst);
+        Passthrough.outbound(pod, conn, dst)
+    }
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<PodContext>,
+        conn: TokioStream,
+        dst: SocketAddr,
+    ) -> BoxFuture<'static, ()> {
+        self.record(&pod, "inbound", dst);
+        Passthrough.inbound_plaintext(pod, conn, dst)
+    }
+    fn inbound_hbone(&self, pod: Arc<PodContext>, conn: TokioStream) -> BoxFuture<'static, ()> {
+        Passthrough.inbound_hbone(pod, conn)
+    }
+}
+
+/// `weft-cni install` (with `extra` arguments, e.g. the enrolment agent's) as a child process,
+/// stopped with SIGTERM on drop.
+pub struct Installer {
+    child: Child,
+}
+
+impl Installer {
+    pub fn start(node: &Node, bin: &Path, conf: &Path, extra: &[&OsStr]) -> Installer {
+        std::fs::create_dir_all(conf).expect("conf dir");
+        let child = Command::new(WEFT_CNI)
+            .arg("install")
+            .arg("--cni-bin-dir")
+            .arg(bin)
+            .arg("--cni-conf-dir")
+            .arg(conf)
+            .arg("--proxy-socket")
+            .arg(node.socket())
+            .arg("--state-dir")
+            .arg(node.state_dir())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start installer");
+        Installer { child }
+    }
+
+    /// SIGTERM, then waits (at most [`WAIT`], then kills): whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Installer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
 }
