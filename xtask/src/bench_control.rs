@@ -401,8 +401,8 @@ fn write_results(
         md,
         "`cargo xtask bench control` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
-         weft-controller in standalone mode (`--manifests`, the folder polled every 250 ms and re-read whole on a\n\
-         change; its CA, TLS config stream, a token per node) and {PROXIES} weft-proxy processes subscribed as\n\
+         weft-controller in standalone mode (`--manifests`: the folder followed with inotify, only a changed file read\n\
+         again, its objects resolved incrementally; its CA, TLS config stream, a token per node) and {PROXIES} weft-proxy processes subscribed as\n\
          node-0..{}, all on loopback. Each scale: a fresh stack on generated manifests (Services in {NAMESPACES}\n\
          namespaces, each with one EndpointSlice and one GAMMA HTTPRoute). A change: one route's file rewritten\n\
          (a new path prefix), by rename. Times from the controller's `/metrics` polled every 2 ms: the new\n\
@@ -510,10 +510,10 @@ fn write_results(
     writeln!(md, "\n## Targets (issue 9)\n\n{}\n", verdicts.join("\n"))?;
     writeln!(
         md,
-        "The standalone controller re-reads and re-resolves the whole folder on a change (the cluster mode's\n\
-         watchers resolve incrementally: see [controller.md](controller.md) for the in-process cost of one\n\
-         change), and polls the folder every 250 ms: \"write → published\" holds both; \"published → all\n\
-         ACKed\" is the config stream's own share.\n\n\
+        "The standalone controller reads only the changed file again and resolves it incrementally, as the\n\
+         cluster mode's watchers do (see [controller.md](controller.md)): \"write → published\" holds the\n\
+         inotify event, that file and the resolve; \"published → all ACKed\" is the config stream's and the\n\
+         proxies' share (a delta applied in place; the GAMMA per-frontend tables are still rebuilt whole).\n\n\
          Rerun: `cargo xtask bench control [--quick]` (no root needed)."
     )?;
     for scale in scales {
