@@ -120,44 +120,9 @@ impl Config {
     /// The config that `update` describes, given that `self` is the previous version.
     /// Either the whole update applies or none of it does.
     pub fn apply(&self, update: &proto::ConfigUpdate) -> Result<Config, DeltaError> {
+        // A full state replaces everything: no need to copy what it throws away.
         let mut next = if update.full_state { Config::default() } else { self.clone() };
-        for removal in &update.removals {
-            let kind = removal.kind();
-            let key = &removal.key;
-            let removed = match kind {
-                ResourceKind::Unspecified => {
-                    return Err(DeltaError::UnspecifiedKind { key: key.clone() });
-                }
-                ResourceKind::Service => next.services.remove(key).is_some(),
-                ResourceKind::Workload => next.workloads.remove(key).is_some(),
-                ResourceKind::Backend => next.backends.remove(key).is_some(),
-                ResourceKind::Listener => next.listeners.remove(key).is_some(),
-                ResourceKind::Route => next.routes.remove(key).is_some(),
-                ResourceKind::Certificate => next.certificates.remove(key).is_some(),
-            };
-            if !removed {
-                return Err(DeltaError::UnknownRemoval { kind, key: key.clone() });
-            }
-        }
-        for upsert in &update.upserts {
-            let id = upsert.id.clone().unwrap_or_default();
-            let kind = id.kind();
-            macro_rules! upsert {
-                ($field:ident, $k:expr, $key:expr) => {
-                    if kind == $k {
-                        let value = decode(kind, &id.key, &upsert.body)?;
-                        let found = ($key)(&value);
-                        if found != id.key {
-                            return Err(DeltaError::KeyMismatch { kind, key: id.key, found });
-                        }
-                        next.$field.insert(id.key.clone(), value);
-                        continue;
-                    }
-                };
-            }
-            for_each_kind!(upsert);
-            return Err(DeltaError::UnspecifiedKind { key: id.key });
-        }
+        next.apply_in_place(update)?;
         Ok(next)
     }
 }
