@@ -75,6 +75,10 @@ struct Args {
     /// connections of meshed pods and Gateway listeners may take, in all (seconds).
     #[arg(long, default_value_t = mesh_proxy::inpod::DEFAULT_DRAIN_DEADLINE.as_secs())]
     drain_seconds: u64,
+    /// Threads that move traffic. 1 runs everything on one thread (tokio's current-thread
+    /// runtime); more is a work-stealing pool of that many. Default: see [`default_workers`].
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 /// glibc's malloc serves blocks of 128 KiB and more with mmap at first, then raises that
@@ -100,13 +104,35 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
+/// One worker per CPU, tokio's default. Measured on the 2-core bench machine (2026-11-24, load
+/// average 7-12 from other builds, so within noise only): a current-thread runtime
+/// (`WEFT_WORKER_THREADS=1`) cost about the same CPU per request at 1k req/s as two workers
+/// (L4 0.115 against 0.133 cores per 1k req/s per proxy, L7 0.155 against 0.152). A profile
+/// shows why: ~70 % of the proxy's CPU is the kernel's (TCP send paths that run the receiver's
+/// softirq, and waking from `epoll_wait`, which every request needs once per direction whatever
+/// the runtime), futex wake-ups between workers ~3 %. Under contention a single thread also got
+/// a smaller share of the CPU than two, and tunnels were slower with it. So the shape stays, and
+/// the knob is there to measure it on a quiet machine or pin a proxy to one thread.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+}
+
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads exist, so every arena they make uses the same settings.
     tune_malloc();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    let args = Args::parse();
+    let workers = args.worker_threads.unwrap_or_else(default_workers);
+    runtime(workers)?.block_on(run(args, workers))
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(args: Args, workers: usize) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -115,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
         // Colours only on a terminal: `kubectl logs` would show the escape codes as text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let args = Args::parse();
+    tracing::info!(workers, "runtime started");
     let ca_address = args.ca_address.clone().or_else(|| args.controller.clone());
     let endpoint = |url: &str| {
         ControllerEndpoint::new(url, args.controller_ca_bundle.clone(), args.controller_insecure_plaintext)

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, Connector, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER,
-    STREAM_WINDOW, tls,
+    STREAM_WINDOW, TLS_SEND_BUFFER, tls,
 };
 use crate::identity::WorkloadCert;
 
@@ -171,7 +171,7 @@ impl HboneClient {
         // The name is not checked (the verifier compares SPIFFE identities); it only has to be
         // a valid ServerName, and an IP address sends no SNI.
         let name = ServerName::IpAddress(peer.ip().into());
-        let tls = tokio::time::timeout(
+        let mut tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_rustls::TlsConnector::from(config)
                 .connect(name, tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp)),
@@ -182,6 +182,7 @@ impl HboneClient {
         if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(HboneError::NoH2(peer));
         }
+        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -274,6 +275,17 @@ impl Drop for StreamGuard {
 pub struct Tunnel {
     io: H2Stream,
     _guard: StreamGuard,
+}
+
+impl Tunnel {
+    /// Copies between `io` and the tunnel until both directions end, with no copy of the bytes
+    /// in between ([`super::stream::splice`]); returns (bytes `io` → tunnel, tunnel → `io`).
+    pub async fn splice<S>(mut self, io: &mut S) -> io::Result<(u64, u64)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        super::stream::splice(io, &mut self.io).await
+    }
 }
 
 impl std::fmt::Debug for Tunnel {

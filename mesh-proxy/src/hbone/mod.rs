@@ -29,7 +29,10 @@
 //! as the link under it:
 //! - each side accepts DATA frames of up to [`MAX_FRAME_SIZE`], so one large write of the copy
 //!   loop ([`crate::proxy::copy`]) is one frame rather than sixteen;
-//! - TLS reads its socket through a [`SOCKET_READ_BUFFER`]: rustls asks for 4 KiB at a time.
+//! - TLS reads its socket through a [`SOCKET_READ_BUFFER`]: rustls asks for 4 KiB at a time;
+//! - TLS may hold [`TLS_SEND_BUFFER`] sealed, so a whole frame leaves in one `writev`;
+//! - the copy between a stream and its plain socket ([`stream::splice`]) hands the bytes read
+//!   to h2 as they are, and writes received frames as they are, with no buffer in between.
 
 pub mod client;
 pub mod server;
@@ -61,6 +64,12 @@ pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// TSO/GRO segment (what one wake-up usually finds queued in bulk), and the buffer is per
 /// pooled connection, not per stream.
 pub const SOCKET_READ_BUFFER: usize = 64 * 1024;
+/// How much sealed TLS a connection between proxies may hold unsent. rustls holds 64 KiB by
+/// default, so a 256 KiB DATA frame went out in four `writev`s, each waiting for the one before;
+/// with room for two frames, one frame is sealed whole and sent in one syscall (the kernel takes
+/// what its socket buffer has room for, the rest waits here). Per pooled connection, and only
+/// filled while the socket is slower than the streams.
+pub const TLS_SEND_BUFFER: usize = 2 * MAX_FRAME_SIZE as usize;
 
 /// Opens a TCP connection from the right place: inside a pod's network namespace, with the
 /// proxy's mark, in the mesh; anywhere in tests.

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SOCKET_READ_BUFFER, STREAM_WINDOW,
+    TLS_SEND_BUFFER,
 };
 use crate::identity::peer_identity;
 
@@ -100,7 +101,7 @@ impl HboneServer {
         let conn = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, conn);
         let accepted =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(conn)).await;
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 self.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +127,7 @@ impl HboneServer {
             }
         };
         tracing::debug!(?client, %peer, pod = %destination.pod, "HBONE connection accepted");
+        stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
         let peer = Arc::new(peer);
         let pod = destination.pod.clone();
         let source = client.map(|c| c.ip());
@@ -215,8 +217,13 @@ impl HboneServer {
             *streams.entry(peer.to_string()).or_default() += 1;
         }
         let pod = &destination.pod;
+        let mut upstream = upstream;
         let result = match respond.send_response(answer(StatusCode::OK), false) {
-            Ok(send) => splice(H2Stream::new(send, req.into_body()), upstream).await,
+            Ok(send) => {
+                let mut tunnel = H2Stream::new(send, req.into_body());
+                // (to the pod, from it) is (tunnel → plain side, plain side → tunnel).
+                super::stream::splice(&mut upstream, &mut tunnel).await.map(|(up, down)| (down, up))
+            }
             Err(error) => Err(io::Error::other(error)),
         };
         match result {

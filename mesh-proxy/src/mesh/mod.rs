@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ConfigStore;
 use crate::hbone::client::{HboneClient, PoolKey};
-use crate::hbone::server::{Deliver, Destination as HboneDestination, HboneServer, splice};
+use crate::hbone::server::{Deliver, Destination as HboneDestination, HboneServer};
 use crate::hbone::{self, Connector};
 use crate::identity::{IdentityManager, WorkloadCert};
 use crate::inpod::{Passthrough, PodContext, PodTraffic};
@@ -190,7 +190,8 @@ impl MeshTraffic {
         };
         match self.client.open(&key, &cert, &pod_connector(&pod), target).await {
             Ok(tunnel) => {
-                if let Err(error) = splice(conn, tunnel).await {
+                let mut conn = conn;
+                if let Err(error) = tunnel.splice(&mut conn).await {
                     tracing::debug!(pod = pod.uid(), %target, %error, "tunnelled connection ended");
                 }
             }
