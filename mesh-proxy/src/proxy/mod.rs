@@ -328,17 +328,11 @@ impl Proxy {
             let Some(endpoint) = sticky.or_else(|| endpoints.pick()) else {
                 return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
             };
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(endpoint.addr.to_string())
-                .path_and_query(path_and_query.clone())
-                .build();
-            let Ok(uri) = uri else {
-                return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable upstream URI");
-            };
             let mut upstream_req = Request::new(body.take().unwrap_or_else(empty_body));
             *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = uri;
+            // The path alone: the endpoint is handed to the upstream beside it, so no
+            // `http://ip:port` is spelled out and parsed again per request.
+            *upstream_req.uri_mut() = Uri::from(path_and_query.clone());
             // The last attempt takes the headers; earlier ones (retries to come) send a copy.
             *upstream_req.headers_mut() =
                 if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
@@ -350,7 +344,7 @@ impl Proxy {
                 .min();
             // An upgrade is an HTTP/1.1 handshake whatever the backend speaks otherwise.
             let protocol = if upgrade.is_some() { AppProtocol::Http1 } else { endpoints.app_protocol };
-            let send = upstream.send(upstream_req, protocol);
+            let send = upstream.send_to(endpoint.addr, upstream_req, protocol);
             let result = match budget {
                 Some(budget) => tokio::time::timeout(budget, send).await.unwrap_or_else(|_| {
                     Err(UpstreamError { kind: UpstreamFailure::Timeout, message: "timed out".into() })
