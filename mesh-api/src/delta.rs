@@ -28,7 +28,17 @@ pub enum DeltaError {
     KeyMismatch { kind: ResourceKind, key: String, found: String },
     #[error("removal of {kind:?} {key:?}, which the proxy does not have")]
     UnknownRemoval { kind: ResourceKind, key: String },
+    #[error("a part of a full state that is not one: version {version}, {problem}")]
+    BadPart { version: u64, problem: &'static str },
+    #[error("version {got} arrived in the middle of version {staging}'s full state")]
+    Interleaved { staging: u64, got: u64 },
 }
+
+/// How big, at most, the parts of a chunked full state are (resources' keys and bodies; one
+/// resource larger than this is a part of its own). Small enough that a proxy's receive
+/// buffer and the message it decodes stay around a megabyte whatever the config's size
+/// (a 10k-Service full state is about 19 MB), large enough that a part's framing is noise.
+pub const FULL_STATE_PART_BYTES: usize = 1024 * 1024;
 
 /// Every resource kind of the model, each with the key it is stored under.
 macro_rules! for_each_kind {
@@ -101,7 +111,38 @@ impl Config {
             };
         }
         for_each_kind!(all);
-        proto::ConfigUpdate { version, full_state: true, upserts, removals: Vec::new() }
+        proto::ConfigUpdate { version, full_state: true, upserts, removals: Vec::new(), more: false }
+    }
+
+    /// The whole config as a sequence of updates of about `part_bytes` each (at least one;
+    /// every one but the last has `more` set), for a proxy that takes a chunked full state.
+    pub fn to_full_parts(&self, version: u64, part_bytes: usize) -> Vec<proto::ConfigUpdate> {
+        let mut parts = Vec::new();
+        let mut upserts = Vec::new();
+        let mut size = 0;
+        macro_rules! all {
+            ($field:ident, $kind:expr, $key:expr) => {
+                for (key, r) in &self.$field {
+                    let resource = resource($kind, key, r);
+                    let bytes = resource.body.len() + key.len();
+                    if size + bytes > part_bytes && !upserts.is_empty() {
+                        parts.push(proto::ConfigUpdate {
+                            version,
+                            full_state: true,
+                            upserts: std::mem::take(&mut upserts),
+                            removals: Vec::new(),
+                            more: true,
+                        });
+                        size = 0;
+                    }
+                    size += bytes;
+                    upserts.push(resource);
+                }
+            };
+        }
+        for_each_kind!(all);
+        parts.push(proto::ConfigUpdate { version, full_state: true, upserts, removals: Vec::new(), more: false });
+        parts
     }
 
     /// What turns `self` into `next`.
@@ -114,7 +155,7 @@ impl Config {
             };
         }
         for_each_kind!(diff);
-        proto::ConfigUpdate { version, full_state: false, upserts, removals }
+        proto::ConfigUpdate { version, full_state: false, upserts, removals, more: false }
     }
 
     /// The config that `update` describes, given that `self` is the previous version.
@@ -146,26 +187,14 @@ impl Config {
         &mut self,
         update: &proto::ConfigUpdate,
     ) -> Result<Vec<(ResourceKind, String)>, DeltaError> {
-        let mut decoded = Vec::with_capacity(update.upserts.len());
-        for upsert in &update.upserts {
-            let id = upsert.id.clone().unwrap_or_default();
-            let kind = id.kind();
-            macro_rules! decode_kind {
-                ($field:ident, $k:expr, $key:expr) => {
-                    if kind == $k {
-                        let value = decode(kind, &id.key, &upsert.body)?;
-                        let found = ($key)(&value);
-                        if found != id.key {
-                            return Err(DeltaError::KeyMismatch { kind, key: id.key, found });
-                        }
-                        decoded.push((id.key, Decoded::from(value)));
-                        continue;
-                    }
-                };
-            }
-            for_each_kind!(decode_kind);
-            return Err(DeltaError::UnspecifiedKind { key: id.key });
+        if update.more {
+            // Applied alone, a part would drop everything the other parts carry.
+            return Err(DeltaError::BadPart {
+                version: update.version,
+                problem: "one part of several: gather the parts with FullStateParts",
+            });
         }
+        let decoded = update.upserts.iter().map(decode_upsert).collect::<Result<Vec<_>, _>>()?;
         if !update.full_state {
             for removal in &update.removals {
                 let kind = removal.kind();
@@ -207,35 +236,143 @@ impl Config {
             changed.push((removal.kind(), key.clone()));
         }
         for (key, value) in decoded {
-            let kind = match value {
-                Decoded::Service(v) => {
-                    self.services.insert(key.clone(), v);
-                    ResourceKind::Service
-                }
-                Decoded::Workload(v) => {
-                    self.workloads.insert(key.clone(), v);
-                    ResourceKind::Workload
-                }
-                Decoded::Backend(v) => {
-                    self.backends.insert(key.clone(), v);
-                    ResourceKind::Backend
-                }
-                Decoded::Listener(v) => {
-                    self.listeners.insert(key.clone(), v);
-                    ResourceKind::Listener
-                }
-                Decoded::Route(v) => {
-                    self.routes.insert(key.clone(), v);
-                    ResourceKind::Route
-                }
-                Decoded::Certificate(v) => {
-                    self.certificates.insert(key.clone(), v);
-                    ResourceKind::Certificate
-                }
-            };
+            let kind = self.insert_decoded(key.clone(), value);
             changed.push((kind, key));
         }
         Ok(changed)
+    }
+}
+
+impl Config {
+    fn insert_decoded(&mut self, key: String, value: Decoded) -> ResourceKind {
+        match value {
+            Decoded::Service(v) => {
+                self.services.insert(key, v);
+                ResourceKind::Service
+            }
+            Decoded::Workload(v) => {
+                self.workloads.insert(key, v);
+                ResourceKind::Workload
+            }
+            Decoded::Backend(v) => {
+                self.backends.insert(key, v);
+                ResourceKind::Backend
+            }
+            Decoded::Listener(v) => {
+                self.listeners.insert(key, v);
+                ResourceKind::Listener
+            }
+            Decoded::Route(v) => {
+                self.routes.insert(key, v);
+                ResourceKind::Route
+            }
+            Decoded::Certificate(v) => {
+                self.certificates.insert(key, v);
+                ResourceKind::Certificate
+            }
+        }
+    }
+}
+
+/// One upsert decoded and checked against its key.
+fn decode_upsert(upsert: &proto::Resource) -> Result<(String, Decoded), DeltaError> {
+    let id = upsert.id.clone().unwrap_or_default();
+    let kind = id.kind();
+    macro_rules! decode_kind {
+        ($field:ident, $k:expr, $key:expr) => {
+            if kind == $k {
+                let value = decode(kind, &id.key, &upsert.body)?;
+                let found = ($key)(&value);
+                if found != id.key {
+                    return Err(DeltaError::KeyMismatch { kind, key: id.key, found });
+                }
+                return Ok((id.key, Decoded::from(value)));
+            }
+        };
+    }
+    for_each_kind!(decode_kind);
+    Err(DeltaError::UnspecifiedKind { key: id.key })
+}
+
+/// A full state that arrives in parts ([`proto::ConfigUpdate::more`]), decoded part by part so
+/// that only one part's message is held at a time, and handed over whole after the last part.
+/// A bad part spoils its whole version: the parts already taken are dropped and the rest of
+/// that version's parts are passed over, so the proxy stays on its last good config.
+#[derive(Debug, Default)]
+pub struct FullStateParts {
+    /// The version being gathered, and what its parts held so far.
+    staging: Option<(u64, Config)>,
+    /// A version refused part-way: its remaining parts are passed over.
+    skipping: Option<u64>,
+}
+
+/// What one update means once [`FullStateParts`] has seen it.
+#[derive(Debug)]
+pub enum Part {
+    /// Not part of a chunked full state (a delta, or a full state in one message): apply it
+    /// as it is.
+    Whole,
+    /// A part taken (or passed over, after its version was refused); nothing to apply or
+    /// answer yet.
+    Pending,
+    /// The last part: the whole state of `version`, to install and answer.
+    Complete { version: u64, config: Config },
+}
+
+impl FullStateParts {
+    /// Takes one update from the stream. An error refuses the update's version whole (answer
+    /// it with a NACK); the parts gathered for it are dropped.
+    pub fn take(&mut self, update: &proto::ConfigUpdate) -> Result<Part, DeltaError> {
+        if let Some(skipped) = self.skipping {
+            if update.version == skipped && update.full_state {
+                if !update.more {
+                    self.skipping = None;
+                }
+                return Ok(Part::Pending);
+            }
+            self.skipping = None;
+        }
+        let result = self.gather(update);
+        if result.is_err() {
+            self.staging = None;
+            // The rest of a refused full state is passed over, not taken as a fresh start.
+            if update.full_state && update.more {
+                self.skipping = Some(update.version);
+            }
+        }
+        result
+    }
+
+    fn gather(&mut self, update: &proto::ConfigUpdate) -> Result<Part, DeltaError> {
+        let version = update.version;
+        match &self.staging {
+            None if !update.more => return Ok(Part::Whole),
+            Some((staging, _)) if *staging != version => {
+                return Err(DeltaError::Interleaved { staging: *staging, got: version });
+            }
+            _ => {}
+        }
+        if !update.full_state {
+            return Err(DeltaError::BadPart { version, problem: "a delta cannot come in parts" });
+        }
+        if !update.removals.is_empty() {
+            return Err(DeltaError::BadPart { version, problem: "a full state removes nothing" });
+        }
+        let decoded = update.upserts.iter().map(decode_upsert).collect::<Result<Vec<_>, _>>()?;
+        let (_, config) = self.staging.get_or_insert_with(|| (version, Config::default()));
+        for (key, value) in decoded {
+            config.insert_decoded(key, value);
+        }
+        if update.more {
+            return Ok(Part::Pending);
+        }
+        let (version, config) = self.staging.take().unwrap_or_default();
+        Ok(Part::Complete { version, config })
+    }
+
+    /// Whether a chunked full state is being gathered.
+    pub fn is_gathering(&self) -> bool {
+        self.staging.is_some()
     }
 }
 
@@ -361,6 +498,7 @@ mod tests {
             full_state: false,
             upserts: b.diff(&a, 4).upserts,
             removals: vec![proto::ResourceId { kind: ResourceKind::Route as i32, key: "nope".into() }],
+            more: false,
         };
         assert!(matches!(held.apply_in_place(&removal), Err(DeltaError::UnknownRemoval { .. })));
         assert_eq!(held, b, "untouched");
@@ -391,7 +529,98 @@ mod tests {
             full_state: false,
             upserts: vec![],
             removals: vec![proto::ResourceId { kind: ResourceKind::Route as i32, key: "nope".into() }],
+            more: false,
         };
         assert!(matches!(a.apply(&removal), Err(DeltaError::UnknownRemoval { .. })));
+    }
+
+    fn many(n: usize) -> Config {
+        let mut config = Config::default();
+        for i in 0..n {
+            config.insert_service(service("default", &format!("svc-{i:03}"), 80));
+        }
+        config
+    }
+
+    #[test]
+    fn a_full_state_in_parts_is_the_config_once_the_last_part_is_in() {
+        let config = many(50);
+        let one_service = config.to_full_update(1).upserts[0].body.len();
+        // About five Services a part.
+        let parts = config.to_full_parts(9, one_service * 5);
+        assert!(parts.len() >= 8, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| p.full_state && p.version == 9 && p.removals.is_empty()));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more) && !parts[parts.len() - 1].more);
+        assert_eq!(parts.iter().map(|p| p.upserts.len()).sum::<usize>(), 50);
+
+        let mut gathering = FullStateParts::default();
+        for part in &parts[..parts.len() - 1] {
+            assert!(matches!(gathering.take(part), Ok(Part::Pending)));
+            assert!(gathering.is_gathering());
+        }
+        match gathering.take(&parts[parts.len() - 1]) {
+            Ok(Part::Complete { version, config: whole }) => {
+                assert_eq!(version, 9);
+                assert_eq!(whole, config);
+            }
+            other => panic!("expected the whole state, got {other:?}"),
+        }
+        assert!(!gathering.is_gathering());
+        // A small config is one part, and one part is an ordinary full state.
+        let single = many(2).to_full_parts(10, FULL_STATE_PART_BYTES);
+        assert_eq!(single.len(), 1);
+        assert_eq!(single[0], many(2).to_full_update(10));
+        assert!(matches!(gathering.take(&single[0]), Ok(Part::Whole)));
+        let empty = Config::default().to_full_parts(11, FULL_STATE_PART_BYTES);
+        assert_eq!((empty.len(), empty[0].more, empty[0].upserts.len()), (1, false, 0));
+        // A part alone is never applied as if it were the whole state.
+        assert!(matches!(Config::default().apply(&parts[0]), Err(DeltaError::BadPart { .. })));
+    }
+
+    #[test]
+    fn a_bad_part_spoils_its_whole_version_and_the_next_version_starts_clean() {
+        let config = many(30);
+        let one_service = config.to_full_update(1).upserts[0].body.len();
+        let mut parts = config.to_full_parts(4, one_service * 5);
+        assert!(parts.len() >= 5);
+        parts[2].upserts[0].body = b"{not json".to_vec();
+
+        let mut gathering = FullStateParts::default();
+        let mut answers = Vec::new();
+        for part in &parts {
+            match gathering.take(part) {
+                Ok(Part::Pending) => {}
+                Ok(other) => panic!("nothing of version 4 is whole: {other:?}"),
+                Err(error) => answers.push(error),
+            }
+        }
+        assert_eq!(answers.len(), 1, "refused once: {answers:?}");
+        assert!(matches!(answers[0], DeltaError::BadBody { .. }));
+        assert!(!gathering.is_gathering(), "nothing of version 4 is kept");
+
+        // The next version, in parts, is gathered from scratch.
+        let next = many(12);
+        let next_parts = next.to_full_parts(5, one_service * 5);
+        let mut whole = None;
+        for part in &next_parts {
+            if let Part::Complete { version, config } = gathering.take(part).expect("good parts") {
+                whole = Some((version, config));
+            }
+        }
+        assert_eq!(whole, Some((5, next)));
+
+        // A part of another version, or a delta, in the middle of a full state: refused.
+        let mut gathering = FullStateParts::default();
+        let six = config.to_full_parts(6, one_service * 5);
+        assert!(matches!(gathering.take(&six[0]), Ok(Part::Pending)));
+        let seven = config.to_full_parts(7, one_service * 5);
+        assert!(matches!(gathering.take(&seven[0]), Err(DeltaError::Interleaved { staging: 6, got: 7 })));
+        assert!(!gathering.is_gathering());
+        assert!(matches!(gathering.take(&six[0]), Ok(Part::Pending)));
+        let delta = many(1).diff(&many(2), 6);
+        assert!(matches!(gathering.take(&delta), Err(DeltaError::BadPart { .. })));
+        let mut in_parts_delta = delta.clone();
+        in_parts_delta.more = true;
+        assert!(matches!(FullStateParts::default().take(&in_parts_delta), Err(DeltaError::BadPart { .. })));
     }
 }

@@ -20,9 +20,11 @@ pub mod proto {
     tonic::include_proto!("weft.mesh.v1");
 }
 
-/// The largest config-stream message either side sends or takes: the first message of a
-/// session is the full state, and at 10k Services with 100k endpoints that is tens of MB
-/// (19 MB measured by `cargo xtask bench control`), far past tonic's 4 MB default.
+/// The largest config-stream message either side sends or takes. A proxy that subscribes with
+/// `chunked_full_state` gets a large full state in parts of about
+/// [`delta::FULL_STATE_PART_BYTES`]; the limit stays high for the one-message full state of
+/// an older peer (at 10k Services with 100k endpoints that is about 19 MB, measured by
+/// `cargo xtask bench control`, far past tonic's 4 MB default).
 pub const MAX_CONFIG_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// The message of the `Unauthenticated` status with which the controller ends a config stream

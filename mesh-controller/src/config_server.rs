@@ -98,6 +98,8 @@ pub struct Publisher {
     state: Arc<RwLock<Published>>,
     versions: Arc<watch::Sender<u64>>,
     pub proxies: Arc<ProxyRegistry>,
+    /// The size of a full state's parts, for proxies that take it in parts.
+    part_bytes: usize,
 }
 
 impl Default for Publisher {
@@ -113,7 +115,15 @@ impl Publisher {
             state: Arc::new(RwLock::new(Published::default())),
             versions: Arc::new(versions),
             proxies: Arc::new(ProxyRegistry::default()),
+            part_bytes: mesh_api::delta::FULL_STATE_PART_BYTES,
         }
+    }
+
+    /// Sends full states in parts of about `bytes` to proxies that take parts (tests use a
+    /// few hundred bytes to see several parts from a small config).
+    pub fn with_full_state_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes.max(1);
+        self
     }
 
     /// Publishes `config` whole (tests; both modes publish through [`Publisher::update`]):
@@ -169,9 +179,10 @@ impl Publisher {
         }
     }
 
-    /// What takes a proxy that holds version `acked` (or nothing) to the current version;
-    /// `None` when it is already there or nothing was published yet.
-    fn update_since(&self, acked: Option<u64>) -> Option<ConfigUpdate> {
+    /// What takes a proxy that holds version `acked` (or nothing) to the current version, as
+    /// the messages to send: one, or a full state's parts when `in_parts` (the proxy said it
+    /// takes them); `None` when it is already there or nothing was published yet.
+    fn update_since(&self, acked: Option<u64>, in_parts: bool) -> Option<Vec<ConfigUpdate>> {
         let state = self.state.read().ok()?;
         let latest = state.version;
         if latest == 0 || acked == Some(latest) {
@@ -179,7 +190,11 @@ impl Publisher {
         }
         let oldest_logged = state.log.front().map_or(u64::MAX, |(v, _)| *v);
         let Some(acked) = acked.filter(|a| a + 1 >= oldest_logged) else {
-            return Some(state.config.to_full_update(latest));
+            return Some(if in_parts {
+                state.config.to_full_parts(latest, self.part_bytes)
+            } else {
+                vec![state.config.to_full_update(latest)]
+            });
         };
         // Every resource changed since `acked`, with whether the proxy has it: it existed
         // before the first change after `acked`.
@@ -189,8 +204,13 @@ impl Publisher {
                 since.entry(id).or_insert(*existed);
             }
         }
-        let mut update =
-            ConfigUpdate { version: latest, full_state: false, upserts: Vec::new(), removals: Vec::new() };
+        let mut update = ConfigUpdate {
+            version: latest,
+            full_state: false,
+            upserts: Vec::new(),
+            removals: Vec::new(),
+            more: false,
+        };
         for ((kind, key), proxy_has_it) in since {
             match state.config.resource(*kind, key) {
                 Some(resource) => update.upserts.push(resource),
@@ -200,7 +220,7 @@ impl Publisher {
                 None => {}
             }
         }
-        Some(update)
+        Some(vec![update])
     }
 
     /// The gRPC service, admitting `subscribers`.
@@ -375,11 +395,11 @@ impl ConfigDiscovery for ConfigService {
             return Err(self.refused(peer, None, reason, status));
         }
         let mut inbound = request.into_inner();
-        let node = match inbound.next().await {
+        let (node, in_parts) = match inbound.next().await {
             Some(Ok(ProxyMessage { message: Some(proxy_message::Message::Subscribe(s)) }))
                 if !s.node.is_empty() =>
             {
-                s.node
+                (s.node, s.chunked_full_state)
             }
             Some(Ok(_)) => {
                 return Err(Status::invalid_argument(
@@ -404,6 +424,7 @@ impl ConfigDiscovery for ConfigService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             node,
+            in_parts,
             reauthenticate_at,
             versions: self.publisher.versions.subscribe(),
             publisher: self.publisher.clone(),
@@ -440,6 +461,8 @@ impl ConfigService {
 /// One proxy's stream.
 struct Session {
     node: String,
+    /// The proxy takes a full state in parts (an older one does not say so, and gets it whole).
+    in_parts: bool,
     /// When the stream ends so that the proxy authenticates again (None: never).
     reauthenticate_at: Option<Instant>,
     publisher: Publisher,
@@ -521,17 +544,24 @@ impl Session {
         if latest == 0 || self.refused == Some(latest) {
             return true; // nothing resolved yet, or the proxy already refused exactly this
         }
-        let Some(update) = self.publisher.update_since(self.acked) else { return true };
+        let Some(messages) = self.publisher.update_since(self.acked, self.in_parts) else { return true };
         tracing::debug!(
             node = %self.node,
-            version = update.version,
-            full = update.full_state,
-            upserts = update.upserts.len(),
-            removals = update.removals.len(),
+            version = messages.last().map_or(latest, |m| m.version),
+            full = messages.first().is_some_and(|m| m.full_state),
+            parts = messages.len(),
+            upserts = messages.iter().map(|m| m.upserts.len()).sum::<usize>(),
+            removals = messages.iter().map(|m| m.removals.len()).sum::<usize>(),
             "sending config"
         );
-        self.in_flight = Some(update.version);
-        tx.send(Ok(update)).await.is_ok()
+        // The proxy answers once, after the last part.
+        self.in_flight = messages.last().map(|m| m.version);
+        for message in messages {
+            if tx.send(Ok(message)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     fn answer(&mut self, message: ProxyMessage) -> Result<(), Status> {

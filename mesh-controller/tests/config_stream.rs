@@ -85,7 +85,76 @@ fn subscribe(node: &str) -> ProxyMessage {
         message: Some(proxy_message::Message::Subscribe(Subscribe {
             node: node.into(),
             proxy_version: "test".into(),
+            chunked_full_state: false,
         })),
+    }
+}
+
+#[tokio::test]
+async fn a_full_state_goes_in_parts_to_a_proxy_that_takes_them_and_whole_to_one_that_does_not() {
+    // A few Services a part.
+    let publisher = Publisher::new().with_full_state_part_bytes(300);
+    let names: Vec<String> = (0..20).map(|i| format!("svc-{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    publisher.publish(config_with(&names));
+    let url = start(publisher.clone()).await;
+
+    let mut parts = ProxyMessage {
+        message: Some(proxy_message::Message::Subscribe(Subscribe {
+            node: "node-new".into(),
+            proxy_version: "test".into(),
+            chunked_full_state: true,
+        })),
+    };
+    let mut new = Proxy::connect(&url, parts.clone()).await.expect("subscribed");
+    let mut gathering = mesh_api::delta::FullStateParts::default();
+    let mut received = 0;
+    let held = loop {
+        let part = new.next().await;
+        received += 1;
+        assert!(part.full_state && part.version == 1, "{part:?}");
+        match gathering.take(&part).expect("a good part") {
+            mesh_api::delta::Part::Pending => assert!(part.more),
+            mesh_api::delta::Part::Complete { version, config } => {
+                assert_eq!(version, 1);
+                break config;
+            }
+            mesh_api::delta::Part::Whole => panic!("a 20-Service state at 300 bytes a part is in parts"),
+        }
+    };
+    assert!(received >= 5, "{received} parts");
+    assert_eq!(held, config_with(&names));
+    new.ack(1).await;
+    // Deltas are one message, as before.
+    publisher.publish(config_with(&names[1..]));
+    let delta = new.next().await;
+    assert!(!delta.full_state && !delta.more);
+    assert_eq!((delta.version, delta.removals.len()), (2, 1));
+    new.ack(2).await;
+
+    // A proxy that does not say it takes parts (an older one) gets the full state whole.
+    let mut old = Proxy::connect(&url, subscribe("node-old")).await.expect("subscribed");
+    let whole = old.next().await;
+    assert!(whole.full_state && !whole.more);
+    assert_eq!(Config::default().apply(&whole).expect("applies"), config_with(&names[1..]));
+    old.ack(2).await;
+    old.nothing_within(Duration::from_millis(300)).await;
+
+    // The parts are answered once: an ACK of the version after the last part is what counts.
+    if let Some(proxy_message::Message::Subscribe(s)) = &mut parts.message {
+        s.node = "node-third".into();
+    }
+    let mut third = Proxy::connect(&url, parts).await.expect("subscribed");
+    loop {
+        if !third.next().await.more {
+            break;
+        }
+    }
+    third.ack(2).await;
+    third.nothing_within(Duration::from_millis(300)).await;
+    let nodes = publisher.proxies.snapshot();
+    for node in ["node-new", "node-old", "node-third"] {
+        assert_eq!(nodes[node].acked_version, Some(2), "{node}");
     }
 }
 

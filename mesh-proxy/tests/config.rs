@@ -190,6 +190,71 @@ async fn controller_updates_are_acked_bad_ones_nacked_and_the_proxy_reconnects()
     server.abort();
 }
 
+#[tokio::test]
+async fn a_full_state_in_parts_is_installed_whole_and_a_broken_one_keeps_the_last_good_config() {
+    let v1 = backend("v1", Behaviour::Echo).await;
+    let v2 = backend("v2", Behaviour::Echo).await;
+    let l = gateway_listener(free_port());
+    let backends = vec![service_backend("v1", &[v1]), service_backend("v2", &[v2])];
+    let good = simple(&l, backends.clone(), "v1");
+    let next = simple(&l, backends.clone(), "v2");
+
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", socket.local_addr().expect("addr"));
+    let (sessions_tx, mut sessions) = mpsc::channel(4);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ConfigDiscoveryServer::new(TestController { sessions: sessions_tx }))
+            .serve_with_incoming(TcpListenerStream::new(socket)),
+    );
+    let endpoint = ControllerEndpoint::new(&url, None, true).expect("endpoint");
+    let proxy =
+        start_with(Source::Controller(Subscription { endpoint, node: "node-a".into(), token_file: None }))
+            .await;
+    let mut session = next_session(&mut sessions).await;
+    match next_message(&mut session).await {
+        proxy_message::Message::Subscribe(s) => assert!(s.chunked_full_state, "the proxy takes parts"),
+        other => panic!("expected Subscribe, got {other:?}"),
+    }
+
+    // One resource a part: the parts are answered once, after the last.
+    let parts = good.to_full_parts(1, 1);
+    assert!(parts.len() >= 4, "{} parts", parts.len());
+    for part in parts {
+        session.to_proxy.send(Ok(part)).await.expect("send");
+    }
+    assert!(matches!(next_message(&mut session).await, proxy_message::Message::Ack(a) if a.version == 1));
+    wait_listening(l.port).await;
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v1");
+
+    // Version 2 in parts, one of them broken: one NACK, and version 1 keeps serving.
+    let mut broken = next.to_full_parts(2, 1);
+    broken[1].upserts[0].body = b"{not json".to_vec();
+    for part in broken {
+        session.to_proxy.send(Ok(part)).await.expect("send");
+    }
+    match next_message(&mut session).await {
+        proxy_message::Message::Nack(n) => assert_eq!(n.version, 2),
+        other => panic!("expected Nack, got {other:?}"),
+    }
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v1", "the last good config keeps serving");
+
+    // Version 3, whole again: the parts of version 2 after the broken one were passed over,
+    // and the first answer after the NACK is version 3's.
+    for part in next.to_full_parts(3, 1) {
+        session.to_proxy.send(Ok(part)).await.expect("send");
+    }
+    assert!(matches!(next_message(&mut session).await, proxy_message::Message::Ack(a) if a.version == 3));
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v2");
+    let dump = admin_get(&proxy, "/config_dump").await.json();
+    assert_eq!(dump["version"], 3);
+    // A delta on top of a state that came in parts.
+    session.to_proxy.send(Ok(next.diff(&good, 4))).await.expect("send");
+    assert!(matches!(next_message(&mut session).await, proxy_message::Message::Ack(a) if a.version == 4));
+    assert_eq!(get(l.port, "h", "/", &[]).await.backend(), "v1");
+    server.abort();
+}
+
 const MANIFESTS: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass

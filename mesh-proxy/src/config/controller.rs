@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_api::proto::config_discovery_client::ConfigDiscoveryClient;
+use mesh_api::delta::{FullStateParts, Part};
 use mesh_api::proto::{Ack, ConfigUpdate, Nack, ProxyMessage, Subscribe, proxy_message};
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -99,6 +100,9 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<SessionEnd, 
     let subscribe = proxy_message::Message::Subscribe(Subscribe {
         node: sub.node.clone(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+        // A large full state in parts: neither its message nor the receive buffer holding it
+        // is ever the whole state's size.
+        chunked_full_state: true,
     });
     tx.send(ProxyMessage { message: Some(subscribe) }).await.map_err(|e| fail(false, e.into()))?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
@@ -108,6 +112,8 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<SessionEnd, 
     let mut updates = client.stream(request).await.map_err(|e| fail(false, refused(e)))?.into_inner();
     tracing::info!(url = %sub.endpoint.url(), node = %sub.node, "subscribed to the controller");
 
+    // A full state's parts gathered so far; a broken stream drops them with the session.
+    let mut parts = FullStateParts::default();
     loop {
         let update = match updates.message().await {
             Ok(Some(update)) => update,
@@ -121,7 +127,7 @@ async fn session(sub: &Subscription, store: &ConfigStore) -> Result<SessionEnd, 
             Err(status) => return Err(fail(received, status.into())),
         };
         received = true;
-        let reply = apply(&update, store);
+        let Some(reply) = take(&update, &mut parts, store) else { continue };
         if tx.send(ProxyMessage { message: Some(reply) }).await.is_err() {
             return Err(fail(received, anyhow::anyhow!("the controller closed its side of the stream")));
         }
@@ -140,10 +146,34 @@ fn refused(status: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// Installs `update` on top of the config being served, or says why not.
-fn apply(update: &ConfigUpdate, store: &ConfigStore) -> proxy_message::Message {
+/// Takes one message of the stream: a part of a full state is gathered (no answer until the
+/// last part); a whole update, or the last part, is installed and answered.
+fn take(
+    update: &ConfigUpdate,
+    parts: &mut FullStateParts,
+    store: &ConfigStore,
+) -> Option<proxy_message::Message> {
     let started = std::time::Instant::now();
-    match store.apply(update) {
+    let outcome = match parts.take(update) {
+        Ok(Part::Whole) => store.apply(update),
+        Ok(Part::Pending) => return None,
+        Ok(Part::Complete { version, config }) => {
+            store.install(version, config);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    };
+    Some(answer(update, outcome, started, store))
+}
+
+/// The answer to `update`: an ACK, or a NACK with why it was not installed.
+fn answer(
+    update: &ConfigUpdate,
+    outcome: Result<(), mesh_api::delta::DeltaError>,
+    started: std::time::Instant,
+    store: &ConfigStore,
+) -> proxy_message::Message {
+    match outcome {
         Ok(()) => {
             tracing::debug!(
                 version = update.version,
