@@ -104,7 +104,11 @@ impl ConfigStore {
             let of_kind = |wanted: ResourceKind| -> std::collections::HashSet<&str> {
                 changed.iter().filter(|(kind, _)| *kind == wanted).map(|(_, key)| key.as_str()).collect()
             };
-            routes.forget(&of_kind(ResourceKind::Route), &of_kind(ResourceKind::Backend));
+            routes.forget(
+                &of_kind(ResourceKind::Route),
+                &of_kind(ResourceKind::Backend),
+                &of_kind(ResourceKind::Service),
+            );
         }
         for (_, key) in changed.iter().filter(|(kind, _)| *kind == ResourceKind::Backend) {
             match config.backends.get(key) {
@@ -124,9 +128,7 @@ impl ConfigStore {
 
     /// Compiles the held config and makes it the one new requests see.
     fn publish(&self, held: &mut Held) {
-        let backends: HashMap<&str, Arc<EndpointSet>> =
-            held.endpoint_sets.iter().map(|(key, set)| (key.as_str(), set.clone())).collect();
-        let routes = RoutingTable::build_with(&held.config, &backends, &mut held.routes);
+        let routes = RoutingTable::build_with(&held.config, &held.endpoint_sets, &mut held.routes);
         let version = held.version;
         // The previous snapshot is freed here, or by the last request still using it.
         self.current.store(Arc::new(Snapshot { version, routes }));

@@ -12,8 +12,7 @@ use mesh_api::model::{self, Config, ListenerProtocol, ParentTarget, RouteKind, T
 use mesh_api::precedence::hostname_rank;
 use rustls::ServerConfig;
 
-use super::CompiledRule;
-use crate::balance::EndpointSet;
+use super::{Backends, CompiledRule};
 use crate::listener::{bind_addresses, tls};
 
 /// What a bound address does at L4.
@@ -49,7 +48,7 @@ fn terminate_config(listener: &model::Listener, config: &Config) -> Option<Arc<S
     Some(Arc::new(server))
 }
 
-pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> HashMap<SocketAddr, L4Routes> {
+pub fn build(config: &Config, backends: &Backends) -> HashMap<SocketAddr, L4Routes> {
     // Routes attached to each listener, oldest first (the spec's tie-break between routes).
     let mut routes: Vec<&model::Route> =
         config.routes.values().filter(|r| matches!(r.key.kind, RouteKind::Tcp | RouteKind::Tls)).collect();
@@ -120,7 +119,7 @@ pub fn build(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> Has
 }
 
 /// The route of each UDP listener address: the oldest UDPRoute attached.
-pub fn build_udp(config: &Config, backends: &HashMap<&str, Arc<EndpointSet>>) -> HashMap<SocketAddr, Target> {
+pub fn build_udp(config: &Config, backends: &Backends) -> HashMap<SocketAddr, Target> {
     let mut routes: Vec<&model::Route> =
         config.routes.values().filter(|r| r.key.kind == RouteKind::Udp).collect();
     routes.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));

@@ -22,6 +22,10 @@ use crate::balance::{EndpointSet, Registry};
 use crate::listener::{bind_addresses, serves_http, tls};
 use matching::{Matcher, RequestView};
 
+/// Each backend's ready endpoints, by backend key (kept by the config store between
+/// snapshots, so a snapshot is compiled without making this map again).
+pub type Backends = HashMap<String, Arc<EndpointSet>>;
+
 /// Routes of every HTTP bind address of one config snapshot.
 #[derive(Default)]
 pub struct RoutingTable {
@@ -36,8 +40,8 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     pub fn build(config: &Config, registry: &Registry) -> Self {
-        let backends: HashMap<&str, Arc<EndpointSet>> =
-            config.backends.iter().map(|(key, b)| (key.as_str(), Arc::new(registry.endpoints(b)))).collect();
+        let backends: Backends =
+            config.backends.iter().map(|(key, b)| (key.clone(), Arc::new(registry.endpoints(b)))).collect();
         Self::build_with(config, &backends, &mut RouteCache::default())
     }
 
@@ -46,7 +50,7 @@ impl RoutingTable {
     /// compiles again only the backends and routes it touches).
     pub fn build_with(
         config: &Config,
-        backends: &HashMap<&str, Arc<EndpointSet>>,
+        backends: &Backends,
         cache: &mut RouteCache,
     ) -> Self {
         // Several Gateway listeners may share one address and port (told apart by hostname):
@@ -179,6 +183,7 @@ struct HostBucket {
     entries: Vec<Entry>,
 }
 
+#[derive(Clone)]
 struct Entry {
     compiled: Arc<CompiledMatch>,
     rule: Arc<CompiledRule>,
@@ -203,7 +208,7 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn build(route: &model::Route, backends: &HashMap<&str, Arc<EndpointSet>>) -> Self {
+    fn build(route: &model::Route, backends: &Backends) -> Self {
         let rules =
             route.rules.iter().map(|rule| Arc::new(CompiledRule::build(route, rule, backends))).collect();
         let mut matches = Vec::new();
@@ -249,45 +254,66 @@ impl CompiledRoute {
 }
 
 /// Compiled HTTP and gRPC routes by route key, kept between snapshots: a config change
-/// compiles again only the routes it changed and those naming a backend it changed.
+/// compiles again only the routes it changed and those naming a backend it changed. The GAMMA
+/// tables are kept too, so a change rebuilds only the Service frontends it touches.
 #[derive(Default)]
 pub struct RouteCache {
     routes: HashMap<String, Arc<CompiledRoute>>,
+    mesh: gamma::MeshCache,
+}
+
+/// The compiled form of `route` (stored under `key`), from `routes` or compiled now.
+fn compiled(
+    routes: &mut HashMap<String, Arc<CompiledRoute>>,
+    key: &str,
+    route: &model::Route,
+    backends: &Backends,
+) -> Arc<CompiledRoute> {
+    if let Some(compiled) = routes.get(key) {
+        return compiled.clone();
+    }
+    let compiled = Arc::new(CompiledRoute::build(route, backends));
+    routes.insert(key.to_string(), compiled.clone());
+    compiled
 }
 
 impl RouteCache {
     /// The compiled form of `route` (stored under `key`), from the cache or compiled now.
-    fn get(
-        &mut self,
-        key: &str,
-        route: &model::Route,
-        backends: &HashMap<&str, Arc<EndpointSet>>,
-    ) -> Arc<CompiledRoute> {
-        if let Some(compiled) = self.routes.get(key) {
-            return compiled.clone();
-        }
-        let compiled = Arc::new(CompiledRoute::build(route, backends));
-        self.routes.insert(key.to_string(), compiled.clone());
-        compiled
+    fn get(&mut self, key: &str, route: &model::Route, backends: &Backends) -> Arc<CompiledRoute> {
+        compiled(&mut self.routes, key, route, backends)
     }
 
     /// Forgets the routes `routes` names (changed or removed) and every route that names one
-    /// of `backends`.
+    /// of `backends`; the GAMMA tables of those routes and of the Services in `services`
+    /// (changed or removed) are rebuilt at the next snapshot.
     pub fn forget(
         &mut self,
         routes: &std::collections::HashSet<&str>,
         backends: &std::collections::HashSet<&str>,
+        services: &std::collections::HashSet<&str>,
     ) {
         for key in routes {
             self.routes.remove(*key);
+            self.mesh.route_changed(key);
         }
         if !backends.is_empty() {
-            self.routes.retain(|_, c| !c.backends.iter().any(|b| backends.contains(b.as_str())));
+            let mesh = &mut self.mesh;
+            self.routes.retain(|key, c| {
+                let keep = !c.backends.iter().any(|b| backends.contains(b.as_str()));
+                if !keep {
+                    mesh.route_changed(key);
+                }
+                keep
+            });
+        }
+        for key in services {
+            self.mesh.service_changed(key);
         }
     }
 
     pub fn clear(&mut self) {
         self.routes.clear();
+        self.mesh = gamma::MeshCache::default();
     }
 }
 
@@ -363,7 +389,7 @@ pub struct CompiledMirror {
 }
 
 impl CompiledMirror {
-    fn compile(filters: &[Filter], backends: &HashMap<&str, Arc<EndpointSet>>) -> Vec<Self> {
+    fn compile(filters: &[Filter], backends: &Backends) -> Vec<Self> {
         filters
             .iter()
             .filter_map(|f| match f {
@@ -397,7 +423,7 @@ pub enum BackendTarget {
 }
 
 impl CompiledRule {
-    fn build(route: &model::Route, rule: &model::Rule, backends: &HashMap<&str, Arc<EndpointSet>>) -> Self {
+    fn build(route: &model::Route, rule: &model::Rule, backends: &Backends) -> Self {
         let compiled: Vec<CompiledBackend> = rule
             .backends
             .iter()
