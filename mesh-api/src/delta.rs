@@ -141,7 +141,13 @@ impl Config {
             };
         }
         for_each_kind!(all);
-        parts.push(proto::ConfigUpdate { version, full_state: true, upserts, removals: Vec::new(), more: false });
+        parts.push(proto::ConfigUpdate {
+            version,
+            full_state: true,
+            upserts,
+            removals: Vec::new(),
+            more: false,
+        });
         parts
     }
 

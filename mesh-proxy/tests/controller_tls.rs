@@ -113,8 +113,11 @@ async fn subscribe(
     let mut client =
         ConfigDiscoveryClient::new(channel).max_decoding_message_size(mesh_api::MAX_CONFIG_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(4);
-    let subscribe =
-        proxy_message::Message::Subscribe(Subscribe { node: node.into(), proxy_version: "test".into(), chunked_full_state: false });
+    let subscribe = proxy_message::Message::Subscribe(Subscribe {
+        node: node.into(),
+        proxy_version: "test".into(),
+        chunked_full_state: false,
+    });
     tx.send(ProxyMessage { message: Some(subscribe) }).await.expect("queue");
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = token {
@@ -267,8 +270,11 @@ async fn a_stream_ends_when_its_session_age_runs_out_and_the_proxy_reconnects_wi
     let channel = controller.endpoint().connect(WAIT).await.expect("TLS connection");
     let mut client = ConfigDiscoveryClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
-    let subscribe =
-        proxy_message::Message::Subscribe(Subscribe { node: "node-a".into(), proxy_version: "test".into(), chunked_full_state: false });
+    let subscribe = proxy_message::Message::Subscribe(Subscribe {
+        node: "node-a".into(),
+        proxy_version: "test".into(),
+        chunked_full_state: false,
+    });
     tx.send(ProxyMessage { message: Some(subscribe) }).await.expect("queue");
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert("authorization", "Bearer token-a".parse().expect("ascii"));

@@ -366,7 +366,11 @@ pub fn run(binaries: &Binaries, plan: Plan) -> anyhow::Result<()> {
     };
     println!("  RSS (kB): controller {}, proxies {:?}", idle.0[0], &idle.0[1..]);
     let mut scales = Vec::new();
-    for (services, endpoints) in SCALES {
+    // `WEFT_BENCH_CONTROL_SERVICES=10000`: only the scales with that many Services (a quicker
+    // loop while working on one of them; the results then hold only those).
+    let only: Option<usize> =
+        std::env::var("WEFT_BENCH_CONTROL_SERVICES").ok().and_then(|v| v.trim().parse().ok());
+    for (services, endpoints) in SCALES.into_iter().filter(|(s, _)| only.is_none_or(|o| o == *s)) {
         println!("==> {services} Services with a route each, {endpoints} endpoints: {changes} changes");
         let dir = work.path().join(format!("scale-{services}"));
         let manifests = dir.join("manifests");
@@ -513,7 +517,9 @@ fn write_results(
         "The standalone controller reads only the changed file again and resolves it incrementally, as the\n\
          cluster mode's watchers do (see [controller.md](controller.md)): \"write → published\" holds the\n\
          inotify event, that file and the resolve; \"published → all ACKed\" is the config stream's and the\n\
-         proxies' share (a delta applied in place; the GAMMA per-frontend tables are still rebuilt whole).\n\n\
+         proxies' share (a delta applied in place, and only the GAMMA frontend tables it touches rebuilt).\n\
+         A proxy takes the full state in parts of about 1 MiB, decoded as they arrive, so no message or\n\
+         receive buffer of the whole state's size is held.\n\n\
          Rerun: `cargo xtask bench control [--quick]` (no root needed)."
     )?;
     for scale in scales {

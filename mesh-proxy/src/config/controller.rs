@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mesh_api::proto::config_discovery_client::ConfigDiscoveryClient;
 use mesh_api::delta::{FullStateParts, Part};
+use mesh_api::proto::config_discovery_client::ConfigDiscoveryClient;
 use mesh_api::proto::{Ack, ConfigUpdate, Nack, ProxyMessage, Subscribe, proxy_message};
 use rand::Rng;
 use tokio::sync::mpsc;

@@ -307,12 +307,23 @@ mod tests {
         team_route(config, "team", &name, &name, Consumers::All, prefix);
     }
 
-    fn team_route(config: &mut Config, ns: &str, name: &str, service: &str, consumers: Consumers, prefix: &str) {
+    fn team_route(
+        config: &mut Config,
+        ns: &str,
+        name: &str,
+        service: &str,
+        consumers: Consumers,
+        prefix: &str,
+    ) {
         config.insert_route(Route {
             key: RouteKey { kind: RouteKind::Http, object: ObjectKey::new(ns, name) },
             created: 0,
             parents: vec![RouteParent {
-                target: ParentTarget::Service { service: ObjectKey::new("team", service), port: None, consumers },
+                target: ParentTarget::Service {
+                    service: ObjectKey::new("team", service),
+                    port: None,
+                    consumers,
+                },
                 hostnames: vec![],
             }],
             rules: vec![Rule {
@@ -361,7 +372,8 @@ mod tests {
         store.apply(&config.to_full_update(1)).expect("full state");
 
         let mut version = 1;
-        let edits: Vec<Box<dyn Fn(&mut Config)>> = vec![
+        type Edit = Box<dyn Fn(&mut Config)>;
+        let edits: Vec<Edit> = vec![
             // One route's match.
             Box::new(|c| team_route(c, "team", "svc-3", "svc-3", Consumers::All, "/b")),
             // One Service's address: its old frontend goes, a new one comes.
@@ -395,9 +407,13 @@ mod tests {
             config = next;
             let after = store.load();
             // The same tables as a build from scratch.
-            assert_eq!(describe(&after.routes), describe(&RoutingTable::build(&config, &Registry::default())));
+            assert_eq!(
+                describe(&after.routes),
+                describe(&RoutingTable::build(&config, &Registry::default()))
+            );
             for (addr, routes) in &after.routes.mesh.frontends {
-                let shared = before.routes.mesh.frontends.get(addr).is_some_and(|old| Arc::ptr_eq(old, routes));
+                let shared =
+                    before.routes.mesh.frontends.get(addr).is_some_and(|old| Arc::ptr_eq(old, routes));
                 let was_touched = touched.contains(&addr.to_string().as_str());
                 assert_eq!(shared, !was_touched, "{addr} after version {version}");
             }
@@ -407,6 +423,9 @@ mod tests {
         let view = RequestView { method: &Method::GET, path: "/a/x", query: None, headers: &headers };
         let snapshot = store.load();
         let routes = snapshot.routes.mesh("10.96.0.0:80".parse().expect("addr"), "beta").expect("producer");
-        assert_eq!(routes.select("svc-0", &view).map(|s| s.rule.route.to_string()).as_deref(), Some("HTTPRoute/team/svc-0"));
+        assert_eq!(
+            routes.select("svc-0", &view).map(|s| s.rule.route.to_string()).as_deref(),
+            Some("HTTPRoute/team/svc-0")
+        );
     }
 }

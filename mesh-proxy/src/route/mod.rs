@@ -48,11 +48,7 @@ impl RoutingTable {
     /// [`RoutingTable::build`] with each backend's endpoint set already made and the routes
     /// compiled for an earlier snapshot in `cache` (both kept by the config store, so a delta
     /// compiles again only the backends and routes it touches).
-    pub fn build_with(
-        config: &Config,
-        backends: &Backends,
-        cache: &mut RouteCache,
-    ) -> Self {
+    pub fn build_with(config: &Config, backends: &Backends, cache: &mut RouteCache) -> Self {
         // Several Gateway listeners may share one address and port (told apart by hostname):
         // their routes go into the same table.
         let mut by_addr: HashMap<SocketAddr, ListenerRoutes> = HashMap::new();
