@@ -6,8 +6,8 @@
 //! proxy is always on exactly one version the controller sent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::Config;
@@ -58,10 +58,10 @@ impl Config {
         self.services.insert(r.key.to_string(), r);
     }
     pub fn insert_workload(&mut self, r: crate::model::Workload) {
-        self.workloads.insert(r.key.to_string(), r);
+        self.workloads.insert(r.key.to_string(), Arc::new(r));
     }
     pub fn insert_backend(&mut self, r: crate::model::Backend) {
-        self.backends.insert(r.key.to_string(), r);
+        self.backends.insert(r.key.to_string(), Arc::new(r));
     }
     pub fn insert_listener(&mut self, r: crate::model::Listener) {
         self.listeners.insert(r.key.to_string(), r);
@@ -257,11 +257,11 @@ impl Config {
                 ResourceKind::Service
             }
             Decoded::Workload(v) => {
-                self.workloads.insert(key, v);
+                self.workloads.insert(key, Arc::new(v));
                 ResourceKind::Workload
             }
             Decoded::Backend(v) => {
-                self.backends.insert(key, v);
+                self.backends.insert(key, Arc::new(v));
                 ResourceKind::Backend
             }
             Decoded::Listener(v) => {
@@ -393,9 +393,34 @@ macro_rules! decoded_from {
 }
 decoded_from!(Service, Workload, Backend, Listener, Route, Certificate);
 
-fn resource<T: Serialize>(kind: ResourceKind, key: &str, value: &T) -> proto::Resource {
-    // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
-    let body = serde_json::to_vec(value).unwrap_or_default();
+/// A config value as it goes on the wire: its JSON. A shared (`Arc`) value is sent as the value
+/// it shares; the proxy's copy is shared again when decoded.
+trait WireBody {
+    fn wire_body(&self) -> Vec<u8>;
+}
+
+macro_rules! wire_body {
+    ($($value:ty => $plain:ty),* $(,)?) => {$(
+        impl WireBody for $value {
+            fn wire_body(&self) -> Vec<u8> {
+                // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
+                serde_json::to_vec::<$plain>(self).unwrap_or_default()
+            }
+        }
+    )*};
+}
+
+wire_body! {
+    crate::model::Service => crate::model::Service,
+    Arc<crate::model::Workload> => crate::model::Workload,
+    Arc<crate::model::Backend> => crate::model::Backend,
+    crate::model::Listener => crate::model::Listener,
+    crate::model::Route => crate::model::Route,
+    crate::model::Certificate => crate::model::Certificate,
+}
+
+fn resource<T: WireBody>(kind: ResourceKind, key: &str, value: &T) -> proto::Resource {
+    let body = value.wire_body();
     proto::Resource { id: Some(proto::ResourceId { kind: kind as i32, key: key.to_string() }), body }
 }
 
@@ -403,7 +428,7 @@ fn decode<T: DeserializeOwned>(kind: ResourceKind, key: &str, body: &[u8]) -> Re
     serde_json::from_slice(body).map_err(|source| DeltaError::BadBody { kind, key: key.to_string(), source })
 }
 
-fn diff_map<T: Serialize + PartialEq>(
+fn diff_map<T: WireBody + PartialEq>(
     old: &BTreeMap<String, T>,
     new: &BTreeMap<String, T>,
     kind: ResourceKind,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,11 +33,38 @@ impl fmt::Display for ObjectKey {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub services: BTreeMap<String, Service>,
-    pub workloads: BTreeMap<String, Workload>,
-    pub backends: BTreeMap<String, Backend>,
+    /// Shared (`Arc`): the proxy's per-connection indexes point at the same workloads and
+    /// backends instead of copying them (100k endpoints are tens of MB) at every version.
+    #[serde(with = "shared_map")]
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    #[serde(with = "shared_map")]
+    pub backends: BTreeMap<String, Arc<Backend>>,
     pub listeners: BTreeMap<String, Listener>,
     pub routes: BTreeMap<String, Route>,
     pub certificates: BTreeMap<String, Certificate>,
+}
+
+/// (De)serializes a map of shared values as the plain map it stands for, without serde's `rc`
+/// feature (turning that on would rebuild every crate that uses serde, kube's among them).
+mod shared_map {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        map: &BTreeMap<String, Arc<T>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(map.iter().map(|(key, value)| (key, &**value)))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, Arc<T>>, D::Error> {
+        let map = BTreeMap::<String, T>::deserialize(deserializer)?;
+        Ok(map.into_iter().map(|(key, value)| (key, Arc::new(value))).collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

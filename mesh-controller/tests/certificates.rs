@@ -15,18 +15,15 @@ const PROXY: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-proxy";
 
 fn cluster() -> Config {
     let mut config = Config::default();
-    config.workloads.insert(
-        "shop/web-1".into(),
-        Workload {
-            key: ObjectKey::new("shop", "web-1"),
-            ips: vec!["10.1.0.5".parse().expect("ip")],
-            node: "node-a".into(),
-            service_account: "web".into(),
-            identity: WEB.into(),
-            meshed: true,
-            ready: true,
-        },
-    );
+    config.insert_workload(Workload {
+        key: ObjectKey::new("shop", "web-1"),
+        ips: vec!["10.1.0.5".parse().expect("ip")],
+        node: "node-a".into(),
+        service_account: "web".into(),
+        identity: WEB.into(),
+        meshed: true,
+        ready: true,
+    });
     config
 }
 

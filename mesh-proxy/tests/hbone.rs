@@ -46,8 +46,8 @@ fn workload(name: &str, node: &str, identity: &str) -> Workload {
 fn lab_publisher() -> Publisher {
     let publisher = Publisher::new();
     let mut config = Config::default();
-    config.workloads.insert("shop/frontend".into(), workload("frontend", "node-a", CLIENT));
-    config.workloads.insert("shop/checkout".into(), workload("checkout", "node-b", SERVER));
+    config.insert_workload(workload("frontend", "node-a", CLIENT));
+    config.insert_workload(workload("checkout", "node-b", SERVER));
     publisher.publish(config);
     publisher
 }
@@ -757,7 +757,7 @@ async fn a_gateway_route_reaches_a_meshed_pod_over_hbone_as_the_proxys_own_ident
         routes,
     );
     let meshed = Workload { ips: vec![checkout.ip()], ..workload("checkout", "node-b", SERVER) };
-    config.workloads.insert("shop/checkout".into(), meshed);
+    config.insert_workload(meshed);
     let running = support::start(config).await;
     support::wait_listening(port).await;
     let mesh =
@@ -803,7 +803,7 @@ async fn a_tcp_route_reaches_a_meshed_pod_over_hbone_as_the_proxys_own_identity(
     let route = l4_route(RouteKind::Tcp, "checkout", &listener, &[], vec![to("checkout", 1)]);
     let mut config = config(&listener, vec![support::service_backend("checkout", &[checkout])], vec![route]);
     let meshed = Workload { ips: vec![checkout.ip()], ..workload("checkout", "node-b", SERVER) };
-    config.workloads.insert("shop/checkout".into(), meshed);
+    config.insert_workload(meshed);
     let running = support::start(config).await;
     support::wait_listening(listener.port).await;
 

@@ -197,18 +197,15 @@ mod tests {
     fn cluster() -> Config {
         let mut config = Config::default();
         for (name, node, sa) in [("web-1", "node-a", "web"), ("db-1", "node-b", "db")] {
-            config.workloads.insert(
-                format!("shop/{name}"),
-                Workload {
-                    key: ObjectKey::new("shop", name),
-                    ips: vec![],
-                    node: node.into(),
-                    service_account: sa.into(),
-                    identity: format!("spiffe://cluster.local/ns/shop/sa/{sa}"),
-                    meshed: true,
-                    ready: true,
-                },
-            );
+            config.insert_workload(Workload {
+                key: ObjectKey::new("shop", name),
+                ips: vec![],
+                node: node.into(),
+                service_account: sa.into(),
+                identity: format!("spiffe://cluster.local/ns/shop/sa/{sa}"),
+                meshed: true,
+                ready: true,
+            });
         }
         config
     }

@@ -69,10 +69,11 @@ macro_rules! writer_kind {
         fn $put(&mut self, value: $ty) {
             let key = value.key.to_string();
             let before = self.config.$field.get(&key);
-            if before != Some(&value) {
+            // Stored as is or shared (`Arc`), depending on the kind.
+            if before.map(std::borrow::Borrow::<$ty>::borrow) != Some(&value) {
                 let existed = before.is_some();
                 self.touched.entry(($kind, key.clone())).or_insert(existed);
-                self.config.$field.insert(key, value);
+                self.config.$field.insert(key, value.into());
             }
         }
         fn $del(&mut self, key: &str) {

@@ -33,7 +33,7 @@ impl MeshIndex {
             for port in &service.ports {
                 let key = BackendKey { service: service.key.clone(), port: port.port };
                 let Some(backend) = config.backends.get(&key.to_string()) else { continue };
-                let backend = Arc::new(backend.clone());
+                let backend = Arc::clone(backend);
                 for vip in &service.vips {
                     by_vip.insert(SocketAddr::new(*vip, port.port), backend.clone());
                 }
@@ -42,11 +42,10 @@ impl MeshIndex {
         let mut by_ip = HashMap::new();
         let mut by_key = HashMap::new();
         for workload in config.workloads.values() {
-            let workload = Arc::new(workload.clone());
             for ip in &workload.ips {
-                by_ip.insert(*ip, workload.clone());
+                by_ip.insert(*ip, Arc::clone(workload));
             }
-            by_key.insert(workload.key.clone(), workload);
+            by_key.insert(workload.key.clone(), Arc::clone(workload));
         }
         MeshIndex { by_vip, by_ip, by_key }
     }
@@ -131,5 +130,46 @@ mod tests {
             "the other family rather than none"
         );
         assert!(pick_endpoint(&backend(Vec::new()), "fd00:96::10".parse().expect("ip")).is_none());
+    }
+
+    /// The index is built at the first connection after each version: it must point at the
+    /// config's backends and workloads, not copy them (100k endpoints are tens of MB and were
+    /// copied under the config lock).
+    #[test]
+    fn the_index_shares_the_configs_backends_and_workloads() {
+        use mesh_api::model::{ServicePort, Transport};
+        let mut config = Config::default();
+        config.insert_service(mesh_api::model::Service {
+            key: ObjectKey::new("shop", "server"),
+            hostname: "server.shop.svc.cluster.local".into(),
+            vips: vec!["10.96.0.10".parse().expect("ip")],
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                transport: Transport::Tcp,
+                app_protocol: AppProtocol::Opaque,
+            }],
+        });
+        config.insert_backend(backend(vec![endpoint("10.0.0.1", true)]));
+        config.insert_workload(Workload {
+            key: ObjectKey::new("shop", "server-0"),
+            ips: vec!["10.0.0.1".parse().expect("ip")],
+            node: "node-b".into(),
+            service_account: "server".into(),
+            identity: "spiffe://cluster.local/ns/shop/sa/server".into(),
+            meshed: true,
+            ready: true,
+        });
+        let index = MeshIndex::build(&config);
+
+        let Destination::Service(found) = index.destination("10.96.0.10:80".parse().expect("addr")) else {
+            panic!("the Service's frontend resolves to its backend");
+        };
+        assert!(Arc::ptr_eq(&found, &config.backends["shop/server:80"]), "shared, not copied");
+        let workload = index.workload_at("10.0.0.1".parse().expect("ip")).expect("workload by ip");
+        assert!(Arc::ptr_eq(workload, &config.workloads["shop/server-0"]), "shared, not copied");
+        let by_key = index.workload(&ObjectKey::new("shop", "server-0")).expect("workload by key");
+        assert!(Arc::ptr_eq(by_key, workload));
+        assert!(matches!(index.destination("10.0.0.9:80".parse().expect("addr")), Destination::Unknown));
     }
 }
