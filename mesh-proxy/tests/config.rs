@@ -9,9 +9,9 @@ use http::StatusCode;
 use mesh_api::model::*;
 use mesh_api::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use mesh_api::proto::{self, ConfigUpdate, ProxyMessage, ResourceKind, proxy_message};
-use mesh_proxy::Source;
 use mesh_proxy::config::connection::ControllerEndpoint;
 use mesh_proxy::config::controller::Subscription;
+use mesh_proxy::{Running, Source};
 use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -114,6 +114,29 @@ async fn next_message(session: &mut Session) -> proxy_message::Message {
     message.message.expect("message set")
 }
 
+/// A proxy subscribed to a stand-in controller as node `node-a`, the controller's sessions as
+/// they open, and the controller's server task. Plaintext: the stream's semantics are under
+/// test here, its security in controller_tls.rs.
+async fn start_with_test_controller() -> (Running, mpsc::Receiver<Session>, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", socket.local_addr().expect("addr"));
+    let (sessions_tx, sessions) = mpsc::channel(4);
+    let server = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(ConfigDiscoveryServer::new(TestController { sessions: sessions_tx }))
+            .serve_with_incoming(TcpListenerStream::new(socket))
+            .await;
+        if let Err(error) = served {
+            eprintln!("test controller stopped: {error}");
+        }
+    });
+    let endpoint = ControllerEndpoint::new(&url, None, true).expect("endpoint");
+    let proxy =
+        start_with(Source::Controller(Subscription { endpoint, node: "node-a".into(), token_file: None }))
+            .await;
+    (proxy, sessions, server)
+}
+
 async fn next_session(sessions: &mut mpsc::Receiver<Session>) -> Session {
     tokio::time::timeout(Duration::from_secs(5), sessions.recv())
         .await
@@ -129,21 +152,7 @@ async fn controller_updates_are_acked_bad_ones_nacked_and_the_proxy_reconnects()
     let backends = vec![service_backend("v1", &[v1]), service_backend("v2", &[v2])];
     let good = simple(&l, backends.clone(), "v1");
 
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", socket.local_addr().expect("addr"));
-    let (sessions_tx, mut sessions) = mpsc::channel(4);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigDiscoveryServer::new(TestController { sessions: sessions_tx }))
-            .serve_with_incoming(TcpListenerStream::new(socket)),
-    );
-
-    // A fake controller speaking plaintext: the stream's semantics are under test here, its
-    // security in controller_tls.rs.
-    let endpoint = ControllerEndpoint::new(&url, None, true).expect("endpoint");
-    let proxy =
-        start_with(Source::Controller(Subscription { endpoint, node: "node-a".into(), token_file: None }))
-            .await;
+    let (proxy, mut sessions, server) = start_with_test_controller().await;
     let mut session = next_session(&mut sessions).await;
     assert_eq!(admin_get(&proxy, "/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
     match next_message(&mut session).await {
@@ -199,18 +208,7 @@ async fn a_full_state_in_parts_is_installed_whole_and_a_broken_one_keeps_the_las
     let good = simple(&l, backends.clone(), "v1");
     let next = simple(&l, backends.clone(), "v2");
 
-    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", socket.local_addr().expect("addr"));
-    let (sessions_tx, mut sessions) = mpsc::channel(4);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigDiscoveryServer::new(TestController { sessions: sessions_tx }))
-            .serve_with_incoming(TcpListenerStream::new(socket)),
-    );
-    let endpoint = ControllerEndpoint::new(&url, None, true).expect("endpoint");
-    let proxy =
-        start_with(Source::Controller(Subscription { endpoint, node: "node-a".into(), token_file: None }))
-            .await;
+    let (proxy, mut sessions, server) = start_with_test_controller().await;
     let mut session = next_session(&mut sessions).await;
     match next_message(&mut session).await {
         proxy_message::Message::Subscribe(s) => assert!(s.chunked_full_state, "the proxy takes parts"),

@@ -225,6 +225,7 @@ mod tests {
     use crate::balance::Registry;
     use crate::route::RoutingTable;
     use crate::route::matching::RequestView;
+    use crate::route::tests::prefix_rule;
 
     fn service(config: &mut Config) {
         config.insert_service(Service {
@@ -326,18 +327,7 @@ mod tests {
                 },
                 hostnames: vec![],
             }],
-            rules: vec![Rule {
-                matches: vec![RouteMatch::Http(HttpMatch {
-                    path: PathMatch::Prefix(prefix.into()),
-                    ..Default::default()
-                })],
-                backends: vec![WeightedBackend {
-                    weight: 1,
-                    backend: BackendRef::Invalid { reason: "not needed here".into() },
-                    filters: vec![],
-                }],
-                ..Default::default()
-            }],
+            rules: vec![prefix_rule(prefix)],
         });
     }
 

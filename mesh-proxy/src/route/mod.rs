@@ -506,6 +506,22 @@ mod tests {
         });
     }
 
+    /// A rule matching a path prefix, for tests of route selection (its backend is never used).
+    pub(super) fn prefix_rule(prefix: &str) -> Rule {
+        Rule {
+            matches: vec![RouteMatch::Http(HttpMatch {
+                path: PathMatch::Prefix(prefix.into()),
+                ..Default::default()
+            })],
+            backends: vec![WeightedBackend {
+                weight: 1,
+                backend: BackendRef::Invalid { reason: "not needed here".into() },
+                filters: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
     fn route(config: &mut Config, name: &str, section: &str, hostnames: &[&str], path: &str) {
         config.insert_route(Route {
             key: RouteKey { kind: RouteKind::Http, object: ObjectKey::new("infra", name) },
@@ -517,18 +533,7 @@ mod tests {
                 }),
                 hostnames: hostnames.iter().map(|h| (*h).to_owned()).collect(),
             }],
-            rules: vec![Rule {
-                matches: vec![RouteMatch::Http(HttpMatch {
-                    path: PathMatch::Prefix(path.into()),
-                    ..Default::default()
-                })],
-                backends: vec![WeightedBackend {
-                    weight: 1,
-                    backend: BackendRef::Invalid { reason: "not needed here".into() },
-                    filters: vec![],
-                }],
-                ..Default::default()
-            }],
+            rules: vec![prefix_rule(path)],
         });
     }
 
