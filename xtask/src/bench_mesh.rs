@@ -44,7 +44,8 @@
 //! ```sh
 //! git clone https://github.com/istio/ztunnel && cd ztunnel
 //! cargo build --release --no-default-features --features tls-ring,testing
-//! ZTUNNEL_BIN=$PWD/target/release/ztunnel cargo xtask bench mesh
+//! # its .cargo/config.toml puts the target dir at out/rust
+//! ZTUNNEL_BIN=$PWD/out/rust/release/ztunnel cargo xtask bench mesh
 //! ```
 
 use std::collections::BTreeMap;
