@@ -114,6 +114,14 @@ async fn next_message(session: &mut Session) -> proxy_message::Message {
     message.message.expect("message set")
 }
 
+/// A Gateway listener on a free port and two echo backends, `v1` and `v2`, each answering
+/// with its own name.
+async fn listener_and_two_versions() -> (Listener, Vec<Backend>) {
+    let v1 = backend("v1", Behaviour::Echo).await;
+    let v2 = backend("v2", Behaviour::Echo).await;
+    (gateway_listener(free_port()), vec![service_backend("v1", &[v1]), service_backend("v2", &[v2])])
+}
+
 /// A proxy subscribed to a stand-in controller as node `node-a`, the controller's sessions as
 /// they open, and the controller's server task. Plaintext: the stream's semantics are under
 /// test here, its security in controller_tls.rs.
@@ -146,10 +154,7 @@ async fn next_session(sessions: &mut mpsc::Receiver<Session>) -> Session {
 
 #[tokio::test]
 async fn controller_updates_are_acked_bad_ones_nacked_and_the_proxy_reconnects() {
-    let v1 = backend("v1", Behaviour::Echo).await;
-    let v2 = backend("v2", Behaviour::Echo).await;
-    let l = gateway_listener(free_port());
-    let backends = vec![service_backend("v1", &[v1]), service_backend("v2", &[v2])];
+    let (l, backends) = listener_and_two_versions().await;
     let good = simple(&l, backends.clone(), "v1");
 
     let (proxy, mut sessions, server) = start_with_test_controller().await;
@@ -201,10 +206,7 @@ async fn controller_updates_are_acked_bad_ones_nacked_and_the_proxy_reconnects()
 
 #[tokio::test]
 async fn a_full_state_in_parts_is_installed_whole_and_a_broken_one_keeps_the_last_good_config() {
-    let v1 = backend("v1", Behaviour::Echo).await;
-    let v2 = backend("v2", Behaviour::Echo).await;
-    let l = gateway_listener(free_port());
-    let backends = vec![service_backend("v1", &[v1]), service_backend("v2", &[v2])];
+    let (l, backends) = listener_and_two_versions().await;
     let good = simple(&l, backends.clone(), "v1");
     let next = simple(&l, backends.clone(), "v2");
 

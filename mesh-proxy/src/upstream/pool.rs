@@ -441,30 +441,45 @@ mod tests {
         assert_eq!(error.kind, UpstreamFailure::Connect);
     }
 
-    #[tokio::test]
-    async fn the_pool_is_bounded_and_the_connections_beyond_it_close() {
-        let backend = server(Backend::Gate(4)).await;
-        let pool = Arc::new(pool(Limits { max_per_endpoint: 2, ..Limits::default() }));
-        // Collected: all four are in flight before the first answer is awaited.
-        let requests: Vec<_> = (0..4)
+    /// `n` requests sent together, all in flight before the first answer is awaited; their
+    /// bodies in order.
+    async fn all_at_once(pool: &Arc<Http1Pool>, addr: SocketAddr, n: usize) -> Vec<String> {
+        let requests: Vec<_> = (0..n)
             .map(|i| {
-                let (pool, addr) = (pool.clone(), backend.addr);
+                let pool = pool.clone();
                 tokio::spawn(async move {
                     body(pool.send(addr, get(&format!("/{i}"))).await.expect("answer")).await
                 })
             })
             .collect();
+        let mut answers = Vec::with_capacity(n);
         for request in requests {
-            assert!(request.await.expect("task").starts_with(&backend.addr.to_string()));
+            answers.push(request.await.expect("task"));
+        }
+        answers
+    }
+
+    /// The backend's count of closed connections once it reaches `want`, or after 5 s.
+    async fn closed_within_5s(backend: &Server, want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend.closed.load(Ordering::SeqCst) < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        backend.closed.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn the_pool_is_bounded_and_the_connections_beyond_it_close() {
+        let backend = server(Backend::Gate(4)).await;
+        let pool = Arc::new(pool(Limits { max_per_endpoint: 2, ..Limits::default() }));
+        // Collected: all four are in flight before the first answer is awaited.
+        for answer in all_at_once(&pool, backend.addr, 4).await {
+            assert!(answer.starts_with(&backend.addr.to_string()));
         }
         assert_eq!(backend.accepted.load(Ordering::SeqCst), 4, "four at once need four connections");
         assert_eq!(pool.pooled(backend.addr), 2, "two kept");
         // The two not kept close once their exchange is over.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while backend.closed.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(backend.closed.load(Ordering::SeqCst), 2);
+        assert_eq!(closed_within_5s(&backend, 2).await, 2);
         // The kept ones serve what comes next.
         for i in 0..4 {
             pool.send(backend.addr, get(&format!("/again{i}"))).await.expect("answer");
@@ -483,11 +498,7 @@ mod tests {
         let pool = pool(limits);
         body(pool.send(backend.addr, get("/")).await.expect("answer")).await;
         assert_eq!(pool.pooled(backend.addr), 1);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while backend.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(backend.closed.load(Ordering::SeqCst), 1, "closed once idle");
+        assert_eq!(closed_within_5s(&backend, 1).await, 1, "closed once idle");
         assert_eq!(pool.pooled(backend.addr), 0);
         // And a later request dials again.
         body(pool.send(backend.addr, get("/")).await.expect("answer")).await;
@@ -503,17 +514,7 @@ mod tests {
             ..Limits::default()
         };
         let pool = Arc::new(pool(limits));
-        let burst: Vec<_> = (0..4)
-            .map(|i| {
-                let (pool, addr) = (pool.clone(), backend.addr);
-                tokio::spawn(async move {
-                    body(pool.send(addr, get(&format!("/{i}"))).await.expect("answer")).await
-                })
-            })
-            .collect();
-        for request in burst {
-            request.await.expect("task");
-        }
+        all_at_once(&pool, backend.addr, 4).await;
         assert_eq!(pool.pooled(backend.addr), 4);
         // Two clients, each one request at a time, more often than the idle timeout: the two
         // most recently used connections take them all, and the other two go idle and are
