@@ -7,6 +7,12 @@
 //!
 //! The state of an endpoint outlives config snapshots (it lives in a [`Registry`] keyed by
 //! address), so a config swap mid-traffic does not make a busy, slow or dead endpoint look fresh.
+//!
+//! An endpoint's state is made the first time the balancer considers it, not when its set is
+//! built: a node proxy holds every Service of the cluster (100k endpoints and more), and most
+//! of them never get a request from this node. A set is the backend it was built from (shared
+//! with the config, not copied) plus, per ready endpoint, its index there and an empty slot for
+//! its state: ~20 bytes an endpoint instead of ~180 with a state made for each up front.
 
 pub mod ewma;
 pub mod outlier;
@@ -14,7 +20,7 @@ pub mod outlier;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use mesh_api::model::{self, AppProtocol};
@@ -27,10 +33,11 @@ use outlier::{Outlier, Verdict};
 /// more than the entries it would free.
 const MIN_SWEEP: usize = 1024;
 
-/// Endpoint state shared by every snapshot that names the same endpoint address.
-#[derive(Default)]
+/// Endpoint state shared by every snapshot that names the same endpoint address. A handle:
+/// clones share one registry (each endpoint set keeps one, to make states as it needs them).
+#[derive(Clone, Default)]
 pub struct Registry {
-    states: Mutex<States>,
+    states: Arc<Mutex<States>>,
 }
 
 #[derive(Default)]
@@ -65,19 +72,39 @@ impl Registry {
         self.states.lock().map_or(0, |s| s.by_addr.len())
     }
 
-    /// The ready endpoints of a backend, as one balancer.
-    pub fn endpoints(&self, backend: &model::Backend) -> EndpointSet {
-        let endpoints = backend
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .map(|e| {
-                let addr = SocketAddr::new(e.address, e.port);
-                Endpoint { addr, state: self.state(addr) }
-            })
+    /// The ready endpoints of a backend, as one balancer. An endpoint that already has a state
+    /// (an earlier snapshot's set considered it) takes it over now, while that set may still
+    /// hold it; the others get theirs when first considered.
+    pub fn endpoints(&self, backend: &Arc<model::Backend>) -> EndpointSet {
+        // u32: a Service port with more than 4 billion endpoints is not a thing; one that
+        // claims so is cut there rather than wrapped.
+        let ready: Box<[u32]> = (0..backend.endpoints.len().min(u32::MAX as usize))
+            .filter(|&i| backend.endpoints[i].ready)
+            .map(|i| i as u32)
             .collect();
-        EndpointSet { app_protocol: backend.app_protocol, endpoints }
+        let states: Box<[OnceLock<Arc<EndpointState>>]> = ready.iter().map(|_| OnceLock::new()).collect();
+        if let Ok(known) = self.states.lock()
+            && !known.by_addr.is_empty()
+        {
+            for (slot, &i) in states.iter().zip(ready.iter()) {
+                let addr = endpoint_addr(&backend.endpoints[i as usize]);
+                if let Some(state) = known.by_addr.get(&addr).and_then(Weak::upgrade) {
+                    let _ = slot.set(state);
+                }
+            }
+        }
+        EndpointSet {
+            app_protocol: backend.app_protocol,
+            backend: Arc::clone(backend),
+            ready,
+            states,
+            registry: self.clone(),
+        }
     }
+}
+
+fn endpoint_addr(endpoint: &model::Endpoint) -> SocketAddr {
+    SocketAddr::new(endpoint.address, endpoint.port)
 }
 
 struct EndpointState {
@@ -117,16 +144,24 @@ impl std::fmt::Debug for EndpointState {
     }
 }
 
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    state: Arc<EndpointState>,
-}
-
-#[derive(Debug)]
 pub struct EndpointSet {
     pub app_protocol: AppProtocol,
-    endpoints: Vec<Endpoint>,
+    /// The config's backend, shared: the addresses are read from it, not copied.
+    backend: Arc<model::Backend>,
+    /// The ready endpoints, as indices into `backend.endpoints`.
+    ready: Box<[u32]>,
+    /// Each ready endpoint's state (same order as `ready`), made when first considered.
+    states: Box<[OnceLock<Arc<EndpointState>>]>,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("backend", &self.backend.key)
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An endpoint chosen for one request; it counts as in flight until dropped. Tell the balancer
@@ -146,7 +181,28 @@ impl Drop for InFlight {
 
 impl EndpointSet {
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+        self.ready.is_empty()
+    }
+
+    /// Ready endpoints in the set.
+    pub fn len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The address of the `n`th ready endpoint.
+    fn addr(&self, n: usize) -> SocketAddr {
+        endpoint_addr(&self.backend.endpoints[self.ready[n] as usize])
+    }
+
+    /// The state of the `n`th ready endpoint, from the registry the first time (the one an
+    /// earlier set made, if it is still alive).
+    fn state(&self, n: usize) -> &Arc<EndpointState> {
+        self.states[n].get_or_init(|| self.registry.state(self.addr(n)))
+    }
+
+    /// The ready endpoints (by position) that are not ejected at `now`.
+    fn live(&self, now: Instant) -> Vec<usize> {
+        (0..self.ready.len()).filter(|&n| !self.state(n).is_ejected(now)).collect()
     }
 
     /// Picks an endpoint, or `None` when the backend has no ready endpoint.
@@ -155,49 +211,60 @@ impl EndpointSet {
     }
 
     fn pick_at(&self, now: Instant, rng: &mut impl Rng) -> Option<InFlight> {
-        let n = self.endpoints.len();
+        let n = self.ready.len();
         let chosen = match n {
             0 => return None,
-            1 => &self.endpoints[0],
+            1 => 0,
             _ => {
                 let (a, b) = two_distinct(rng, n);
-                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                match (ea.state.is_ejected(now), eb.state.is_ejected(now)) {
-                    (false, false) => cheaper(ea, eb, now),
+                match (self.state(a).is_ejected(now), self.state(b).is_ejected(now)) {
+                    (false, false) => self.cheaper(a, b, now),
                     // The uncommon case: draw again among the endpoints still in, or among all
                     // of them when every one is out.
                     _ => {
-                        let live: Vec<&Endpoint> =
-                            self.endpoints.iter().filter(|e| !e.state.is_ejected(now)).collect();
-                        let pool: Vec<&Endpoint> =
-                            if live.is_empty() { self.endpoints.iter().collect() } else { live };
+                        let live = self.live(now);
+                        let pool: Vec<usize> = if live.is_empty() { (0..n).collect() } else { live };
                         match pool.len() {
                             1 => pool[0],
                             m => {
                                 let (a, b) = two_distinct(rng, m);
-                                cheaper(pool[a], pool[b], now)
+                                self.cheaper(pool[a], pool[b], now)
                             }
                         }
                     }
                 }
             }
         };
-        chosen.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight { addr: chosen.addr, state: chosen.state.clone(), started: now })
+        Some(self.start(chosen, now))
+    }
+
+    /// A request on the `n`th ready endpoint, counted in flight from `now`.
+    fn start(&self, n: usize, now: Instant) -> InFlight {
+        let state = self.state(n);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { addr: self.addr(n), state: state.clone(), started: now }
+    }
+
+    fn cheaper(&self, a: usize, b: usize, now: Instant) -> usize {
+        if self.state(b).cost(now) < self.state(a).cost(now) { b } else { a }
+    }
+
+    /// The position of the ready endpoint at `addr`.
+    fn position(&self, addr: SocketAddr) -> Option<usize> {
+        (0..self.ready.len()).find(|&n| self.addr(n) == addr)
     }
 
     /// The ready endpoint at `addr`, chosen for a request whatever its cost (a persistent
     /// session), unless it is ejected.
     pub fn pick_addr(&self, addr: SocketAddr) -> Option<InFlight> {
         let now = Instant::now();
-        let e = self.endpoints.iter().find(|e| e.addr == addr && !e.state.is_ejected(now))?;
-        e.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight { addr: e.addr, state: e.state.clone(), started: now })
+        let n = self.position(addr)?;
+        (!self.state(n).is_ejected(now)).then(|| self.start(n, now))
     }
 
     /// Whether `addr` is one of these endpoints.
     pub fn contains(&self, addr: SocketAddr) -> bool {
-        self.endpoints.iter().any(|e| e.addr == addr)
+        self.position(addr).is_some()
     }
 
     /// The endpoint answered (response headers, whatever their status): its latency feeds the
@@ -230,10 +297,10 @@ impl EndpointSet {
 
     fn connect_failed_at(&self, endpoint: &InFlight, now: Instant) -> Option<Duration> {
         // Another endpoint must stay in for this one to go out.
-        let others_in = self
-            .endpoints
-            .iter()
-            .any(|e| !Arc::ptr_eq(&e.state, &endpoint.state) && !e.state.is_ejected(now));
+        let others_in = (0..self.ready.len()).any(|n| {
+            let state = self.state(n);
+            !Arc::ptr_eq(state, &endpoint.state) && !state.is_ejected(now)
+        });
         let mut health = endpoint.state.health.lock().ok()?;
         match health.outlier.connect_failed(now, others_in) {
             Verdict::Kept => None,
@@ -248,10 +315,6 @@ fn two_distinct(rng: &mut impl Rng, n: usize) -> (usize, usize) {
     (a, (a + rng.random_range(1..n)) % n)
 }
 
-fn cheaper<'a>(a: &'a Endpoint, b: &'a Endpoint, now: Instant) -> &'a Endpoint {
-    if b.state.cost(now) < a.state.cost(now) { b } else { a }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,8 +324,8 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn backend(ports: &[(u16, bool)]) -> model::Backend {
-        model::Backend {
+    fn backend(ports: &[(u16, bool)]) -> Arc<model::Backend> {
+        Arc::new(model::Backend {
             key: BackendKey { service: ObjectKey::new("ns", "svc"), port: 80 },
             app_protocol: AppProtocol::Http1,
             endpoints: ports
@@ -275,18 +338,17 @@ mod tests {
                     node: None,
                 })
                 .collect(),
-        }
+        })
     }
 
-    fn ready(ports: &[u16]) -> model::Backend {
+    fn ready(ports: &[u16]) -> Arc<model::Backend> {
         backend(&ports.iter().map(|&p| (p, true)).collect::<Vec<_>>())
     }
 
     /// A request on the endpoint with `port`, started at `now`, as if the balancer had chosen it.
     fn on(set: &EndpointSet, port: u16, now: Instant) -> InFlight {
-        let e = set.endpoints.iter().find(|e| e.addr.port() == port).expect("endpoint");
-        e.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { addr: e.addr, state: e.state.clone(), started: now }
+        let n = (0..set.len()).find(|&n| set.addr(n).port() == port).expect("endpoint");
+        set.start(n, now)
     }
 
     #[test]
@@ -296,14 +358,19 @@ mod tests {
         for round in 0..20u16 {
             let ports: Vec<u16> = (0..2000).map(|i| round * 2000 + i + 1).collect();
             let set = registry.endpoints(&ready(&ports));
-            assert_eq!(set.endpoints.len(), 2000);
+            assert_eq!(set.len(), 2000);
+            // Each one considered, so each has a state in the registry.
+            for n in 0..set.len() {
+                set.state(n);
+            }
             drop(set);
             assert!(registry.remembered() <= 3 * 2000, "round {round}: {}", registry.remembered());
         }
         // Live endpoints keep their state across snapshots.
         let first = registry.endpoints(&ready(&[7]));
+        first.state(0);
         let again = registry.endpoints(&ready(&[7]));
-        assert!(Arc::ptr_eq(&first.endpoints[0].state, &again.endpoints[0].state));
+        assert!(Arc::ptr_eq(first.state(0), again.state(0)));
     }
 
     #[test]
@@ -407,8 +474,8 @@ mod tests {
         let set = registry.endpoints(&ready(&[1, 2]));
         let now = Instant::now();
         // Eject both directly: a config change can bring back endpoints ejected in another set.
-        for e in &set.endpoints {
-            let mut health = e.state.health.lock().expect("lock");
+        for n in 0..set.len() {
+            let mut health = set.state(n).health.lock().expect("lock");
             for _ in 0..outlier::CONSECUTIVE_FAILURES {
                 health.outlier.connect_failed(now, true);
             }
@@ -427,6 +494,31 @@ mod tests {
         let first = registry.endpoints(&ready(&[7]));
         let _busy = first.pick().expect("ready");
         let second = registry.endpoints(&ready(&[7]));
-        assert_eq!(second.endpoints[0].state.in_flight.load(Ordering::Relaxed), 1);
+        assert_eq!(second.state(0).in_flight.load(Ordering::Relaxed), 1);
+        // The old set gone, the new one still has it: its requests still count.
+        drop(first);
+        let _also = second.pick().expect("ready");
+        assert_eq!(second.state(0).in_flight.load(Ordering::Relaxed), 2);
+    }
+
+    /// A node proxy holds every endpoint of the cluster and sends to few: building a set makes
+    /// no per-endpoint state, and picking makes states only for the endpoints considered.
+    #[test]
+    fn states_are_made_only_for_endpoints_considered() {
+        let registry = Registry::default();
+        let ports: Vec<u16> = (1..=5000).collect();
+        let set = registry.endpoints(&ready(&ports));
+        assert_eq!((set.len(), registry.remembered()), (5000, 0));
+        let mut rng = StdRng::seed_from_u64(9);
+        let now = Instant::now();
+        let picked = set.pick_at(now, &mut rng).expect("ready");
+        assert!(set.contains(picked.addr));
+        // Two candidates were drawn: two states, whichever won.
+        assert_eq!(registry.remembered(), 2);
+        // Another snapshot of the same backend shares the state of the endpoint in use.
+        let next = registry.endpoints(&ready(&ports));
+        let n = (0..next.len()).find(|&n| next.addr(n) == picked.addr).expect("same endpoint");
+        assert_eq!(next.states[n].get().map(|s| s.in_flight.load(Ordering::Relaxed)), Some(1));
+        assert_eq!(registry.remembered(), 2);
     }
 }
