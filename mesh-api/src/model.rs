@@ -67,6 +67,16 @@ mod shared_map {
     }
 }
 
+/// Deserializes a list into a `Vec` of exactly its length. A `Vec` built while parsing grows by
+/// doubling (JSON does not say a list's length up front), and a proxy keeps what it decodes for
+/// as long as the config lasts: 100k endpoints in lists of ten kept room for 160k, ~6 MB.
+/// Only the in-memory form changes; the wire form is the same list.
+fn exact<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    let mut list = Vec::<T>::deserialize(deserializer)?;
+    list.shrink_to_fit();
+    Ok(list)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Services and workloads (the mesh)
 
@@ -76,7 +86,9 @@ pub struct Service {
     pub key: ObjectKey,
     /// `name.namespace.svc.<cluster domain>`.
     pub hostname: String,
+    #[serde(deserialize_with = "exact")]
     pub vips: Vec<IpAddr>,
+    #[serde(deserialize_with = "exact")]
     pub ports: Vec<ServicePort>,
 }
 
@@ -112,6 +124,7 @@ pub enum AppProtocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub key: ObjectKey,
+    #[serde(deserialize_with = "exact")]
     pub ips: Vec<IpAddr>,
     pub node: String,
     pub service_account: String,
@@ -127,6 +140,7 @@ pub struct Workload {
 pub struct Backend {
     pub key: BackendKey,
     pub app_protocol: AppProtocol,
+    #[serde(deserialize_with = "exact")]
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -279,9 +293,11 @@ pub struct Route {
     /// `metadata.creationTimestamp` in seconds since the epoch: the spec's tie-breaker between
     /// routes with equally specific matches (older wins, then `namespace/name`).
     pub created: i64,
+    #[serde(deserialize_with = "exact")]
     pub parents: Vec<RouteParent>,
     /// Valid rules only, in the route's order; invalid rules are dropped (and reported in
     /// status), as the spec allows.
+    #[serde(deserialize_with = "exact")]
     pub rules: Vec<Rule>,
 }
 
@@ -290,6 +306,7 @@ pub struct RouteParent {
     pub target: ParentTarget,
     /// The hostnames this route serves on this parent: the intersection of the route's and
     /// the listener's. Empty means any host.
+    #[serde(deserialize_with = "exact")]
     pub hostnames: Vec<String>,
 }
 
@@ -320,8 +337,11 @@ pub struct Rule {
     pub name: Option<String>,
     /// Any one must match. Never empty for HTTP and gRPC: a rule without matches is given the
     /// spec's default (path prefix `/`, or any gRPC method).
+    #[serde(deserialize_with = "exact")]
     pub matches: Vec<RouteMatch>,
+    #[serde(deserialize_with = "exact")]
     pub filters: Vec<Filter>,
+    #[serde(deserialize_with = "exact")]
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
@@ -337,7 +357,9 @@ pub enum RouteMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpMatch {
     pub path: PathMatch,
+    #[serde(deserialize_with = "exact")]
     pub headers: Vec<HeaderMatch>,
+    #[serde(deserialize_with = "exact")]
     pub query_params: Vec<QueryParamMatch>,
     pub method: Option<String>,
 }
@@ -379,6 +401,7 @@ pub struct QueryParamMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GrpcMatch {
     pub method: Option<GrpcMethodMatch>,
+    #[serde(deserialize_with = "exact")]
     pub headers: Vec<HeaderMatch>,
 }
 
@@ -450,6 +473,7 @@ pub struct Cors {
 pub struct WeightedBackend {
     pub weight: u32,
     pub backend: BackendRef,
+    #[serde(deserialize_with = "exact")]
     pub filters: Vec<Filter>,
 }
 
@@ -489,4 +513,55 @@ pub struct SessionPersistence {
 pub enum SessionPersistenceKind {
     Cookie,
     Header,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoded config is kept for as long as it is served: its lists hold exactly their
+    /// items, and the wire form is the same JSON a plain list gives.
+    #[test]
+    fn decoded_lists_hold_no_spare_room_and_encode_as_before() {
+        let endpoint = |i: u8| Endpoint {
+            address: IpAddr::from([10, 0, 0, i]),
+            port: 8080,
+            ready: true,
+            workload: None,
+            node: Some(format!("node-{}", i % 3)),
+        };
+        let backend = Backend {
+            key: BackendKey { service: ObjectKey::new("shop", "server"), port: 80 },
+            app_protocol: AppProtocol::Http1,
+            endpoints: (1..=10).map(endpoint).collect(),
+        };
+        let json = serde_json::to_string(&backend).expect("encodes");
+        let decoded: Backend = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(decoded, backend);
+        assert_eq!((decoded.endpoints.len(), decoded.endpoints.capacity()), (10, 10));
+        assert_eq!(serde_json::to_string(&decoded).expect("encodes"), json);
+        // The same bytes as the list alone would give: nothing changed on the wire.
+        let list = serde_json::to_string(&backend.endpoints).expect("encodes");
+        assert!(json.contains(&format!("\"endpoints\":{list}")), "{json}");
+
+        let rule = Rule {
+            matches: vec![RouteMatch::Http(HttpMatch {
+                headers: vec![HeaderMatch { name: "x-canary".into(), value: StringMatch::Exact("1".into()) }],
+                ..HttpMatch::default()
+            })],
+            ..Rule::default()
+        };
+        let route = Route {
+            key: RouteKey { kind: RouteKind::Http, object: ObjectKey::new("shop", "canary") },
+            created: 0,
+            parents: vec![],
+            rules: vec![rule.clone(), rule],
+        };
+        let decoded: Route =
+            serde_json::from_str(&serde_json::to_string(&route).expect("encodes")).expect("decodes");
+        assert_eq!(decoded, route);
+        assert_eq!(decoded.rules.capacity(), 2);
+        let RouteMatch::Http(m) = &decoded.rules[0].matches[0] else { panic!("an HTTP match") };
+        assert_eq!((decoded.rules[0].matches.capacity(), m.headers.capacity()), (1, 1));
+    }
 }

@@ -238,13 +238,17 @@ impl CompiledRoute {
                 named.extend(mirrored(&b.filters));
             }
         }
-        let backends = named
+        let mut backends: Vec<String> = named
             .iter()
             .filter_map(|b| match b {
                 BackendRef::Service(key) => Some(key.to_string()),
                 BackendRef::Invalid { .. } => None,
             })
             .collect();
+        // Kept as long as the route: without the room pushes and filtered collects leave (a
+        // Vec's first push makes room for four).
+        matches.shrink_to_fit();
+        backends.shrink_to_fit();
         CompiledRoute { rules, matches, backends }
     }
 }
