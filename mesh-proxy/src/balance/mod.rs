@@ -67,6 +67,11 @@ impl Registry {
         fresh
     }
 
+    /// The state of `addr` if some set has made it and it is still alive; makes none.
+    fn existing(&self, addr: SocketAddr) -> Option<Arc<EndpointState>> {
+        self.states.lock().ok()?.by_addr.get(&addr).and_then(Weak::upgrade)
+    }
+
     /// Endpoints remembered, live or not yet swept (tests).
     pub fn remembered(&self) -> usize {
         self.states.lock().map_or(0, |s| s.by_addr.len())
@@ -76,30 +81,35 @@ impl Registry {
     /// (an earlier snapshot's set considered it) takes it over now, while that set may still
     /// hold it; the others get theirs when first considered.
     pub fn endpoints(&self, backend: &Arc<model::Backend>) -> EndpointSet {
-        // u32: a Service port with more than 4 billion endpoints is not a thing; one that
-        // claims so is cut there rather than wrapped.
-        let ready: Box<[u32]> = (0..backend.endpoints.len().min(u32::MAX as usize))
-            .filter(|&i| backend.endpoints[i].ready)
-            .map(|i| i as u32)
-            .collect();
-        let states: Box<[OnceLock<Arc<EndpointState>>]> = ready.iter().map(|_| OnceLock::new()).collect();
+        let ready: Option<Box<[u32]>> = match backend.endpoints.iter().all(|e| e.ready) {
+            true => None,
+            // u32: a Service port with more than 4 billion endpoints is not a thing; one that
+            // claims so is cut there rather than wrapped.
+            false => Some(
+                (0..backend.endpoints.len().min(u32::MAX as usize))
+                    .filter(|&i| backend.endpoints[i].ready)
+                    .map(|i| i as u32)
+                    .collect(),
+            ),
+        };
+        let len = ready.as_ref().map_or(backend.endpoints.len(), |r| r.len());
+        let set = EndpointSet {
+            app_protocol: backend.app_protocol,
+            backend: Arc::clone(backend),
+            ready,
+            states: (0..len).map(|_| OnceLock::new()).collect(),
+            registry: self.clone(),
+        };
         if let Ok(known) = self.states.lock()
             && !known.by_addr.is_empty()
         {
-            for (slot, &i) in states.iter().zip(ready.iter()) {
-                let addr = endpoint_addr(&backend.endpoints[i as usize]);
-                if let Some(state) = known.by_addr.get(&addr).and_then(Weak::upgrade) {
+            for (n, slot) in set.states.iter().enumerate() {
+                if let Some(state) = known.by_addr.get(&set.addr(n)).and_then(Weak::upgrade) {
                     let _ = slot.set(state);
                 }
             }
         }
-        EndpointSet {
-            app_protocol: backend.app_protocol,
-            backend: Arc::clone(backend),
-            ready,
-            states,
-            registry: self.clone(),
-        }
+        set
     }
 }
 
@@ -148,9 +158,11 @@ pub struct EndpointSet {
     pub app_protocol: AppProtocol,
     /// The config's backend, shared: the addresses are read from it, not copied.
     backend: Arc<model::Backend>,
-    /// The ready endpoints, as indices into `backend.endpoints`.
-    ready: Box<[u32]>,
-    /// Each ready endpoint's state (same order as `ready`), made when first considered.
+    /// The ready endpoints, as indices into `backend.endpoints`; `None` when all of them are
+    /// (the usual case: then there is nothing to keep).
+    ready: Option<Box<[u32]>>,
+    /// Each ready endpoint's state, in the order of the ready endpoints, made when first
+    /// considered.
     states: Box<[OnceLock<Arc<EndpointState>>]>,
     registry: Registry,
 }
@@ -159,7 +171,7 @@ impl std::fmt::Debug for EndpointSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointSet")
             .field("backend", &self.backend.key)
-            .field("ready", &self.ready.len())
+            .field("ready", &self.states.len())
             .finish_non_exhaustive()
     }
 }
@@ -181,17 +193,18 @@ impl Drop for InFlight {
 
 impl EndpointSet {
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty()
+        self.states.is_empty()
     }
 
     /// Ready endpoints in the set.
     pub fn len(&self) -> usize {
-        self.ready.len()
+        self.states.len()
     }
 
     /// The address of the `n`th ready endpoint.
     fn addr(&self, n: usize) -> SocketAddr {
-        endpoint_addr(&self.backend.endpoints[self.ready[n] as usize])
+        let i = self.ready.as_ref().map_or(n, |ready| ready[n] as usize);
+        endpoint_addr(&self.backend.endpoints[i])
     }
 
     /// The state of the `n`th ready endpoint, from the registry the first time (the one an
@@ -200,9 +213,18 @@ impl EndpointSet {
         self.states[n].get_or_init(|| self.registry.state(self.addr(n)))
     }
 
+    /// Whether the `n`th ready endpoint is in (not ejected) at `now`. Makes no state: one never
+    /// considered is in, unless another set has ejected it meanwhile (then the registry knows).
+    fn is_in(&self, n: usize, now: Instant) -> bool {
+        match self.states[n].get() {
+            Some(state) => !state.is_ejected(now),
+            None => self.registry.existing(self.addr(n)).is_none_or(|state| !state.is_ejected(now)),
+        }
+    }
+
     /// The ready endpoints (by position) that are not ejected at `now`.
     fn live(&self, now: Instant) -> Vec<usize> {
-        (0..self.ready.len()).filter(|&n| !self.state(n).is_ejected(now)).collect()
+        (0..self.states.len()).filter(|&n| self.is_in(n, now)).collect()
     }
 
     /// Picks an endpoint, or `None` when the backend has no ready endpoint.
@@ -211,7 +233,7 @@ impl EndpointSet {
     }
 
     fn pick_at(&self, now: Instant, rng: &mut impl Rng) -> Option<InFlight> {
-        let n = self.ready.len();
+        let n = self.states.len();
         let chosen = match n {
             0 => return None,
             1 => 0,
@@ -251,7 +273,7 @@ impl EndpointSet {
 
     /// The position of the ready endpoint at `addr`.
     fn position(&self, addr: SocketAddr) -> Option<usize> {
-        (0..self.ready.len()).find(|&n| self.addr(n) == addr)
+        (0..self.states.len()).find(|&n| self.addr(n) == addr)
     }
 
     /// The ready endpoint at `addr`, chosen for a request whatever its cost (a persistent
@@ -297,9 +319,11 @@ impl EndpointSet {
 
     fn connect_failed_at(&self, endpoint: &InFlight, now: Instant) -> Option<Duration> {
         // Another endpoint must stay in for this one to go out.
-        let others_in = (0..self.ready.len()).any(|n| {
-            let state = self.state(n);
-            !Arc::ptr_eq(state, &endpoint.state) && !state.is_ejected(now)
+        // Without making a state for each endpoint of a big backend: most were never used.
+        let others_in = (0..self.states.len()).any(|n| {
+            let this = self.states[n].get().is_some_and(|state| Arc::ptr_eq(state, &endpoint.state))
+                || (self.states[n].get().is_none() && self.addr(n) == endpoint.addr);
+            !this && self.is_in(n, now)
         });
         let mut health = endpoint.state.health.lock().ok()?;
         match health.outlier.connect_failed(now, others_in) {
@@ -520,5 +544,23 @@ mod tests {
         let n = (0..next.len()).find(|&n| next.addr(n) == picked.addr).expect("same endpoint");
         assert_eq!(next.states[n].get().map(|s| s.in_flight.load(Ordering::Relaxed)), Some(1));
         assert_eq!(registry.remembered(), 2);
+
+        // Ejecting one takes no state for the others either, and it is then passed over.
+        drop(picked);
+        // Built now, before the failures: it learns of them only through the registry.
+        let other = registry.endpoints(&ready(&ports));
+        let failing = next.pick_at(now, &mut rng).expect("ready");
+        let mut ejected = None;
+        for _ in 0..outlier::CONSECUTIVE_FAILURES {
+            ejected = next.connect_failed_at(&failing, now);
+        }
+        assert_eq!(ejected, Some(outlier::BASE_EJECTION));
+        assert!(registry.remembered() <= 4, "{}", registry.remembered());
+        for _ in 0..200 {
+            assert_ne!(next.pick_at(now, &mut rng).expect("ready").addr, failing.addr);
+        }
+        // Another set still knows it is out.
+        let n = (0..other.len()).find(|&n| other.addr(n) == failing.addr).expect("same endpoint");
+        assert!(!other.is_in(n, now));
     }
 }

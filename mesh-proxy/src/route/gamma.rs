@@ -19,7 +19,9 @@ use super::{Backends, CompiledRoute, Entry, HostBucket, ListenerRoutes, RouteCac
 /// shared with the snapshots before and after it for as long as no change touches it.
 #[derive(Default)]
 pub struct MeshRoutes {
-    frontends: HashMap<SocketAddr, Arc<ServiceRoutes>>,
+    /// Shared with the cache and with the next snapshots until a change touches a frontend:
+    /// one copy of the map (10k Services: ~1 MB) instead of one per snapshot.
+    frontends: Arc<HashMap<SocketAddr, Arc<ServiceRoutes>>>,
 }
 
 #[derive(Default)]
@@ -82,7 +84,7 @@ pub(super) struct MeshCache {
     by_frontend: HashMap<SocketAddr, Keys>,
     /// The routes whose parents name each Service.
     by_service: HashMap<Arc<str>, Keys>,
-    frontends: HashMap<SocketAddr, Arc<ServiceRoutes>>,
+    frontends: Arc<HashMap<SocketAddr, Arc<ServiceRoutes>>>,
 }
 
 impl MeshCache {
@@ -138,10 +140,17 @@ impl MeshRoutes {
             }
             mesh.contributions.insert(key.clone(), contribution);
         }
-        for frontend in touched {
-            match assemble(mesh, frontend) {
-                Some(routes) => drop(mesh.frontends.insert(frontend, Arc::new(routes))),
-                None => drop(mesh.frontends.remove(&frontend)),
+        if !touched.is_empty() {
+            // The served snapshot still holds the map: changing it makes this build's own copy
+            // (the previous snapshot's goes with it). Nothing touched: nothing copied.
+            let assembled: Vec<(SocketAddr, Option<ServiceRoutes>)> =
+                touched.into_iter().map(|frontend| (frontend, assemble(mesh, frontend))).collect();
+            let frontends = Arc::make_mut(&mut mesh.frontends);
+            for (frontend, routes) in assembled {
+                match routes {
+                    Some(routes) => drop(frontends.insert(frontend, Arc::new(routes))),
+                    None => drop(frontends.remove(&frontend)),
+                }
             }
         }
         MeshRoutes { frontends: mesh.frontends.clone() }
@@ -375,7 +384,7 @@ mod tests {
     /// Every frontend's routes, by consumers, in the order they are tried.
     fn describe(table: &RoutingTable) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut out = std::collections::BTreeMap::new();
-        for (addr, service) in &table.mesh.frontends {
+        for (addr, service) in table.mesh.frontends.iter() {
             let mut tables: Vec<(String, &super::ListenerRoutes)> =
                 service.consumers.iter().map(|(ns, r)| (ns.clone(), r)).collect();
             tables.extend(service.producer.iter().map(|r| ("*".to_string(), r)));
@@ -442,13 +451,28 @@ mod tests {
                 describe(&after.routes),
                 describe(&RoutingTable::build(&config, &Registry::default()))
             );
-            for (addr, routes) in &after.routes.mesh.frontends {
+            for (addr, routes) in after.routes.mesh.frontends.iter() {
                 let shared =
                     before.routes.mesh.frontends.get(addr).is_some_and(|old| Arc::ptr_eq(old, routes));
                 let was_touched = touched.contains(&addr.to_string().as_str());
                 assert_eq!(shared, !was_touched, "{addr} after version {version}");
             }
         }
+        // A change that touches no frontend (a workload) shares the whole map, not a copy of it.
+        let before = store.load();
+        let mut next = config.clone();
+        next.insert_workload(Workload {
+            key: ObjectKey::new("team", "pod-0"),
+            ips: vec!["10.0.0.1".parse().expect("ip")],
+            node: "node-a".into(),
+            service_account: "default".into(),
+            identity: "spiffe://cluster.local/ns/team/sa/default".into(),
+            meshed: true,
+            ready: true,
+        });
+        version += 1;
+        store.apply(&config.diff(&next, version)).expect("delta applies");
+        assert!(Arc::ptr_eq(&before.routes.mesh.frontends, &store.load().routes.mesh.frontends));
         assert_eq!(chosen(&store.load().routes, "10.96.0.0:80", "beta").as_deref(), None, "/ is not /a");
         let headers = HeaderMap::new();
         let view = RequestView { method: &Method::GET, path: "/a/x", query: None, headers: &headers };
