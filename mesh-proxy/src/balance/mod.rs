@@ -318,13 +318,10 @@ impl EndpointSet {
     }
 
     fn connect_failed_at(&self, endpoint: &InFlight, now: Instant) -> Option<Duration> {
-        // Another endpoint must stay in for this one to go out.
-        // Without making a state for each endpoint of a big backend: most were never used.
-        let others_in = (0..self.states.len()).any(|n| {
-            let this = self.states[n].get().is_some_and(|state| Arc::ptr_eq(state, &endpoint.state))
-                || (self.states[n].get().is_none() && self.addr(n) == endpoint.addr);
-            !this && self.is_in(n, now)
-        });
+        // Another endpoint must stay in for this one to go out. By address: the registry keeps
+        // one live state per address, so that is the same test as comparing states, and it
+        // makes no state for each endpoint of a big backend (most were never used).
+        let others_in = (0..self.states.len()).any(|n| self.addr(n) != endpoint.addr && self.is_in(n, now));
         let mut health = endpoint.state.health.lock().ok()?;
         match health.outlier.connect_failed(now, others_in) {
             Verdict::Kept => None,
