@@ -84,7 +84,7 @@ const ADDED_P99_TARGET_US: f64 = 200.0;
 const CPU_PER_1K_TARGET: f64 = 0.05;
 
 /// What the report says when `ZTUNNEL_BIN` is not set.
-const ZTUNNEL_NOT_RUN: &str = "ztunnel (the L4 peer issue 9 names) was not run: set `ZTUNNEL_BIN` to a ztunnel \
+pub(crate) const ZTUNNEL_NOT_RUN: &str = "ztunnel (the L4 peer issue 9 names) was not run: set `ZTUNNEL_BIN` to a ztunnel \
 built with `cargo build --release --no-default-features --features tls-ring,testing` from \
 github.com/istio/ztunnel to add it (dedicated mode, local config, fake CA; see `xtask/src/bench_mesh.rs`).";
 
@@ -117,19 +117,30 @@ fn ztunnel_config(client: &Pod<'_>, server: &Pod<'_>) -> String {
     format!("workloads:\n{}{}", workload("zclient", client), workload("zserver", server))
 }
 
+/// Which ztunnel ran, for the reports: its path and the first line of `ztunnel version` (its
+/// build info: crypto provider, profile).
+pub(crate) fn ztunnel_description(bin: &std::ffi::OsStr) -> String {
+    let version = std::process::Command::new(bin)
+        .arg("version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    format!("{} ({version})", PathBuf::from(bin).display())
+}
+
 /// The ztunnel peer: its two pods, their apps and a ztunnel in each.
 /// Fields drop in order: the ztunnels and apps stop before their pods are deleted.
-struct Ztunnel<'a> {
+pub(crate) struct Ztunnel<'a> {
     /// Both ztunnels (client's, server's).
     procs: Vec<Proc>,
     _apps: (HttpEcho, GrpcEcho),
-    client: Pod<'a>,
-    server: Pod<'a>,
+    pub(crate) client: Pod<'a>,
+    pub(crate) server: Pod<'a>,
     _dir: tempfile::TempDir,
 }
 
 impl<'a> Ztunnel<'a> {
-    fn start(lab: &'a Lab, bin: &std::path::Path) -> anyhow::Result<Ztunnel<'a>> {
+    pub(crate) fn start(lab: &'a Lab, bin: &std::path::Path) -> anyhow::Result<Ztunnel<'a>> {
         let client = lab.a.add_pod("zt", "zclient", unmeshed());
         let server = lab.b.add_pod("zt", "zserver", unmeshed());
         let any = SocketAddr::from(([0, 0, 0, 0], shop::GRPC_PORT));
@@ -230,7 +241,7 @@ impl<'a> Ztunnel<'a> {
         })
     }
 
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.procs.iter().map(Proc::pid).collect()
     }
 }
@@ -360,16 +371,9 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     let mut results = Results {
         http: new(&http, RATES.len()),
         grpc: new(&grpc_paths, 1),
-        ztunnel: ztunnel.as_ref().map(|_| {
-            let bin = std::env::var_os("ZTUNNEL_BIN").unwrap_or_default();
-            // `ztunnel version`: its build info (crypto provider, profile), for the report.
-            let version = std::process::Command::new(&bin)
-                .arg("version")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
-                .unwrap_or_default();
-            format!("{} ({version})", PathBuf::from(&bin).display())
-        }),
+        ztunnel: ztunnel
+            .as_ref()
+            .map(|_| ztunnel_description(&std::env::var_os("ZTUNNEL_BIN").unwrap_or_default())),
     };
     let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
         let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();

@@ -4,8 +4,10 @@
 //! iperf3 with one connection and with eight (`-P 8`): from the unmeshed client (node A) to
 //! the unmeshed `legacy` pod (node B), straight over the nodes' veth (direct), and from the
 //! meshed frontend to the meshed checkout-v1, which the node proxies carry in mTLS HBONE
-//! (tunnel). The four configurations are interleaved in every repeat; the node proxies' CPU
-//! is read from /proc during each run. Results: `bench/results/tcp.{json,md}`.
+//! (tunnel). With `ZTUNNEL_BIN` set, ztunnel's tunnel too, between two more unmeshed pods, one
+//! on each node (the L4 peer of `bench mesh`, set up the same way). All configurations are
+//! interleaved in every repeat; the tunnelling proxies' CPU is read from /proc during each run.
+//! Results: `bench/results/tcp.{json,md}`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,20 +18,29 @@ use serde_json::json;
 use testbed::netns::Netns;
 
 use crate::bench::{Binaries, Plan};
-use crate::bench_mesh::{Shop, with_shop};
+use crate::bench_mesh::{Shop, ZTUNNEL_NOT_RUN, Ztunnel, with_shop, ztunnel_description};
 use crate::measure::{Proc, RunInfo, cpu_seconds, median, spawn, spread, uptime, verdict};
 
 const IPERF_PORT: u16 = 5201;
 const STREAMS: [u32; 2] = [1, 8];
 /// Issue 5's target: the tunnel keeps at least this share of the direct throughput.
 const TUNNEL_SHARE_TARGET: f64 = 0.8;
+const DIRECT: &str = "direct veth";
+const WEFT: &str = "HBONE tunnel";
+const ZTUNNEL: &str = "ztunnel HBONE tunnel (L4 peer)";
 
 struct Point {
     path: &'static str,
     streams: u32,
     gbps: Vec<f64>,
-    /// Both node proxies' CPU during the run (cores).
+    /// Both tunnelling proxies' CPU during the run (cores).
     proxy_cpu: Vec<f64>,
+}
+
+struct Measured {
+    points: Vec<Point>,
+    /// Which ztunnel ran, when one did.
+    ztunnel: Option<String>,
 }
 
 /// One iperf3 run of `seconds` from `netns` to `server` over `streams` connections: the
@@ -53,13 +64,24 @@ pub fn run(binaries: &Binaries, plan: Plan) -> anyhow::Result<()> {
         bail!("the tcp bench needs {reason}");
     }
     let load_before = uptime();
-    let points = with_shop(binaries, |shop| measure(shop, plan))?;
-    write_results(&points, plan, &load_before, &uptime())
+    let measured = with_shop(binaries, |shop| measure(shop, plan))?;
+    write_results(&measured, plan, &load_before, &uptime())
 }
 
-fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Vec<Point>> {
+fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Measured> {
     let logs = shop.lab.work.path();
-    let _servers: Vec<Proc> = [("iperf3 (v1)", &shop.v1), ("iperf3 (legacy)", &shop.legacy)]
+    let ztunnel_bin = std::env::var_os("ZTUNNEL_BIN");
+    let ztunnel = match &ztunnel_bin {
+        Some(bin) => {
+            Some(Ztunnel::start(shop.lab, std::path::Path::new(bin)).context("ztunnel (ZTUNNEL_BIN)")?)
+        }
+        None => None,
+    };
+    let mut servers = vec![("iperf3 (v1)", &shop.v1), ("iperf3 (legacy)", &shop.legacy)];
+    if let Some(z) = &ztunnel {
+        servers.push(("iperf3 (zserver)", &z.server));
+    }
+    let _servers: Vec<Proc> = servers
         .into_iter()
         .map(|(name, pod)| {
             let mut command = pod.spec.netns.command("iperf3");
@@ -68,17 +90,21 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Vec<Point>> {
         })
         .collect::<Result<_, _>>()?;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let paths = [
-        ("direct veth", &shop.client.spec.netns, shop.legacy.addr(IPERF_PORT)),
-        ("HBONE tunnel", &shop.frontend.spec.netns, shop.v1.addr(IPERF_PORT)),
+    // Each path: the client's netns, the server, the proxies whose CPU it costs.
+    let weft = shop.lab.proxy_pids();
+    let mut paths = vec![
+        (DIRECT, &shop.client.spec.netns, shop.legacy.addr(IPERF_PORT), weft.clone()),
+        (WEFT, &shop.frontend.spec.netns, shop.v1.addr(IPERF_PORT), weft),
     ];
+    if let Some(z) = &ztunnel {
+        paths.push((ZTUNNEL, &z.client.spec.netns, z.server.addr(IPERF_PORT), z.pids()));
+    }
     let mut points = Vec::new();
     for streams in STREAMS {
-        for (path, _, _) in &paths {
+        for (path, ..) in &paths {
             points.push(Point { path, streams, gbps: vec![], proxy_cpu: vec![] });
         }
     }
-    let pids = shop.lab.proxy_pids();
     let seconds = plan.run().as_secs();
     println!(
         "==> TCP throughput (iperf3, {seconds} s, 1 and 8 connections), {} runs, interleaved",
@@ -86,7 +112,7 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Vec<Point>> {
     );
     for repeat in 0..plan.repeats() {
         for point in &mut points {
-            let Some((_, netns, server)) = paths.iter().find(|(name, _, _)| *name == point.path) else {
+            let Some((_, netns, server, pids)) = paths.iter().find(|(name, ..)| *name == point.path) else {
                 continue;
             };
             let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
@@ -97,7 +123,7 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Vec<Point>> {
             point.gbps.push(bits / 1e9);
             point.proxy_cpu.push(cpu / started.elapsed().as_secs_f64());
             println!(
-                "  run {} {:<13} -P {}  {:>6.2} Gbit/s  proxies' CPU {:.2}",
+                "  run {} {:<30} -P {}  {:>6.2} Gbit/s  proxies' CPU {:.2}",
                 repeat + 1,
                 point.path,
                 point.streams,
@@ -106,10 +132,11 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Vec<Point>> {
             );
         }
     }
-    Ok(points)
+    Ok(Measured { points, ztunnel: ztunnel_bin.map(|bin| ztunnel_description(&bin)) })
 }
 
-fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &str) -> anyhow::Result<()> {
+fn write_results(measured: &Measured, plan: Plan, load_before: &str, load_after: &str) -> anyhow::Result<()> {
+    let points = &measured.points;
     let RunInfo { date, commit, machine } = RunInfo::now();
     let (repeats, seconds) = (plan.repeats(), plan.run().as_secs());
     let mut md = format!("# TCP throughput: HBONE tunnel vs direct veth\n\n{}", plan.banner());
@@ -121,20 +148,24 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
          unmeshed pod on node B. Tunnel: a meshed pod on node A to a meshed pod on node B, carried by both\n\
          node proxies in mTLS HBONE (HTTP/2 CONNECT over TLS 1.3). `iperf3 -c <pod> -P <connections> -t {seconds}`,\n\
          {repeats} runs of each configuration interleaved; receiver's throughput, median [min–max]. Everything\n\
-         (iperf3 client and server, both proxies) shares the machine's cores.\n\n\
+         (iperf3 client and server, both proxies) shares the machine's cores.\n\n{}\
          | path | connections | Gbit/s | both proxies' CPU (cores) | share of direct |\n| --- | --- | --- | --- | --- |",
-        crate::bench::binaries_note()
+        crate::bench::binaries_note(),
+        match &measured.ztunnel {
+            Some(ztunnel) => format!(
+                "ztunnel rows: {ztunnel} (ZTUNNEL_BIN) in dedicated mode in two more unmeshed pods (zt/zclient on\n\
+                 node A, zt/zserver on node B), set up as in `bench mesh`; its CPU column is both ztunnels'.\n\n"
+            ),
+            None => format!("{ZTUNNEL_NOT_RUN}\n\n"),
+        }
     )?;
     let direct = |streams: u32| {
-        points
-            .iter()
-            .find(|p| p.streams == streams && p.path == "direct veth")
-            .map_or(0.0, |p| median(&p.gbps))
+        points.iter().find(|p| p.streams == streams && p.path == DIRECT).map_or(0.0, |p| median(&p.gbps))
     };
     let mut verdicts = Vec::new();
     for point in points {
         let share = median(&point.gbps) / direct(point.streams).max(f64::MIN_POSITIVE);
-        let cpu = if point.path == "direct veth" { "—".to_string() } else { spread(&point.proxy_cpu, 2) };
+        let cpu = if point.path == DIRECT { "—".to_string() } else { spread(&point.proxy_cpu, 2) };
         writeln!(
             md,
             "| {} | {} | {} | {cpu} | {:.0} % |",
@@ -143,7 +174,14 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
             spread(&point.gbps, 2),
             100.0 * share
         )?;
-        if point.path != "direct veth" {
+        if point.path == ZTUNNEL {
+            // The peer's share, beside Weft's verdict: the target is Weft's.
+            verdicts.push(format!(
+                "- {} connection(s), for comparison: ztunnel's tunnel carries {:.0} % of direct.",
+                point.streams,
+                100.0 * share
+            ));
+        } else if point.path == WEFT {
             verdicts.push(format!(
                 "- {} connection(s): the tunnel carries {:.0} % of direct (target ≥ {:.0} %) — {}.",
                 point.streams,
@@ -166,6 +204,7 @@ fn write_results(points: &[Point], plan: Plan, load_before: &str, load_after: &s
         "command": "cargo xtask bench tcp", "date": date, "commit": commit, "machine": machine,
         "quick": plan.quick, "load_before": load_before, "load_after": load_after,
         "run_seconds": seconds, "repeats": repeats, "points": json_points,
+        "ztunnel": measured.ztunnel.as_deref().unwrap_or("ztunnel: not run"),
     });
     plan.save("tcp", &md, &report)
 }
