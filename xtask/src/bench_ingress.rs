@@ -42,8 +42,8 @@ use testbed::load::constant_rate;
 
 use crate::bench::Plan;
 use crate::measure::{
-    Proc, RssSampler, RunInfo, as_f64, cpu_seconds, first_load, free_port, is_root, median, number_after,
-    on_path, spawn, spread, status_field, uptime, verdict, version, which,
+    CpuTimes, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load, free_port, is_root,
+    median, number_after, on_path, spawn, spread, status_field, uptime, verdict, version, which,
 };
 
 /// The open-loop rates and the keep-alive connections each is spread over (a pool of clients,
@@ -155,6 +155,10 @@ struct Throughput {
     /// wrk's latency percentiles (closed loop, µs), one a run; none from h2load.
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
+    /// The proxy's CPU µs per request in its own code (user) and in the kernel on its behalf
+    /// (system), one a run.
+    user_us_per_request: Vec<f64>,
+    system_us_per_request: Vec<f64>,
 }
 
 /// The gRPC runs of one path: open loop at [`GRPC_RATE`], and closed-loop max.
@@ -305,7 +309,8 @@ struct MaxRun {
     rps: f64,
     requests: f64,
     errors: u64,
-    cpu_seconds: f64,
+    /// The proxy's CPU time during the run.
+    cpu: CpuTimes,
     wall: f64,
     peak_rss_kb: u64,
     /// wrk's p50 and p99 (µs), when the program is wrk.
@@ -316,11 +321,11 @@ fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>)
     let mut command = pinning.command(Pinning::LOAD_CORE, Path::new(program));
     command.args(args);
     let sampler = RssSampler::start(proxy);
-    let before = proxy.map_or(0.0, cpu_seconds);
+    let before = proxy.map_or_else(CpuTimes::default, cpu_times);
     let started = Instant::now();
     let out = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {program}"))?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu = proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
+    let cpu = proxy.map_or_else(CpuTimes::default, |pid| cpu_times(pid) - before);
     let peak_rss_kb = sampler.finish();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
@@ -347,7 +352,7 @@ fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>)
         bail!("cannot read {program}'s output:\n{text}");
     };
     let latency = wrk_percentile(&text, "50%").zip(wrk_percentile(&text, "99%"));
-    Ok(MaxRun { rps, requests, errors, cpu_seconds: cpu, wall, peak_rss_kb, latency })
+    Ok(MaxRun { rps, requests, errors, cpu, wall, peak_rss_kb, latency })
 }
 
 /// A line of wrk's `Latency Distribution` (`     99%    1.23ms`) in µs.
@@ -597,7 +602,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
                     repeat + 1,
                     path.name,
                     run.rps,
-                    run.cpu_seconds / run.wall,
+                    run.cpu.total() / run.wall,
                     run.errors
                 );
             }
@@ -667,10 +672,11 @@ fn grpc_point(
     repeat: usize,
 ) -> anyhow::Result<()> {
     let sampler = RssSampler::start(path.proxy);
-    let before = path.proxy.map_or(0.0, cpu_seconds);
+    let before = path.proxy.map_or_else(CpuTimes::default, cpu_times);
     let run = grpc::load(None, &grpc_load(path.grpc, rate, run_for))
         .with_context(|| format!("gRPC {} at {rate:?} calls/s", path.name))?;
-    let cpu_seconds = path.proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
+    let cpu = path.proxy.map_or_else(CpuTimes::default, |pid| cpu_times(pid) - before);
+    let cpu_seconds = cpu.total();
     let wall = run.latencies.elapsed.as_secs_f64();
     let peak_rss_kb = sampler.finish();
     let (p50, p99) = (run.percentile(50.0), run.percentile(99.0));
@@ -702,7 +708,7 @@ fn grpc_point(
             rps: run.rps(),
             requests: run.calls as f64,
             errors: run.errors() as u64,
-            cpu_seconds,
+            cpu,
             wall,
             peak_rss_kb,
             latency: Some((p50 as f64, p99 as f64)),
@@ -722,8 +728,11 @@ fn record(into: &mut Throughput, run: &MaxRun, has_proxy: bool) {
         into.p99_us.push(p99);
     }
     if has_proxy {
-        into.cpu.push(run.cpu_seconds / run.wall);
-        into.per_core.push(run.requests / run.cpu_seconds.max(f64::MIN_POSITIVE));
+        into.cpu.push(run.cpu.total() / run.wall);
+        into.per_core.push(run.requests / run.cpu.total().max(f64::MIN_POSITIVE));
+        let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1.0);
+        into.user_us_per_request.push(per_request(run.cpu.user));
+        into.system_us_per_request.push(per_request(run.cpu.system));
     }
 }
 
@@ -892,22 +901,33 @@ impl Report<'_> {
             writeln!(
                 md,
                 "\n## Max requests/s, {title}: `{command}`\n\n{repeats} runs of each path interleaved; median [min–max]. Per proxy core =\n\
-                 requests completed ÷ the proxy's CPU-seconds (user + system, /proc/<pid>/stat) in the run.\n\n\
-                 | path | req/s | proxy CPU (cores) | req/s per proxy core | errors |\n| --- | --- | --- | --- | --- |"
+                 requests completed ÷ the proxy's CPU-seconds (user + system, /proc/<pid>/stat) in the run.\n\
+                 CPU µs per request, split: the proxy's user time (its own code) and system time (the kernel\n\
+                 on its behalf: socket calls, TCP, wake-ups) ÷ requests; the kernel share is system ÷ (user + system).\n\n\
+                 | path | req/s | proxy CPU (cores) | req/s per proxy core | errors | CPU µs/request, user | CPU µs/request, kernel | kernel share |\n\
+                 | --- | --- | --- | --- | --- | --- | --- | --- |"
             )?;
             for (path, result) in self.paths.iter().zip(self.results) {
                 let t = if pick == 0 { &result.http1 } else { &result.h2 };
                 if t.rps.is_empty() {
                     continue;
                 }
-                let (cpu, per_core) = if path.proxy.is_some() {
-                    (spread(&t.cpu, 3), spread(&t.per_core, 0))
+                let (cpu, per_core, user, system, kernel_share) = if path.proxy.is_some() {
+                    let (user, system) = (median(&t.user_us_per_request), median(&t.system_us_per_request));
+                    (
+                        spread(&t.cpu, 3),
+                        spread(&t.per_core, 0),
+                        spread(&t.user_us_per_request, 1),
+                        spread(&t.system_us_per_request, 1),
+                        format!("{:.0} %", 100.0 * system / (user + system).max(f64::MIN_POSITIVE)),
+                    )
                 } else {
-                    ("—".into(), "—".into())
+                    let dash = || "—".to_string();
+                    (dash(), dash(), dash(), dash(), dash())
                 };
                 writeln!(
                     md,
-                    "| {} | {} | {cpu} | {per_core} | {} |",
+                    "| {} | {} | {cpu} | {per_core} | {} | {user} | {system} | {kernel_share} |",
                     path.name,
                     spread(&t.rps, 0),
                     t.errors
@@ -1040,7 +1060,9 @@ impl Report<'_> {
                     .collect();
                 let throughput = |t: &Throughput| {
                     json!({"rps": t.rps, "proxy_cpu_cores": t.cpu, "requests_per_proxy_core_second": t.per_core,
-                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us})
+                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us,
+                           "proxy_cpu_user_us_per_request": t.user_us_per_request,
+                           "proxy_cpu_system_us_per_request": t.system_us_per_request})
                 };
                 let g = &result.grpc;
                 let grpc = json!({

@@ -64,7 +64,7 @@ use testbed::shop;
 
 use crate::bench::{Binaries, Plan};
 use crate::demo_mesh::Lab;
-use crate::measure::{Proc, RunInfo, as_f64, cpu_seconds, median, spawn, spread, uptime, verdict};
+use crate::measure::{CpuTimes, Proc, RunInfo, as_f64, cpu_times, median, spawn, spread, uptime, verdict};
 
 /// The HTTP/1.1 load points, requests/s. 1k is the point the targets and the resources table
 /// read.
@@ -290,6 +290,21 @@ struct Point {
     by_status: BTreeMap<String, usize>,
     /// CPU share of both node proxies together during the runs (1.0 = one core busy).
     proxy_cpu: Vec<f64>,
+    /// CPU µs per completed request *per proxy* (both proxies' time ÷ 2), in the proxy's own
+    /// code (user) and in the kernel on its behalf (system), one a run.
+    user_us_per_request: Vec<f64>,
+    system_us_per_request: Vec<f64>,
+}
+
+impl Point {
+    /// Records a run's proxy CPU: `cpu` used by `proxies` processes over `elapsed`, for
+    /// `completed` requests.
+    fn record_cpu(&mut self, cpu: CpuTimes, elapsed: Duration, completed: usize, proxies: usize) {
+        self.proxy_cpu.push(cpu.total() / elapsed.as_secs_f64().max(f64::MIN_POSITIVE));
+        let per_request = |seconds: f64| seconds * 1e6 / completed.max(1) as f64 / proxies.max(1) as f64;
+        self.user_us_per_request.push(per_request(cpu.user));
+        self.system_us_per_request.push(per_request(cpu.system));
+    }
 }
 
 struct Series {
@@ -371,11 +386,11 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
             format!("{} ({version})", PathBuf::from(&bin).display())
         }),
     };
-    let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
-        let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
-        let elapsed = f()?;
-        let cpu: f64 = pids.iter().zip(&before).map(|(pid, b)| cpu_seconds(*pid) - b).sum();
-        Ok(cpu / elapsed.as_secs_f64())
+    // The CPU time `pids` used together while `f` ran.
+    let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<CpuTimes> {
+        let before: Vec<CpuTimes> = pids.iter().map(|pid| cpu_times(*pid)).collect();
+        f()?;
+        Ok(pids.iter().zip(&before).fold(CpuTimes::default(), |sum, (pid, b)| sum + (cpu_times(*pid) - *b)))
     };
     let (repeats, run_for) = (plan.repeats(), plan.run());
     // Warm-up, not recorded: the first calls of a path open its HBONE connections and fetch
@@ -400,13 +415,12 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
                 let cpu = cpu_during(pids, &mut || {
                     let out = constant_rate(netns, *addr, *rate, run_for, connections(*rate))
                         .with_context(|| format!("{} at {rate} rps", path.name))?;
-                    let elapsed = out.elapsed;
                     run = Some(out);
-                    Ok(elapsed)
+                    Ok(())
                 })?;
                 let Some(run) = run else { bail!("no run") };
                 let point = &mut path.points[r];
-                point.proxy_cpu.push(cpu);
+                point.record_cpu(cpu, run.elapsed, run.micros.len(), pids.len());
                 point.p50.push(run.percentile(50.0));
                 point.p99.push(run.percentile(99.0));
                 point.errors += run.errors;
@@ -429,13 +443,12 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
             let mut run = None;
             let cpu = cpu_during(pids, &mut || {
                 let out = grpc::load(Some(netns), &load).with_context(|| path.name)?;
-                let elapsed = out.latencies.elapsed;
                 run = Some(out);
-                Ok(elapsed)
+                Ok(())
             })?;
             let Some(run) = run else { bail!("no run") };
             let point = &mut path.points[0];
-            point.proxy_cpu.push(cpu);
+            point.record_cpu(cpu, run.latencies.elapsed, run.latencies.micros.len(), pids.len());
             point.p50.push(run.percentile(50.0));
             point.p99.push(run.percentile(99.0));
             point.errors += run.errors();
@@ -489,11 +502,15 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
          (the load generator, both proxies and the servers share the machine's cores).\n\n\
          ## HTTP/1.1 at {TARGET_RATE} requests/s\n\n\
          Open loop (measured from each request's due time), {} keep-alive connections, {repeats} interleaved\n\
-         runs of {run_seconds} s; median of the runs, [min–max].\n\n\
-         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |",
+         runs of {run_seconds} s; median of the runs, [min–max]. CPU µs per request per proxy: both proxies'\n\
+         user time (their own code) and system time (the kernel on their behalf: sockets, TCP, veth,\n\
+         wake-ups) ÷ completed requests ÷ 2; the target of ≤ {CPU_PER_1K_TARGET} cores per 1k req/s per proxy is\n\
+         ≤ {:.0} µs per request per proxy, user + kernel.\n\n\
+         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) | CPU µs/request/proxy, user | CPU µs/request/proxy, kernel | kernel share |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         crate::bench::binaries_note(),
-        connections(TARGET_RATE)
+        connections(TARGET_RATE),
+        CPU_PER_1K_TARGET * 1000.0
     )?;
     let mut verdicts = Vec::new();
     let mut table = |paths: &[Series], r: usize, rate: u32, md: &mut String| -> anyhow::Result<()> {
@@ -507,15 +524,19 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
             } else {
                 format!("{} {:?}", point.errors, point.by_status)
             };
+            let (user, system) = (median(&point.user_us_per_request), median(&point.system_us_per_request));
             writeln!(
                 md,
-                "| {} | {} | {} | {:+.0} | {:+.0} | {errors} | {} |",
+                "| {} | {} | {} | {:+.0} | {:+.0} | {errors} | {} | {} | {} | {:.0} % |",
                 path.name,
                 spread(&as_f64(&point.p50), 0),
                 spread(&as_f64(&point.p99), 0),
                 p50 - base_p50,
                 p99 - base_p99,
-                spread(&point.proxy_cpu, 3)
+                spread(&point.proxy_cpu, 3),
+                spread(&point.user_us_per_request, 1),
+                spread(&point.system_us_per_request, 1),
+                100.0 * system / (user + system).max(f64::MIN_POSITIVE)
             )?;
             // The targets are Weft's: a peer's row has none.
             if i > 0 && rate == TARGET_RATE && !path.name.contains("ztunnel") {
@@ -540,9 +561,10 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
          call's due time), {GRPC_CONNECTIONS} HTTP/2 connections, at most {GRPC_IN_FLIGHT} calls in flight. Direct: the unmeshed\n\
          client to the legacy pod; L4: the frontend to checkout-v1 by pod address, over HBONE; L7: the\n\
          frontend to Service `checkout-grpc` (appProtocol `kubernetes.io/h2c`), whose GAMMA GRPCRoute\n\
-         routes each call to one of the checkout pods, over HBONE. Errors by gRPC status.\n\n\
-         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |",
+         routes each call to one of the checkout pods, over HBONE. Errors by gRPC status. CPU µs per call\n\
+         per proxy, split as above.\n\n\
+         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) | CPU µs/request/proxy, user | CPU µs/request/proxy, kernel | kernel share |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         grpc::METHOD
     )?;
     table(&results.grpc, 0, GRPC_RATE, &mut md)?;
@@ -583,6 +605,8 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         json!({
             "path": path.name, "rate_rps": rate, "p50_us": point.p50, "p99_us": point.p99,
             "errors": point.errors, "errors_by_status": point.by_status, "proxy_cpu_cores": point.proxy_cpu,
+            "proxy_cpu_user_us_per_request_per_proxy": point.user_us_per_request,
+            "proxy_cpu_system_us_per_request_per_proxy": point.system_us_per_request,
         })
     };
     // `latency`: the HTTP paths at the target rate (what the resources table and the README

@@ -22,18 +22,69 @@ pub fn as_f64(values: &[u64]) -> Vec<f64> {
 
 /// User + system CPU seconds of a process so far (all its threads).
 pub fn cpu_seconds(pid: u32) -> f64 {
+    cpu_times(pid).total()
+}
+
+/// CPU seconds a process has used, split by where: its own code (user) and the kernel on its
+/// behalf (system: syscalls, and the softirq work the kernel charges to it). The split tells
+/// which part of a proxy's cost any change to its code could remove at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes { user: self.user - earlier.user, system: self.system - earlier.system }
+    }
+}
+
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+
+    fn add(self, other: CpuTimes) -> CpuTimes {
+        CpuTimes { user: self.user + other.user, system: self.system + other.system }
+    }
+}
+
+/// A process's user and system CPU seconds so far (all its threads); zero for a process that
+/// is gone (the benches check separately that their processes are still alive).
+pub fn cpu_times(pid: u32) -> CpuTimes {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'; utime and
-    // stime are fields 14 and 15 of /proc/pid/stat, so 12 and 13 after the name.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clock_ticks()
+    let (user, system) = stat_ticks(&stat).unwrap_or((0, 0));
+    let hz = clock_ticks();
+    CpuTimes { user: user as f64 / hz, system: system as f64 / hz }
+}
+
+/// utime and stime (clock ticks) from the text of /proc/<pid>/stat.
+fn stat_ticks(stat: &str) -> Option<(u64, u64)> {
+    // The command name (field 2) is in parentheses and may itself hold spaces and ')': the
+    // fields after it start after the *last* ')'. utime and stime are fields 14 and 15, so 12
+    // and 13 after the name (state is the first).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut after_name = rest.split_whitespace().skip(11);
+    let user = after_name.next()?.parse().ok()?;
+    let system = after_name.next()?.parse().ok()?;
+    Some((user, system))
 }
 
 fn clock_ticks() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
-    out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+    // Asked once: a bench reads CPU times around every run, and a fork per read would be
+    // charged to the load generator's core.
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+    })
 }
 
 /// `<cores> cores (<CPU model>), Linux <kernel>`.
@@ -268,4 +319,45 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Strin
 /// "met" or a bold "not met", for the targets' lines of a report.
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of /proc/<pid>/stat whose command name holds spaces and ')' (a process may name
+    /// itself anything): utime 1234 and stime 5678 are still fields 14 and 15.
+    #[test]
+    fn stat_ticks_reads_utime_and_stime_after_the_last_parenthesis() {
+        let stat = "4242 (weft) proxy (x) 9) S 1 4242 4242 0 -1 4194560 1500 0 3 0 1234 5678 0 0 20 0 3 0 \
+                    1000 12345678 2000 18446744073709551615 1 1 0 0 0 0 0 4096 17663 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(stat_ticks(stat), Some((1234, 5678)));
+        let plain = "1 (init) S 0 1 1 0 -1 4194560 100 0 0 0 7 9 0 0 20 0 1 0 5 100 10";
+        assert_eq!(stat_ticks(plain), Some((7, 9)));
+    }
+
+    /// A truncated or empty stat (the process is gone) reads as nothing, not as zeroes from the
+    /// wrong fields.
+    #[test]
+    fn stat_ticks_of_a_truncated_line_is_none() {
+        assert_eq!(stat_ticks(""), None);
+        assert_eq!(stat_ticks("4242 (weft-proxy) S 1 4242 4242 0 -1 4194560 1500 0 3 0 1234"), None);
+        assert_eq!(stat_ticks("4242 (weft-proxy) S 1 4242 4242 0 -1 4194560 1500 0 3 0 x 5678"), None);
+    }
+
+    /// This process's own times: both non-negative, and their sum is what cpu_seconds says.
+    #[test]
+    fn cpu_times_of_this_process_split_its_cpu_seconds() {
+        let mut spin = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(50) {
+            spin = spin.wrapping_add(1);
+        }
+        assert!(spin > 0);
+        let times = cpu_times(std::process::id());
+        assert!(times.user >= 0.0 && times.system >= 0.0, "{times:?}");
+        assert!(times.total() > 0.0, "{times:?}");
+        let total = cpu_seconds(std::process::id());
+        assert!(total >= times.total(), "{total} < {times:?}");
+    }
 }
