@@ -128,11 +128,19 @@ struct Setup {
     http1: SocketAddr,
     /// An h2c (prior knowledge) listener, where the path has one.
     h2: Option<SocketAddr>,
-    /// Where gRPC calls go (h2c): the echo itself, or the proxy's listener in front of it.
-    grpc: SocketAddr,
+    /// Where gRPC calls go (h2c): the echo itself, or the proxy's listener in front of it;
+    /// none for the floor (HTTP/1.1 only).
+    grpc: Option<SocketAddr>,
     /// The proxy's process (none for direct).
     proxy: Option<u32>,
+    /// A reference path, not a peer: the cheapest user-space relay ([`FLOOR`]).
+    floor: bool,
 }
+
+/// The floor path: HAProxy in `mode tcp`, a byte relay that parses no HTTP. What it adds to
+/// direct is what any user-space proxy on this machine pays at least (two more socket hops,
+/// the wake-ups of a process on another core), whatever its code does.
+const FLOOR: &str = "floor: haproxy mode tcp";
 
 #[derive(Default)]
 struct Latency {
@@ -223,6 +231,8 @@ struct Ports {
     weft_grpc: u16,
     nginx_grpc: u16,
     haproxy_grpc: u16,
+    /// The floor's relay (HAProxy, mode tcp).
+    haproxy_tcp: u16,
 }
 
 fn backend_conf(dir: &Path, port: u16) -> String {
@@ -267,6 +277,18 @@ fn haproxy_conf(ports: &Ports) -> String {
          backend app\n  server app 127.0.0.1:{backend}\n\n\
          frontend grpc\n  bind 127.0.0.1:{grpc} proto h2\n  default_backend echo\n\n\
          backend echo\n  server echo 127.0.0.1:{grpc_backend} proto h2\n"
+    )
+}
+
+fn haproxy_tcp_conf(ports: &Ports) -> String {
+    let (port, backend) = (ports.haproxy_tcp, ports.backend);
+    format!(
+        "# The floor, not a peer: HAProxy as a pure L4 byte relay (mode tcp: no HTTP parsing), one\n\
+         # thread, each client connection relayed on a connection of its own to the same backend.\n\
+         global\n  nbthread 1\n  maxconn 4096\n\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend relay\n  bind 127.0.0.1:{port}\n  default_backend app\n\n\
+         backend app\n  server app 127.0.0.1:{backend}\n"
     )
 }
 
@@ -424,6 +446,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         weft_grpc: free_port()?,
         nginx_grpc: free_port()?,
         haproxy_grpc: free_port()?,
+        haproxy_tcp: free_port()?,
     };
     // The gRPC backend: a tonic echo on its own thread and runtime in this process (so on
     // core 0, with the load tools and the HTTP backend).
@@ -433,6 +456,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         ("backend.conf", backend_conf(dir_path, ports.backend)),
         ("nginx.conf", nginx_conf(dir_path, &ports)),
         ("haproxy.cfg", haproxy_conf(&ports)),
+        ("haproxy-tcp.cfg", haproxy_tcp_conf(&ports)),
         ("manifests/bench.yaml", weft_manifests(&ports)),
     ];
     std::fs::create_dir_all(dir_path.join("manifests"))?;
@@ -476,44 +500,69 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
     commands.push(format!("{}haproxy -db -f $DIR/haproxy.cfg", pin(Pinning::PROXY_CORE)));
     let haproxy_proc = spawn("haproxy", haproxy_cmd, dir_path)?;
 
+    let mut floor_cmd = pinning.command(Pinning::PROXY_CORE, &which("haproxy")?);
+    floor_cmd.arg("-db").arg("-f").arg(dir_path.join("haproxy-tcp.cfg"));
+    commands.push(format!("{}haproxy -db -f $DIR/haproxy-tcp.cfg", pin(Pinning::PROXY_CORE)));
+    let floor_proc = spawn("haproxy-tcp", floor_cmd, dir_path)?;
+
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let paths = [
-        Setup { name: "direct", http1: local(ports.backend), h2: None, grpc: echo.addr, proxy: None },
+        Setup {
+            name: "direct",
+            http1: local(ports.backend),
+            h2: None,
+            grpc: Some(echo.addr),
+            proxy: None,
+            floor: false,
+        },
         Setup {
             name: "weft-proxy",
             http1: local(ports.weft),
             h2: Some(local(ports.weft)),
-            grpc: local(ports.weft_grpc),
+            grpc: Some(local(ports.weft_grpc)),
             proxy: Some(weft_proc.pid()),
+            floor: false,
         },
         Setup {
             name: "nginx",
             http1: local(ports.nginx),
             h2: Some(local(ports.nginx_h2)),
-            grpc: local(ports.nginx_grpc),
+            grpc: Some(local(ports.nginx_grpc)),
             proxy: Some(nginx_proc.pid()),
+            floor: false,
         },
         Setup {
             name: "haproxy",
             http1: local(ports.haproxy),
             h2: Some(local(ports.haproxy_h2)),
-            grpc: local(ports.haproxy_grpc),
+            grpc: Some(local(ports.haproxy_grpc)),
             proxy: Some(haproxy_proc.pid()),
+            floor: false,
+        },
+        // Last, so each repeat runs direct, weft-proxy, nginx, HAProxy, then the floor.
+        Setup {
+            name: FLOOR,
+            http1: local(ports.haproxy_tcp),
+            h2: None,
+            grpc: None,
+            proxy: Some(floor_proc.pid()),
+            floor: true,
         },
     ];
-    let procs = [&backend, &weft_proc, &nginx_proc, &haproxy_proc];
+    let procs = [&backend, &weft_proc, &nginx_proc, &haproxy_proc, &floor_proc];
     for (path, proc) in paths.iter().zip(procs) {
         wait_ready(path.http1, Some(proc))?;
         wait_grpc_ready(path, Some(proc))?;
     }
     println!(
-        "==> backend (nginx) on {}, weft-proxy on {}, nginx on {} (h2c {}), haproxy on {} (h2c {}); pinned: {}",
+        "==> backend (nginx) on {}, weft-proxy on {}, nginx on {} (h2c {}), haproxy on {} (h2c {}), floor (haproxy mode tcp) on {}; pinned: {}",
         ports.backend,
         ports.weft,
         ports.nginx,
         ports.nginx_h2,
         ports.haproxy,
         ports.haproxy_h2,
+        ports.haproxy_tcp,
         if pinning.enabled {
             "proxies on core 1, load generators and backend on core 0"
         } else {
@@ -537,8 +586,10 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         let url = format!("http://{}{PATH}", path.http1);
         let args: Vec<String> = ["-t1", "-c32", "-d1s", &url].iter().map(|s| s.to_string()).collect();
         max_run(pinning, "wrk", &args, path.proxy).with_context(|| format!("warm-up of {}", path.name))?;
-        grpc::load(None, &grpc_load(path.grpc, None, Duration::from_secs(1)))
-            .with_context(|| format!("gRPC warm-up of {}", path.name))?;
+        if let Some(grpc) = path.grpc {
+            grpc::load(None, &grpc_load(grpc, None, Duration::from_secs(1)))
+                .with_context(|| format!("gRPC warm-up of {}", path.name))?;
+        }
     }
 
     let self_netns = Path::new("/proc/self/ns/net");
@@ -635,18 +686,19 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         dir: dir_path.display().to_string(),
     };
     report.write(&load_before, &load_after)?;
-    drop((backend, weft_proc, nginx_proc, haproxy_proc, echo));
+    drop((backend, weft_proc, nginx_proc, haproxy_proc, floor_proc, echo));
     Ok(())
 }
 
 /// Waits until a unary call through `path` succeeds.
 fn wait_grpc_ready(path: &Setup, proc: Option<&Proc>) -> anyhow::Result<()> {
+    let Some(addr) = path.grpc else { return Ok(()) };
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
         match grpc::load(
             None,
-            &grpc::Load { connections: 1, ..grpc_load(path.grpc, Some(10), Duration::from_millis(100)) },
+            &grpc::Load { connections: 1, ..grpc_load(addr, Some(10), Duration::from_millis(100)) },
         ) {
             Ok(out) if out.errors() == 0 => return Ok(()),
             Ok(out) => last = format!("failed calls: {:?}", out.by_status),
@@ -655,15 +707,11 @@ fn wait_grpc_ready(path: &Setup, proc: Option<&Proc>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = proc.map(|p| format!("\n{} log:\n{}", p.name, p.log_tail())).unwrap_or_default();
-    bail!(
-        "{} did not answer gRPC {} on {} in {READY_TIMEOUT:?} ({last}){log}",
-        path.name,
-        grpc::METHOD,
-        path.grpc
-    )
+    bail!("{} did not answer gRPC {} on {} in {READY_TIMEOUT:?} ({last}){log}", path.name, grpc::METHOD, addr)
 }
 
-/// One gRPC run through `path`: open loop at `rate`, or closed-loop max without one.
+/// One gRPC run through `path` (none for a path without gRPC): open loop at `rate`, or
+/// closed-loop max without one.
 fn grpc_point(
     path: &Setup,
     into: &mut Grpc,
@@ -671,9 +719,10 @@ fn grpc_point(
     run_for: Duration,
     repeat: usize,
 ) -> anyhow::Result<()> {
+    let Some(addr) = path.grpc else { return Ok(()) };
     let sampler = RssSampler::start(path.proxy);
     let before = path.proxy.map_or_else(CpuTimes::default, cpu_times);
-    let run = grpc::load(None, &grpc_load(path.grpc, rate, run_for))
+    let run = grpc::load(None, &grpc_load(addr, rate, run_for))
         .with_context(|| format!("gRPC {} at {rate:?} calls/s", path.name))?;
     let cpu = path.proxy.map_or_else(CpuTimes::default, |pid| cpu_times(pid) - before);
     let cpu_seconds = cpu.total();
@@ -776,7 +825,7 @@ impl Report<'_> {
                 format!("{errors} ({})", each.join(", "))
             }
         };
-        for (path, result) in self.paths.iter().zip(self.results) {
+        for (path, result) in self.paths.iter().zip(self.results).filter(|(p, _)| p.grpc.is_some()) {
             let g = &result.grpc;
             let (p50, p99) = (median(&as_f64(&g.latency.p50)), median(&as_f64(&g.latency.p99)));
             let proxied = path.proxy.is_some();
@@ -802,7 +851,7 @@ impl Report<'_> {
             .paths
             .iter()
             .zip(self.results)
-            .filter(|(p, _)| p.proxy.is_some())
+            .filter(|(p, _)| p.proxy.is_some() && p.grpc.is_some())
             .all(|(_, r)| median(&r.grpc.max.cpu) >= 0.9);
         if !saturated {
             writeln!(
@@ -894,6 +943,15 @@ impl Report<'_> {
                 )?;
             }
         }
+        writeln!(
+            md,
+            "\n`{FLOOR}` is a reference path, not a peer: HAProxy in `mode tcp` relays the bytes of each\n\
+             client connection to the backend without parsing HTTP (one thread, the same core, backend and\n\
+             keep-alive client connections as the proxies). Its added latency is what the cheapest\n\
+             user-space relay pays on this machine (two more socket hops, and waking a process on another\n\
+             core); a proxy's added latency above the floor's is what its HTTP work costs, and no proxy can\n\
+             go below the floor here. It runs last in each repeat, interleaved with the others."
+        )?;
         for (title, pick, command) in [
             ("HTTP/1.1 keep-alive", 0, format!("wrk {}", wrk_args(self.plan).join(" "))),
             ("h2c (prior knowledge)", 1, format!("h2load {}", h2load_args(self.plan).join(" "))),
@@ -959,7 +1017,9 @@ impl Report<'_> {
              | proxy | threads | RSS idle (MB) | peak RSS, HTTP/1.1 load (MB) | peak RSS, h2 load (MB) |\n| --- | --- | --- | --- | --- |"
         )?;
         let mb = |kb: u64| kb as f64 / 1024.0;
-        for (path, result) in self.paths.iter().zip(self.results).filter(|(p, _)| p.proxy.is_some()) {
+        for (path, result) in
+            self.paths.iter().zip(self.results).filter(|(p, _)| p.proxy.is_some() && !p.floor)
+        {
             writeln!(
                 md,
                 "| {} | {} | {:.1} | {:.1} | {:.1} |",
@@ -1073,8 +1133,9 @@ impl Report<'_> {
                 });
                 json!({
                     "path": path.name, "latency": latency, "http1_max": throughput(&result.http1),
-                    "h2_max": throughput(&result.h2), "grpc": grpc, "idle_rss_kb": result.idle_rss_kb,
-                    "threads": result.threads,
+                    "h2_max": throughput(&result.h2),
+                    "grpc": if path.grpc.is_some() { grpc } else { serde_json::Value::Null },
+                    "idle_rss_kb": result.idle_rss_kb, "threads": result.threads, "floor": path.floor,
                 })
             })
             .collect();
