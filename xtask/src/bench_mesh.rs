@@ -235,6 +235,189 @@ impl<'a> Ztunnel<'a> {
     }
 }
 
+/// The floors: plain user-space TCP relays where the node proxies sit, a reference for what
+/// any user-space mesh hop costs on this machine. The unmeshed client dials relay A (in node
+/// A's netns, on node A's address on the pod network: explicit, no redirection), which relays
+/// to relay B (node B's netns, over the link between the nodes), which relays to the unmeshed
+/// legacy pod. Both relays are HAProxy in `mode tcp`, one thread each; between them plain TCP
+/// ([`FLOOR_PLAIN`]) or TLS 1.3 with both peers verified ([`FLOOR_TLS`]).
+struct Relays {
+    /// Relay A, relay B.
+    procs: Vec<Proc>,
+    /// Where the client dials: relay A.
+    entry: SocketAddr,
+    /// Node B's address on its pod network: where relay B's connections to the pod come from.
+    node_b: std::net::IpAddr,
+    _dir: tempfile::TempDir,
+}
+
+const FLOOR_PLAIN: &str = "floor: 2 HAProxy mode tcp relays";
+const FLOOR_TLS: &str = "floor: 2 HAProxy mode tcp relays, TLS 1.3 between";
+/// The ports relays A and B listen on, plain floor then TLS floor (the node proxies use 15008,
+/// 15010, 15014 and 15021).
+const RELAY_PORTS: [(u16, u16); 2] = [(15110, 15111), (15112, 15113)];
+
+/// The gateway (the node's own address on its pod network) of a pod, from its CNI result.
+fn gateway_of(pod: &Pod<'_>) -> anyhow::Result<std::net::IpAddr> {
+    pod.result["ips"][0]["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .with_context(|| format!("no gateway in {}'s CNI result: {}", pod.spec.name, pod.result))
+}
+
+/// A relay's HAProxy configuration: listen on `bind` (with `bind_tls` after it, if any), relay
+/// to `server` (with `server_tls` after it, if any).
+fn relay_conf(role: &str, bind: &str, bind_tls: &str, server: &str, server_tls: &str) -> String {
+    format!(
+        "# The mesh floor, {role}: a pure L4 byte relay (mode tcp), one thread.\n\
+         global\n  nbthread 1\n  maxconn 4096\n\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend relay\n  bind {bind}{bind_tls}\n  default_backend next\n\n\
+         backend next\n  server next {server}{server_tls}\n"
+    )
+}
+
+/// A test CA and two ECDSA P-256 certificates signed by it (relay B's as a server, relay A's
+/// as a client), each written with its key as HAProxy wants them, in `dir`: ca.crt,
+/// relay-a.pem, relay-b.pem.
+fn floor_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(dir).output().context("openssl")?;
+        if !out.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=weft-bench-floor-ca", "-days", "2"]);
+    openssl(&ca)?;
+    for (name, usage) in [("relay-b", "serverAuth"), ("relay-a", "clientAuth")] {
+        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        let mut request = vec!["req"];
+        request.extend(ec);
+        request.extend(["-keyout", &key, "-out", &csr, "-subj"]);
+        let subject = format!("/CN={name}");
+        request.push(&subject);
+        openssl(&request)?;
+        let extensions = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&extensions),
+            format!("subjectAltName=DNS:{name}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extensions,
+        ])?;
+        let pem = std::fs::read_to_string(dir.join(&crt))? + &std::fs::read_to_string(dir.join(&key))?;
+        std::fs::write(dir.join(format!("{name}.pem")), pem)?;
+    }
+    Ok(())
+}
+
+impl Relays {
+    /// Relay A in node A, relay B in node B, to `server`'s app on :8080; TLS 1.3 between them
+    /// when `tls` (each verifies the other's certificate against the test CA, and relay A
+    /// checks relay B's name).
+    fn start(shop: &Shop<'_>, server: &Pod<'_>, tls: bool) -> anyhow::Result<Relays> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display().to_string();
+        let (bind_b, server_a) = if tls {
+            floor_certificates(dir.path())?;
+            (
+                format!(" ssl crt {d}/relay-b.pem ca-file {d}/ca.crt verify required ssl-min-ver TLSv1.3"),
+                format!(
+                    " ssl crt {d}/relay-a.pem ca-file {d}/ca.crt verify required verifyhost relay-b sni str(relay-b) ssl-min-ver TLSv1.3"
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        // Node B's end of the link between the nodes (testbed::cni::link).
+        let (port_a, port_b) = RELAY_PORTS[usize::from(tls)];
+        let link_b = SocketAddr::from(([10, 98, 0, 2], port_b));
+        let entry = SocketAddr::new(gateway_of(&shop.client)?, port_a);
+        let configs = [
+            (
+                "relay-a",
+                &shop.lab.a.netns,
+                relay_conf("relay A (node A)", &format!("{entry}"), "", &link_b.to_string(), &server_a),
+            ),
+            (
+                "relay-b",
+                &shop.lab.b.netns,
+                relay_conf(
+                    "relay B (node B)",
+                    &format!("0.0.0.0:{port_b}"),
+                    &bind_b,
+                    &server.addr(8080).to_string(),
+                    "",
+                ),
+            ),
+        ];
+        let haproxy = crate::measure::which("haproxy")?;
+        let mut procs = Vec::new();
+        for (name, netns, config) in configs {
+            let file = dir.path().join(format!("{name}.cfg"));
+            std::fs::write(&file, config)?;
+            let mut command = netns.command(&haproxy);
+            command.arg("-db").arg("-f").arg(&file);
+            procs.push(spawn(
+                if name == "relay-a" { "haproxy relay A" } else { "haproxy relay B" },
+                command,
+                dir.path(),
+            )?);
+        }
+        let relays = Relays { procs, entry, node_b: gateway_of(server)?, _dir: dir };
+        relays.wait_ready(shop, if tls { FLOOR_TLS } else { FLOOR_PLAIN })?;
+        Ok(relays)
+    }
+
+    /// Until a request from the client reaches the server's app through both relays: the app
+    /// sees it come from node B (relay B), not from the client.
+    fn wait_ready(&self, shop: &Shop<'_>, name: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            match testbed::http::get_once(&shop.client.path(), self.entry, "floor") {
+                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.node_b) => {
+                    println!("==> {name} ready: client → {} → relay B → legacy", self.entry);
+                    return Ok(());
+                }
+                Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
+                Err(error) => last = error.to_string(),
+            }
+            for proc in &self.procs {
+                if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
+                    bail!("{} exited:\n{}", proc.name, proc.log_tail());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
+        bail!("{name}: no request crossed both relays in 30 s ({last})\n{}", logs.join("\n"))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}
+
 /// The demo lab with the shop published: meshed `frontend` and unmeshed `client` on node A;
 /// meshed `v1` (and `v2`) and unmeshed `legacy` on node B, each serving HTTP on :8080 and gRPC
 /// ([`GrpcEcho`]) on [`shop::GRPC_PORT`].
@@ -365,6 +548,14 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     if let Some(z) = &ztunnel {
         http.push((ZTUNNEL_HTTP, z.client.path(), z.server.addr(8080), z.pids()));
         grpc_paths.push((ZTUNNEL_GRPC, z.client.path(), z.server.addr(shop::GRPC_PORT), z.pids()));
+    }
+    // The floors (HTTP only): last in each repeat, interleaved with the mesh paths.
+    let floors = [
+        Relays::start(shop, &shop.legacy, false).context(FLOOR_PLAIN)?,
+        Relays::start(shop, &shop.legacy, true).context(FLOOR_TLS)?,
+    ];
+    for (name, relays) in [FLOOR_PLAIN, FLOOR_TLS].into_iter().zip(&floors) {
+        http.push((name, shop.client.path(), relays.entry, relays.pids()));
     }
     let new = |paths: &[(&'static str, PathBuf, SocketAddr, Vec<u32>)], n: usize| -> Vec<Series> {
         paths
@@ -539,7 +730,11 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
                 100.0 * system / (user + system).max(f64::MIN_POSITIVE)
             )?;
             // The targets are Weft's: a peer's row has none.
-            if i > 0 && rate == TARGET_RATE && !path.name.contains("ztunnel") {
+            if i > 0
+                && rate == TARGET_RATE
+                && !path.name.contains("ztunnel")
+                && !path.name.starts_with("floor")
+            {
                 let added = p99 - base_p99;
                 // Two proxies carry each request (one per node): the target is per proxy.
                 let per_proxy_per_1k = median(&point.proxy_cpu) / 2.0 / (f64::from(rate) / 1000.0);
@@ -554,6 +749,19 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         Ok(())
     };
     table(&results.http, at, TARGET_RATE, &mut md)?;
+    if results.http.iter().any(|p| p.name.starts_with("floor")) {
+        writeln!(
+            md,
+            "\nThe `floor` rows are references, not peers: two HAProxy processes in `mode tcp` (one thread\n\
+             each, no HTTP parsing, no redirection) where the node proxies sit: the unmeshed client dials\n\
+             relay A on node A's pod-network address, relay A relays over the link to relay B on node B,\n\
+             relay B to the legacy pod; between the relays plain TCP, or TLS 1.3 with both peers'\n\
+             certificates verified against a test CA (ECDSA P-256, made with openssl for the run). Their\n\
+             CPU columns are both relays' (the weft-proxies are idle then). What they add to direct is\n\
+             what any user-space mesh hop pays on this machine (four more socket hops, two processes woken\n\
+             per request); a mesh path's cost above the matching floor is what its own work costs."
+        )?;
+    }
     writeln!(
         md,
         "\n## gRPC at {GRPC_RATE} calls/s\n\n\

@@ -134,9 +134,15 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
             // Both node proxies carry every request: per proxy, half of their sum.
             // A peer's row (ztunnel) is named as such: the targets below are weft-proxy's.
             let path = text(&point["path"]);
-            let proxy = if path.contains("ztunnel") { "ztunnel" } else { "weft-proxy" };
+            let (proxy, role) = if is_floor(point) {
+                ("haproxy", "mesh floor relay (not a peer)")
+            } else if path.contains("ztunnel") {
+                ("ztunnel", "mesh node proxy")
+            } else {
+                ("weft-proxy", "mesh node proxy")
+            };
             rows.push(json!({
-                "proxy": format!("{proxy} ({path})"), "role": "mesh node proxy",
+                "proxy": format!("{proxy} ({path})"), "role": role,
                 "idle_rss_kb": Value::Null, "rss_at_1k_kb": Value::Null,
                 "cpu_per_1k_rps": med(&point["proxy_cpu_cores"]) / 2.0 / (rate / 1000.0),
             }));
