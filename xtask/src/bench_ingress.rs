@@ -42,8 +42,8 @@ use testbed::load::constant_rate;
 
 use crate::bench::Plan;
 use crate::measure::{
-    CpuTimes, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load, free_port, is_root,
-    median, number_after, on_path, spawn, spread, status_field, uptime, verdict, version, which,
+    CpuTimes, IdleSettings, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load, free_port,
+    is_root, median, number_after, on_path, spawn, spread, status_field, uptime, verdict, version, which,
 };
 
 /// The open-loop rates and the keep-alive connections each is spread over (a pool of clients,
@@ -911,6 +911,12 @@ impl Report<'_> {
             }
         )?;
 
+        let idle = IdleSettings::read();
+        md.push_str(&idle.paragraph(&format!(
+            "The `{FLOOR}` row (HAProxy relaying bytes, no HTTP parsing, on the\n\
+             proxies' core; below) measures"
+        )));
+        md.push('\n');
         let direct = &self.results[0];
         writeln!(
             md,
@@ -1145,6 +1151,7 @@ impl Report<'_> {
             "pinned": self.pinning.enabled, "quick": self.plan.quick, "repeats": repeats, "run_seconds": run_seconds,
             "wrk_args": wrk_args(self.plan), "h2load_args": h2load_args(self.plan),
             "paths": json_paths, "weft_over_haproxy_per_core": ratio,
+            "idle_settings": idle.line(), "cpu_accounting": idle.accounting,
         });
         self.plan.save("ingress", &md, &report)
     }

@@ -64,7 +64,9 @@ use testbed::shop;
 
 use crate::bench::{Binaries, Plan};
 use crate::demo_mesh::Lab;
-use crate::measure::{CpuTimes, Proc, RunInfo, as_f64, cpu_times, median, spawn, spread, uptime, verdict};
+use crate::measure::{
+    CpuTimes, IdleSettings, Proc, RunInfo, as_f64, cpu_times, median, spawn, spread, uptime, verdict,
+};
 
 /// The HTTP/1.1 load points, requests/s. 1k is the point the targets and the resources table
 /// read.
@@ -685,12 +687,13 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
     let (repeats, run_seconds) = (plan.repeats(), plan.run().as_secs());
     let at = RATES.iter().position(|r| *r == TARGET_RATE).unwrap_or(0);
     let mut md = format!("# Mesh hop: latency\n\n{}", plan.banner());
+    let idle = IdleSettings::read();
     writeln!(
         md,
         "`cargo xtask bench mesh` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
          Two netns nodes joined by veth; the client on node A, the server on node B; weft-proxy on both nodes\n\
-         (the load generator, both proxies and the servers share the machine's cores).\n\n\
+         (the load generator, both proxies and the servers share the machine's cores).\n\n{}\n\
          ## HTTP/1.1 at {TARGET_RATE} requests/s\n\n\
          Open loop (measured from each request's due time), {} keep-alive connections, {repeats} interleaved\n\
          runs of {run_seconds} s; median of the runs, [min–max]. CPU µs per request per proxy: both proxies'\n\
@@ -700,6 +703,10 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
          | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) | CPU µs/request/proxy, user | CPU µs/request/proxy, kernel | kernel share |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         crate::bench::binaries_note(),
+        idle.paragraph(
+            "The `floor` rows (two HAProxy relays in `mode tcp` where the node proxies sit, plain TCP or\n\
+             TLS 1.3 between them; below) measure"
+        ),
         connections(TARGET_RATE),
         CPU_PER_1K_TARGET * 1000.0
     )?;
@@ -833,7 +840,7 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         "run_seconds": run_seconds, "repeats": repeats,
         "latency": latency, "load_points": load_points,
         "grpc": grpc_points, "grpc_connections": GRPC_CONNECTIONS, "grpc_in_flight_max": GRPC_IN_FLIGHT,
-        "ztunnel": ztunnel_note,
+        "ztunnel": ztunnel_note, "idle_settings": idle.line(), "cpu_accounting": idle.accounting,
     });
     plan.save("mtls", &md, &report)
 }

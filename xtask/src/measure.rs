@@ -224,6 +224,125 @@ pub fn uptime() -> String {
     out.unwrap_or_default()
 }
 
+/// How the machine's idle CPUs wait, read from sysfs and the kernel command line (a bench only
+/// reads them, never changes them), and how the kernel accounts CPU time: both shape what
+/// any proxy's added latency and CPU per request can be here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IdleSettings {
+    /// /sys/devices/system/cpu/cpuidle/current_driver (`haltpoll`, `intel_idle`, …).
+    pub driver: Option<String>,
+    /// /sys/devices/system/cpu/cpuidle/current_governor (or `_ro`).
+    pub governor: Option<String>,
+    /// /sys/module/haltpoll/parameters/guest_halt_poll_ns: how long an idle vCPU polls before
+    /// it halts (and waking it then takes the host).
+    pub guest_halt_poll_ns: Option<String>,
+    /// The kernel command line's idle-related arguments.
+    pub cmdline: Vec<String>,
+    /// From /proc/config.gz: how utime/stime are measured (`tick` or `precise`), and HZ.
+    pub accounting: Option<String>,
+}
+
+impl IdleSettings {
+    pub fn read() -> IdleSettings {
+        let read = |path: &str| {
+            std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+        };
+        let config = Command::new("zcat")
+            .arg("/proc/config.gz")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        IdleSettings {
+            driver: read("/sys/devices/system/cpu/cpuidle/current_driver"),
+            governor: read("/sys/devices/system/cpu/cpuidle/current_governor")
+                .or_else(|| read("/sys/devices/system/cpu/cpuidle/current_governor_ro")),
+            guest_halt_poll_ns: read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+            cmdline: idle_arguments(&read("/proc/cmdline").unwrap_or_default()),
+            accounting: cpu_accounting(&config),
+        }
+    }
+
+    /// An idle vCPU halts at once, with no poll window: every wake-up of an idle process on
+    /// another vCPU goes through the host.
+    pub fn halts_at_once(&self) -> bool {
+        self.driver.as_deref() == Some("haltpoll") && self.guest_halt_poll_ns.as_deref() == Some("0")
+    }
+
+    /// One line for a report's header.
+    pub fn line(&self) -> String {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        let mut line = format!(
+            "cpuidle driver `{}`, governor `{}`",
+            or_unknown(&self.driver),
+            or_unknown(&self.governor)
+        );
+        if let Some(ns) = &self.guest_halt_poll_ns {
+            line.push_str(&format!(", guest_halt_poll_ns `{ns}`"));
+        }
+        if !self.cmdline.is_empty() {
+            line.push_str(&format!(" (kernel command line: `{}`)", self.cmdline.join(" ")));
+        }
+        if let Some(accounting) = &self.accounting {
+            line.push_str(&format!("; CPU time accounting: {accounting}"));
+        }
+        line
+    }
+
+    /// The header paragraph of a report with floor rows: the idle settings, and what the
+    /// floors measure (`floors`: their description, with its verb, e.g. "The floor rows measure").
+    pub fn paragraph(&self, floors: &str) -> String {
+        let wake = if self.halts_at_once() {
+            "Idle vCPUs halt at once here (no poll window), so a request that finds a proxy idle on\n\
+             another vCPU pays for waking it through the host: at 1k req/s nearly every request does, at\n\
+             max load few do. "
+        } else {
+            ""
+        };
+        let split = if self.accounting.as_deref().is_some_and(|a| a.starts_with("tick")) {
+            "\n\nThe user/kernel split of CPU time comes from /proc/<pid>/stat, where this kernel divides a\n\
+             process's exact run time by where its timer-tick samples landed (and reports it in 10 ms\n\
+             units): on a busy core (ingress max tables) the split is sound; at 1k req/s a proxy runs in\n\
+             bursts of tens of µs, mostly between ticks, so there it is a rough estimate (the sum stays\n\
+             exact)."
+        } else {
+            ""
+        };
+        format!(
+            "CPU idle settings (read from sysfs, never changed): {}.\n\n{wake}{floors} the part of the added\n\
+             latency and CPU that any user-space proxy pays on this machine, whatever its code does; what a\n\
+             proxy adds above its floor is what its own work costs.{split}\n",
+            self.line()
+        )
+    }
+}
+
+/// The idle-related arguments of a kernel command line.
+fn idle_arguments(cmdline: &str) -> Vec<String> {
+    const PREFIXES: [&str; 6] =
+        ["haltpoll.", "cpuidle_haltpoll.", "cpuidle.", "idle=", "intel_idle.", "processor.max_cstate"];
+    cmdline
+        .split_whitespace()
+        .take_while(|arg| *arg != "--")
+        .filter(|arg| PREFIXES.iter().any(|p| arg.starts_with(p)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How the kernel measures utime/stime, from its config: `tick (HZ 250)` when it samples
+/// them at the timer tick, `precise` when it accounts every user/kernel transition.
+fn cpu_accounting(config: &str) -> Option<String> {
+    let set = |option: &str| config.lines().any(|l| l.trim() == format!("{option}=y"));
+    let hz = config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")).map(str::trim);
+    let hz = hz.map(|hz| format!(" (HZ {hz})")).unwrap_or_default();
+    if set("CONFIG_VIRT_CPU_ACCOUNTING_GEN") || set("CONFIG_VIRT_CPU_ACCOUNTING_NATIVE") {
+        Some("precise".into())
+    } else if set("CONFIG_TICK_CPU_ACCOUNTING") {
+        Some(format!("tick{hz}"))
+    } else {
+        None
+    }
+}
+
 /// Finds a number right after `marker` in `text`.
 pub fn number_after(text: &str, marker: &str) -> Option<f64> {
     let rest = &text[text.find(marker)? + marker.len()..];
@@ -359,5 +478,47 @@ mod tests {
         assert!(times.total() > 0.0, "{times:?}");
         let total = cpu_seconds(std::process::id());
         assert!(total >= times.total(), "{total} < {times:?}");
+    }
+
+    /// This VM's settings: haltpoll with no poll window halts at once; the line names them and
+    /// the command line's idle arguments, not the rest of it.
+    #[test]
+    fn idle_settings_line_and_halts_at_once() {
+        let cmdline = "console=ttyS0 quiet cpuidle_haltpoll.force=1 haltpoll.guest_halt_poll_ns=0 sched_vcpu_pack=15 \
+                       rdinit=/init -- --addr 0.0.0.0:2024 idle=poll";
+        let settings = IdleSettings {
+            driver: Some("haltpoll".into()),
+            governor: Some("haltpoll".into()),
+            guest_halt_poll_ns: Some("0".into()),
+            cmdline: idle_arguments(cmdline),
+            accounting: cpu_accounting(
+                "# CONFIG_VIRT_CPU_ACCOUNTING_GEN is not set\nCONFIG_TICK_CPU_ACCOUNTING=y\nCONFIG_HZ=250\n",
+            ),
+        };
+        assert!(settings.halts_at_once());
+        assert_eq!(
+            settings.line(),
+            "cpuidle driver `haltpoll`, governor `haltpoll`, guest_halt_poll_ns `0` (kernel command line: \
+             `cpuidle_haltpoll.force=1 haltpoll.guest_halt_poll_ns=0`); CPU time accounting: tick (HZ 250)"
+        );
+        let paragraph = settings.paragraph("The floor rows measure");
+        assert!(paragraph.contains("halt at once") && paragraph.contains("rough estimate"), "{paragraph}");
+
+        let polling = IdleSettings { guest_halt_poll_ns: Some("200000".into()), ..settings.clone() };
+        assert!(!polling.halts_at_once());
+        assert!(!polling.paragraph("The floor rows measure").contains("halt at once"));
+        let bare = IdleSettings::default();
+        assert!(!bare.halts_at_once());
+        assert_eq!(bare.line(), "cpuidle driver `unknown`, governor `unknown`");
+    }
+
+    #[test]
+    fn cpu_accounting_from_the_kernel_config() {
+        assert_eq!(
+            cpu_accounting("CONFIG_VIRT_CPU_ACCOUNTING_GEN=y\nCONFIG_HZ=1000\n").as_deref(),
+            Some("precise")
+        );
+        assert_eq!(cpu_accounting("CONFIG_TICK_CPU_ACCOUNTING=y\n").as_deref(), Some("tick"));
+        assert_eq!(cpu_accounting(""), None);
     }
 }
