@@ -250,6 +250,9 @@ struct Relays {
     entry: SocketAddr,
     /// Node B's address on its pod network: where relay B's connections to the pod come from.
     node_b: std::net::IpAddr,
+    /// Each relay's configuration file name and text (the temp dir written `$DIR`), for the
+    /// report.
+    configs: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -374,9 +377,12 @@ impl Relays {
         ];
         let haproxy = crate::measure::which("haproxy")?;
         let mut procs = Vec::new();
+        let mut texts = Vec::new();
         for (name, netns, config) in configs {
             let file = dir.path().join(format!("{name}.cfg"));
-            std::fs::write(&file, config)?;
+            std::fs::write(&file, &config)?;
+            let floor = if tls { "TLS floor" } else { "plain floor" };
+            texts.push((format!("{floor}, $DIR/{name}.cfg"), config.replace(&d, "$DIR")));
             let mut command = netns.command(&haproxy);
             command.arg("-db").arg("-f").arg(&file);
             procs.push(spawn(
@@ -385,7 +391,7 @@ impl Relays {
                 dir.path(),
             )?);
         }
-        let relays = Relays { procs, entry, node_b: gateway_of(server)?, _dir: dir };
+        let relays = Relays { procs, entry, node_b: gateway_of(server)?, configs: texts, _dir: dir };
         relays.wait_ready(shop, if tls { FLOOR_TLS } else { FLOOR_PLAIN })?;
         Ok(relays)
     }
@@ -503,6 +509,8 @@ struct Results {
     grpc: Vec<Series>,
     /// The ztunnel binary measured, if any.
     ztunnel: Option<String>,
+    /// The floors' relay configurations (file name, text).
+    floor_configs: Vec<(String, String)>,
 }
 
 const ZTUNNEL_HTTP: &str = "ztunnel L4: HBONE by pod address";
@@ -566,6 +574,7 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
             .collect()
     };
     let mut results = Results {
+        floor_configs: floors.iter().flat_map(|f| f.configs.clone()).collect(),
         http: new(&http, RATES.len()),
         grpc: new(&grpc_paths, 1),
         ztunnel: ztunnel.as_ref().map(|_| {
@@ -711,6 +720,8 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         CPU_PER_1K_TARGET * 1000.0
     )?;
     let mut verdicts = Vec::new();
+    // The same measures for the peer (ztunnel) and the floors, without verdicts.
+    let mut references = Vec::new();
     let mut table = |paths: &[Series], r: usize, rate: u32, md: &mut String| -> anyhow::Result<()> {
         let base = &paths[0].points[r];
         let (base_p50, base_p99) = (median(&as_f64(&base.p50)), median(&as_f64(&base.p99)));
@@ -750,6 +761,16 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
                     path.name,
                     verdict(added <= ADDED_P99_TARGET_US),
                     verdict(per_proxy_per_1k <= CPU_PER_1K_TARGET)
+                ));
+            } else if i > 0 && rate == TARGET_RATE {
+                let per_process_per_1k = median(&point.proxy_cpu) / 2.0 / (f64::from(rate) / 1000.0);
+                let each = if path.name.starts_with("floor") { "relay" } else { "proxy" };
+                references.push(format!(
+                    "- {}: added p50 {:+.0} µs, added p99 {:+.0} µs; CPU {per_process_per_1k:.3} cores per 1k req/s per {each} \
+                     ({user:.1} µs user + {system:.1} µs kernel per request per {each}).",
+                    path.name,
+                    p50 - base_p50,
+                    p99 - base_p99,
                 ));
             }
         }
@@ -802,6 +823,13 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         writeln!(md, "| {} | {} |", path.name, cells.join(" | "))?;
     }
     writeln!(md, "\n## Targets (issue 9)\n\n{}\n", verdicts.join("\n"))?;
+    if !references.is_empty() {
+        writeln!(
+            md,
+            "## Peer and floors at {TARGET_RATE} req/s (no targets: the same measures, to compare)\n\n{}\n",
+            references.join("\n")
+        )?;
+    }
     let ztunnel_note = match &results.ztunnel {
         Some(bin) => format!(
             "ztunnel rows: `{bin}` (ZTUNNEL_BIN) in dedicated mode, one in each of two more unmeshed pods\n\
@@ -814,8 +842,21 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         md,
         "{ztunnel_note}\n\n\
          Tunnel throughput (iperf3, 1 and 8 connections): `cargo xtask bench tcp`, [tcp.md](tcp.md).\n\n\
-         Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins)."
+         Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins haproxy)."
     )?;
+    if !results.floor_configs.is_empty() {
+        writeln!(
+            md,
+            "\n## Floor relays' configurations (generated)\n\n\
+             `haproxy -db -f $DIR/<relay>.cfg` (each floor its own `$DIR`), relay A in node A's netns, relay B in\n\
+             node B's; the TLS\n\
+             floor's certificates: `openssl req -x509 -newkey ec` (P-256) for the CA, one certificate each for\n\
+             relay-b (serverAuth, DNS:relay-b) and relay-a (clientAuth), each `.pem` its certificate and key.\n"
+        )?;
+        for (name, text) in &results.floor_configs {
+            writeln!(md, "`{name}`:\n\n```\n{text}```\n")?;
+        }
+    }
     let point_json = |path: &Series, rate: u32, point: &Point| {
         json!({
             "path": path.name, "rate_rps": rate, "p50_us": point.p50, "p99_us": point.p99,
