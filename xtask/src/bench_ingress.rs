@@ -42,8 +42,9 @@ use testbed::load::constant_rate;
 
 use crate::bench::Plan;
 use crate::measure::{
-    CpuTimes, IdleSettings, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load, free_port,
-    is_root, median, number_after, on_path, spawn, spread, status_field, uptime, verdict, version, which,
+    CpuTimes, IdleSettings, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load,
+    free_ports, is_root, median, number_after, on_path, spawn, spread, status_field, uptime, verdict,
+    version, which,
 };
 
 /// The open-loop rates and the keep-alive connections each is spread over (a pool of clients,
@@ -434,19 +435,34 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let dir_path = dir.path();
+    // All picked at once, so no two are the same port.
+    let [
+        backend_port,
+        weft_port,
+        weft_admin_port,
+        nginx_port,
+        nginx_h2_port,
+        haproxy_port,
+        haproxy_h2_port,
+        grpc_backend_port,
+        weft_grpc_port,
+        nginx_grpc_port,
+        haproxy_grpc_port,
+        haproxy_tcp_port,
+    ] = free_ports()?;
     let ports = Ports {
-        backend: free_port()?,
-        weft: free_port()?,
-        weft_admin: free_port()?,
-        nginx: free_port()?,
-        nginx_h2: free_port()?,
-        haproxy: free_port()?,
-        haproxy_h2: free_port()?,
-        grpc_backend: free_port()?,
-        weft_grpc: free_port()?,
-        nginx_grpc: free_port()?,
-        haproxy_grpc: free_port()?,
-        haproxy_tcp: free_port()?,
+        backend: backend_port,
+        weft: weft_port,
+        weft_admin: weft_admin_port,
+        nginx: nginx_port,
+        nginx_h2: nginx_h2_port,
+        haproxy: haproxy_port,
+        haproxy_h2: haproxy_h2_port,
+        grpc_backend: grpc_backend_port,
+        weft_grpc: weft_grpc_port,
+        nginx_grpc: nginx_grpc_port,
+        haproxy_grpc: haproxy_grpc_port,
+        haproxy_tcp: haproxy_tcp_port,
     };
     // The gRPC backend: a tonic echo on its own thread and runtime in this process (so on
     // core 0, with the load tools and the HTTP backend).

@@ -205,6 +205,19 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` free loopback ports, all different: each is held bound until all are picked (one at a
+/// time, the kernel may hand the port it just freed out again, and two servers of one run
+/// would then be configured on the same port).
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
@@ -510,6 +523,14 @@ mod tests {
         let bare = IdleSettings::default();
         assert!(!bare.halts_at_once());
         assert_eq!(bare.line(), "cpuidle driver `unknown`, governor `unknown`");
+    }
+
+    #[test]
+    fn free_ports_are_all_different() {
+        let ports = free_ports::<32>().expect("ports");
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
     }
 
     #[test]
