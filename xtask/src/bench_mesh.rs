@@ -849,9 +849,9 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
             md,
             "\n## Floor relays' configurations (generated)\n\n\
              `haproxy -db -f $DIR/<relay>.cfg` (each floor its own `$DIR`), relay A in node A's netns, relay B in\n\
-             node B's; the TLS\n\
-             floor's certificates: `openssl req -x509 -newkey ec` (P-256) for the CA, one certificate each for\n\
-             relay-b (serverAuth, DNS:relay-b) and relay-a (clientAuth), each `.pem` its certificate and key.\n"
+             node B's; the TLS floor's certificates: `openssl req -x509 -newkey ec` (P-256) for the CA, one\n\
+             certificate each for relay-b (serverAuth, DNS:relay-b) and relay-a (clientAuth), each `.pem` its\n\
+             certificate and key.\n"
         )?;
         for (name, text) in &results.floor_configs {
             writeln!(md, "`{name}`:\n\n```\n{text}```\n")?;
