@@ -42,8 +42,9 @@ use testbed::load::constant_rate;
 
 use crate::bench::Plan;
 use crate::measure::{
-    Proc, RssSampler, RunInfo, as_f64, cpu_seconds, first_load, free_port, is_root, median, number_after,
-    on_path, spawn, spread, status_field, uptime, verdict, version, which,
+    CpuTimes, IdleSettings, Proc, RssSampler, RunInfo, as_f64, cpu_seconds, cpu_times, first_load,
+    free_ports, is_root, median, number_after, on_path, spawn, spread, status_field, uptime, verdict,
+    version, which,
 };
 
 /// The open-loop rates and the keep-alive connections each is spread over (a pool of clients,
@@ -128,11 +129,19 @@ struct Setup {
     http1: SocketAddr,
     /// An h2c (prior knowledge) listener, where the path has one.
     h2: Option<SocketAddr>,
-    /// Where gRPC calls go (h2c): the echo itself, or the proxy's listener in front of it.
-    grpc: SocketAddr,
+    /// Where gRPC calls go (h2c): the echo itself, or the proxy's listener in front of it;
+    /// none for the floor (HTTP/1.1 only).
+    grpc: Option<SocketAddr>,
     /// The proxy's process (none for direct).
     proxy: Option<u32>,
+    /// A reference path, not a peer: the cheapest user-space relay ([`FLOOR`]).
+    floor: bool,
 }
+
+/// The floor path: HAProxy in `mode tcp`, a byte relay that parses no HTTP. What it adds to
+/// direct is what any user-space proxy on this machine pays at least (two more socket hops,
+/// the wake-ups of a process on another core), whatever its code does.
+const FLOOR: &str = "floor: haproxy mode tcp";
 
 #[derive(Default)]
 struct Latency {
@@ -155,6 +164,10 @@ struct Throughput {
     /// wrk's latency percentiles (closed loop, µs), one a run; none from h2load.
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
+    /// The proxy's CPU µs per request in its own code (user) and in the kernel on its behalf
+    /// (system), one a run.
+    user_us_per_request: Vec<f64>,
+    system_us_per_request: Vec<f64>,
 }
 
 /// The gRPC runs of one path: open loop at [`GRPC_RATE`], and closed-loop max.
@@ -219,6 +232,8 @@ struct Ports {
     weft_grpc: u16,
     nginx_grpc: u16,
     haproxy_grpc: u16,
+    /// The floor's relay (HAProxy, mode tcp).
+    haproxy_tcp: u16,
 }
 
 fn backend_conf(dir: &Path, port: u16) -> String {
@@ -266,6 +281,18 @@ fn haproxy_conf(ports: &Ports) -> String {
     )
 }
 
+fn haproxy_tcp_conf(ports: &Ports) -> String {
+    let (port, backend) = (ports.haproxy_tcp, ports.backend);
+    format!(
+        "# The floor, not a peer: HAProxy as a pure L4 byte relay (mode tcp: no HTTP parsing), one\n\
+         # thread, each client connection relayed on a connection of its own to the same backend.\n\
+         global\n  nbthread 1\n  maxconn 4096\n\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend relay\n  bind 127.0.0.1:{port}\n  default_backend app\n\n\
+         backend app\n  server app 127.0.0.1:{backend}\n"
+    )
+}
+
 fn weft_manifests(ports: &Ports) -> String {
     let (port, backend) = (ports.weft, ports.backend);
     let (grpc, grpc_backend) = (ports.weft_grpc, ports.grpc_backend);
@@ -305,7 +332,8 @@ struct MaxRun {
     rps: f64,
     requests: f64,
     errors: u64,
-    cpu_seconds: f64,
+    /// The proxy's CPU time during the run.
+    cpu: CpuTimes,
     wall: f64,
     peak_rss_kb: u64,
     /// wrk's p50 and p99 (µs), when the program is wrk.
@@ -316,11 +344,11 @@ fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>)
     let mut command = pinning.command(Pinning::LOAD_CORE, Path::new(program));
     command.args(args);
     let sampler = RssSampler::start(proxy);
-    let before = proxy.map_or(0.0, cpu_seconds);
+    let before = proxy.map_or_else(CpuTimes::default, cpu_times);
     let started = Instant::now();
     let out = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {program}"))?;
     let wall = started.elapsed().as_secs_f64();
-    let cpu = proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
+    let cpu = proxy.map_or_else(CpuTimes::default, |pid| cpu_times(pid) - before);
     let peak_rss_kb = sampler.finish();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
@@ -347,7 +375,7 @@ fn max_run(pinning: Pinning, program: &str, args: &[String], proxy: Option<u32>)
         bail!("cannot read {program}'s output:\n{text}");
     };
     let latency = wrk_percentile(&text, "50%").zip(wrk_percentile(&text, "99%"));
-    Ok(MaxRun { rps, requests, errors, cpu_seconds: cpu, wall, peak_rss_kb, latency })
+    Ok(MaxRun { rps, requests, errors, cpu, wall, peak_rss_kb, latency })
 }
 
 /// A line of wrk's `Latency Distribution` (`     99%    1.23ms`) in µs.
@@ -407,18 +435,34 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let dir_path = dir.path();
+    // All picked at once, so no two are the same port.
+    let [
+        backend_port,
+        weft_port,
+        weft_admin_port,
+        nginx_port,
+        nginx_h2_port,
+        haproxy_port,
+        haproxy_h2_port,
+        grpc_backend_port,
+        weft_grpc_port,
+        nginx_grpc_port,
+        haproxy_grpc_port,
+        haproxy_tcp_port,
+    ] = free_ports()?;
     let ports = Ports {
-        backend: free_port()?,
-        weft: free_port()?,
-        weft_admin: free_port()?,
-        nginx: free_port()?,
-        nginx_h2: free_port()?,
-        haproxy: free_port()?,
-        haproxy_h2: free_port()?,
-        grpc_backend: free_port()?,
-        weft_grpc: free_port()?,
-        nginx_grpc: free_port()?,
-        haproxy_grpc: free_port()?,
+        backend: backend_port,
+        weft: weft_port,
+        weft_admin: weft_admin_port,
+        nginx: nginx_port,
+        nginx_h2: nginx_h2_port,
+        haproxy: haproxy_port,
+        haproxy_h2: haproxy_h2_port,
+        grpc_backend: grpc_backend_port,
+        weft_grpc: weft_grpc_port,
+        nginx_grpc: nginx_grpc_port,
+        haproxy_grpc: haproxy_grpc_port,
+        haproxy_tcp: haproxy_tcp_port,
     };
     // The gRPC backend: a tonic echo on its own thread and runtime in this process (so on
     // core 0, with the load tools and the HTTP backend).
@@ -428,6 +472,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         ("backend.conf", backend_conf(dir_path, ports.backend)),
         ("nginx.conf", nginx_conf(dir_path, &ports)),
         ("haproxy.cfg", haproxy_conf(&ports)),
+        ("haproxy-tcp.cfg", haproxy_tcp_conf(&ports)),
         ("manifests/bench.yaml", weft_manifests(&ports)),
     ];
     std::fs::create_dir_all(dir_path.join("manifests"))?;
@@ -471,44 +516,69 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
     commands.push(format!("{}haproxy -db -f $DIR/haproxy.cfg", pin(Pinning::PROXY_CORE)));
     let haproxy_proc = spawn("haproxy", haproxy_cmd, dir_path)?;
 
+    let mut floor_cmd = pinning.command(Pinning::PROXY_CORE, &which("haproxy")?);
+    floor_cmd.arg("-db").arg("-f").arg(dir_path.join("haproxy-tcp.cfg"));
+    commands.push(format!("{}haproxy -db -f $DIR/haproxy-tcp.cfg", pin(Pinning::PROXY_CORE)));
+    let floor_proc = spawn("haproxy-tcp", floor_cmd, dir_path)?;
+
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let paths = [
-        Setup { name: "direct", http1: local(ports.backend), h2: None, grpc: echo.addr, proxy: None },
+        Setup {
+            name: "direct",
+            http1: local(ports.backend),
+            h2: None,
+            grpc: Some(echo.addr),
+            proxy: None,
+            floor: false,
+        },
         Setup {
             name: "weft-proxy",
             http1: local(ports.weft),
             h2: Some(local(ports.weft)),
-            grpc: local(ports.weft_grpc),
+            grpc: Some(local(ports.weft_grpc)),
             proxy: Some(weft_proc.pid()),
+            floor: false,
         },
         Setup {
             name: "nginx",
             http1: local(ports.nginx),
             h2: Some(local(ports.nginx_h2)),
-            grpc: local(ports.nginx_grpc),
+            grpc: Some(local(ports.nginx_grpc)),
             proxy: Some(nginx_proc.pid()),
+            floor: false,
         },
         Setup {
             name: "haproxy",
             http1: local(ports.haproxy),
             h2: Some(local(ports.haproxy_h2)),
-            grpc: local(ports.haproxy_grpc),
+            grpc: Some(local(ports.haproxy_grpc)),
             proxy: Some(haproxy_proc.pid()),
+            floor: false,
+        },
+        // Last, so each repeat runs direct, weft-proxy, nginx, HAProxy, then the floor.
+        Setup {
+            name: FLOOR,
+            http1: local(ports.haproxy_tcp),
+            h2: None,
+            grpc: None,
+            proxy: Some(floor_proc.pid()),
+            floor: true,
         },
     ];
-    let procs = [&backend, &weft_proc, &nginx_proc, &haproxy_proc];
+    let procs = [&backend, &weft_proc, &nginx_proc, &haproxy_proc, &floor_proc];
     for (path, proc) in paths.iter().zip(procs) {
         wait_ready(path.http1, Some(proc))?;
         wait_grpc_ready(path, Some(proc))?;
     }
     println!(
-        "==> backend (nginx) on {}, weft-proxy on {}, nginx on {} (h2c {}), haproxy on {} (h2c {}); pinned: {}",
+        "==> backend (nginx) on {}, weft-proxy on {}, nginx on {} (h2c {}), haproxy on {} (h2c {}), floor (haproxy mode tcp) on {}; pinned: {}",
         ports.backend,
         ports.weft,
         ports.nginx,
         ports.nginx_h2,
         ports.haproxy,
         ports.haproxy_h2,
+        ports.haproxy_tcp,
         if pinning.enabled {
             "proxies on core 1, load generators and backend on core 0"
         } else {
@@ -532,8 +602,10 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         let url = format!("http://{}{PATH}", path.http1);
         let args: Vec<String> = ["-t1", "-c32", "-d1s", &url].iter().map(|s| s.to_string()).collect();
         max_run(pinning, "wrk", &args, path.proxy).with_context(|| format!("warm-up of {}", path.name))?;
-        grpc::load(None, &grpc_load(path.grpc, None, Duration::from_secs(1)))
-            .with_context(|| format!("gRPC warm-up of {}", path.name))?;
+        if let Some(grpc) = path.grpc {
+            grpc::load(None, &grpc_load(grpc, None, Duration::from_secs(1)))
+                .with_context(|| format!("gRPC warm-up of {}", path.name))?;
+        }
     }
 
     let self_netns = Path::new("/proc/self/ns/net");
@@ -597,7 +669,7 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
                     repeat + 1,
                     path.name,
                     run.rps,
-                    run.cpu_seconds / run.wall,
+                    run.cpu.total() / run.wall,
                     run.errors
                 );
             }
@@ -630,18 +702,19 @@ pub fn run(weft: &Path, plan: Plan) -> anyhow::Result<()> {
         dir: dir_path.display().to_string(),
     };
     report.write(&load_before, &load_after)?;
-    drop((backend, weft_proc, nginx_proc, haproxy_proc, echo));
+    drop((backend, weft_proc, nginx_proc, haproxy_proc, floor_proc, echo));
     Ok(())
 }
 
 /// Waits until a unary call through `path` succeeds.
 fn wait_grpc_ready(path: &Setup, proc: Option<&Proc>) -> anyhow::Result<()> {
+    let Some(addr) = path.grpc else { return Ok(()) };
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
         match grpc::load(
             None,
-            &grpc::Load { connections: 1, ..grpc_load(path.grpc, Some(10), Duration::from_millis(100)) },
+            &grpc::Load { connections: 1, ..grpc_load(addr, Some(10), Duration::from_millis(100)) },
         ) {
             Ok(out) if out.errors() == 0 => return Ok(()),
             Ok(out) => last = format!("failed calls: {:?}", out.by_status),
@@ -650,15 +723,11 @@ fn wait_grpc_ready(path: &Setup, proc: Option<&Proc>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = proc.map(|p| format!("\n{} log:\n{}", p.name, p.log_tail())).unwrap_or_default();
-    bail!(
-        "{} did not answer gRPC {} on {} in {READY_TIMEOUT:?} ({last}){log}",
-        path.name,
-        grpc::METHOD,
-        path.grpc
-    )
+    bail!("{} did not answer gRPC {} on {} in {READY_TIMEOUT:?} ({last}){log}", path.name, grpc::METHOD, addr)
 }
 
-/// One gRPC run through `path`: open loop at `rate`, or closed-loop max without one.
+/// One gRPC run through `path` (none for a path without gRPC): open loop at `rate`, or
+/// closed-loop max without one.
 fn grpc_point(
     path: &Setup,
     into: &mut Grpc,
@@ -666,11 +735,13 @@ fn grpc_point(
     run_for: Duration,
     repeat: usize,
 ) -> anyhow::Result<()> {
+    let Some(addr) = path.grpc else { return Ok(()) };
     let sampler = RssSampler::start(path.proxy);
-    let before = path.proxy.map_or(0.0, cpu_seconds);
-    let run = grpc::load(None, &grpc_load(path.grpc, rate, run_for))
+    let before = path.proxy.map_or_else(CpuTimes::default, cpu_times);
+    let run = grpc::load(None, &grpc_load(addr, rate, run_for))
         .with_context(|| format!("gRPC {} at {rate:?} calls/s", path.name))?;
-    let cpu_seconds = path.proxy.map_or(0.0, |pid| cpu_seconds(pid) - before);
+    let cpu = path.proxy.map_or_else(CpuTimes::default, |pid| cpu_times(pid) - before);
+    let cpu_seconds = cpu.total();
     let wall = run.latencies.elapsed.as_secs_f64();
     let peak_rss_kb = sampler.finish();
     let (p50, p99) = (run.percentile(50.0), run.percentile(99.0));
@@ -702,7 +773,7 @@ fn grpc_point(
             rps: run.rps(),
             requests: run.calls as f64,
             errors: run.errors() as u64,
-            cpu_seconds,
+            cpu,
             wall,
             peak_rss_kb,
             latency: Some((p50 as f64, p99 as f64)),
@@ -722,8 +793,11 @@ fn record(into: &mut Throughput, run: &MaxRun, has_proxy: bool) {
         into.p99_us.push(p99);
     }
     if has_proxy {
-        into.cpu.push(run.cpu_seconds / run.wall);
-        into.per_core.push(run.requests / run.cpu_seconds.max(f64::MIN_POSITIVE));
+        into.cpu.push(run.cpu.total() / run.wall);
+        into.per_core.push(run.requests / run.cpu.total().max(f64::MIN_POSITIVE));
+        let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1.0);
+        into.user_us_per_request.push(per_request(run.cpu.user));
+        into.system_us_per_request.push(per_request(run.cpu.system));
     }
 }
 
@@ -767,7 +841,7 @@ impl Report<'_> {
                 format!("{errors} ({})", each.join(", "))
             }
         };
-        for (path, result) in self.paths.iter().zip(self.results) {
+        for (path, result) in self.paths.iter().zip(self.results).filter(|(p, _)| p.grpc.is_some()) {
             let g = &result.grpc;
             let (p50, p99) = (median(&as_f64(&g.latency.p50)), median(&as_f64(&g.latency.p99)));
             let proxied = path.proxy.is_some();
@@ -793,7 +867,7 @@ impl Report<'_> {
             .paths
             .iter()
             .zip(self.results)
-            .filter(|(p, _)| p.proxy.is_some())
+            .filter(|(p, _)| p.proxy.is_some() && p.grpc.is_some())
             .all(|(_, r)| median(&r.grpc.max.cpu) >= 0.9);
         if !saturated {
             writeln!(
@@ -853,6 +927,12 @@ impl Report<'_> {
             }
         )?;
 
+        let idle = IdleSettings::read();
+        md.push_str(&idle.paragraph(&format!(
+            "The `{FLOOR}` row (HAProxy relaying bytes, no HTTP parsing, on the\n\
+             proxies' core; below) measures"
+        )));
+        md.push('\n');
         let direct = &self.results[0];
         writeln!(
             md,
@@ -885,6 +965,15 @@ impl Report<'_> {
                 )?;
             }
         }
+        writeln!(
+            md,
+            "\n`{FLOOR}` is a reference path, not a peer: HAProxy in `mode tcp` relays the bytes of each\n\
+             client connection to the backend without parsing HTTP (one thread, the same core, backend and\n\
+             keep-alive client connections as the proxies). Its added latency is what the cheapest\n\
+             user-space relay pays on this machine (two more socket hops, and waking a process on another\n\
+             core); a proxy's added latency above the floor's is what its HTTP work costs, and no proxy can\n\
+             go below the floor here. It runs last in each repeat, interleaved with the others."
+        )?;
         for (title, pick, command) in [
             ("HTTP/1.1 keep-alive", 0, format!("wrk {}", wrk_args(self.plan).join(" "))),
             ("h2c (prior knowledge)", 1, format!("h2load {}", h2load_args(self.plan).join(" "))),
@@ -892,22 +981,33 @@ impl Report<'_> {
             writeln!(
                 md,
                 "\n## Max requests/s, {title}: `{command}`\n\n{repeats} runs of each path interleaved; median [min–max]. Per proxy core =\n\
-                 requests completed ÷ the proxy's CPU-seconds (user + system, /proc/<pid>/stat) in the run.\n\n\
-                 | path | req/s | proxy CPU (cores) | req/s per proxy core | errors |\n| --- | --- | --- | --- | --- |"
+                 requests completed ÷ the proxy's CPU-seconds (user + system, /proc/<pid>/stat) in the run.\n\
+                 CPU µs per request, split: the proxy's user time (its own code) and system time (the kernel\n\
+                 on its behalf: socket calls, TCP, wake-ups) ÷ requests; the kernel share is system ÷ (user + system).\n\n\
+                 | path | req/s | proxy CPU (cores) | req/s per proxy core | errors | CPU µs/request, user | CPU µs/request, kernel | kernel share |\n\
+                 | --- | --- | --- | --- | --- | --- | --- | --- |"
             )?;
             for (path, result) in self.paths.iter().zip(self.results) {
                 let t = if pick == 0 { &result.http1 } else { &result.h2 };
                 if t.rps.is_empty() {
                     continue;
                 }
-                let (cpu, per_core) = if path.proxy.is_some() {
-                    (spread(&t.cpu, 3), spread(&t.per_core, 0))
+                let (cpu, per_core, user, system, kernel_share) = if path.proxy.is_some() {
+                    let (user, system) = (median(&t.user_us_per_request), median(&t.system_us_per_request));
+                    (
+                        spread(&t.cpu, 3),
+                        spread(&t.per_core, 0),
+                        spread(&t.user_us_per_request, 1),
+                        spread(&t.system_us_per_request, 1),
+                        format!("{:.0} %", 100.0 * system / (user + system).max(f64::MIN_POSITIVE)),
+                    )
                 } else {
-                    ("—".into(), "—".into())
+                    let dash = || "—".to_string();
+                    (dash(), dash(), dash(), dash(), dash())
                 };
                 writeln!(
                     md,
-                    "| {} | {} | {cpu} | {per_core} | {} |",
+                    "| {} | {} | {cpu} | {per_core} | {} | {user} | {system} | {kernel_share} |",
                     path.name,
                     spread(&t.rps, 0),
                     t.errors
@@ -939,7 +1039,9 @@ impl Report<'_> {
              | proxy | threads | RSS idle (MB) | peak RSS, HTTP/1.1 load (MB) | peak RSS, h2 load (MB) |\n| --- | --- | --- | --- | --- |"
         )?;
         let mb = |kb: u64| kb as f64 / 1024.0;
-        for (path, result) in self.paths.iter().zip(self.results).filter(|(p, _)| p.proxy.is_some()) {
+        for (path, result) in
+            self.paths.iter().zip(self.results).filter(|(p, _)| p.proxy.is_some() && !p.floor)
+        {
             writeln!(
                 md,
                 "| {} | {} | {:.1} | {:.1} | {:.1} |",
@@ -1040,7 +1142,9 @@ impl Report<'_> {
                     .collect();
                 let throughput = |t: &Throughput| {
                     json!({"rps": t.rps, "proxy_cpu_cores": t.cpu, "requests_per_proxy_core_second": t.per_core,
-                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us})
+                           "errors": t.errors, "peak_rss_kb": t.peak_rss_kb, "p50_us": t.p50_us, "p99_us": t.p99_us,
+                           "proxy_cpu_user_us_per_request": t.user_us_per_request,
+                           "proxy_cpu_system_us_per_request": t.system_us_per_request})
                 };
                 let g = &result.grpc;
                 let grpc = json!({
@@ -1051,8 +1155,9 @@ impl Report<'_> {
                 });
                 json!({
                     "path": path.name, "latency": latency, "http1_max": throughput(&result.http1),
-                    "h2_max": throughput(&result.h2), "grpc": grpc, "idle_rss_kb": result.idle_rss_kb,
-                    "threads": result.threads,
+                    "h2_max": throughput(&result.h2),
+                    "grpc": if path.grpc.is_some() { grpc } else { serde_json::Value::Null },
+                    "idle_rss_kb": result.idle_rss_kb, "threads": result.threads, "floor": path.floor,
                 })
             })
             .collect();
@@ -1062,6 +1167,7 @@ impl Report<'_> {
             "pinned": self.pinning.enabled, "quick": self.plan.quick, "repeats": repeats, "run_seconds": run_seconds,
             "wrk_args": wrk_args(self.plan), "h2load_args": h2load_args(self.plan),
             "paths": json_paths, "weft_over_haproxy_per_core": ratio,
+            "idle_settings": idle.line(), "cpu_accounting": idle.accounting,
         });
         self.plan.save("ingress", &md, &report)
     }

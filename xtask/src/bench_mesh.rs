@@ -64,7 +64,9 @@ use testbed::shop;
 
 use crate::bench::{Binaries, Plan};
 use crate::demo_mesh::Lab;
-use crate::measure::{Proc, RunInfo, as_f64, cpu_seconds, median, spawn, spread, uptime, verdict};
+use crate::measure::{
+    CpuTimes, IdleSettings, Proc, RunInfo, as_f64, cpu_times, median, spawn, spread, uptime, verdict,
+};
 
 /// The HTTP/1.1 load points, requests/s. 1k is the point the targets and the resources table
 /// read.
@@ -246,6 +248,195 @@ impl<'a> Ztunnel<'a> {
     }
 }
 
+/// The floors: plain user-space TCP relays where the node proxies sit, a reference for what
+/// any user-space mesh hop costs on this machine. The unmeshed client dials relay A (in node
+/// A's netns, on node A's address on the pod network: explicit, no redirection), which relays
+/// to relay B (node B's netns, over the link between the nodes), which relays to the unmeshed
+/// legacy pod. Both relays are HAProxy in `mode tcp`, one thread each; between them plain TCP
+/// ([`FLOOR_PLAIN`]) or TLS 1.3 with both peers verified ([`FLOOR_TLS`]).
+struct Relays {
+    /// Relay A, relay B.
+    procs: Vec<Proc>,
+    /// Where the client dials: relay A.
+    entry: SocketAddr,
+    /// Node B's address on its pod network: where relay B's connections to the pod come from.
+    node_b: std::net::IpAddr,
+    /// Each relay's configuration file name and text (the temp dir written `$DIR`), for the
+    /// report.
+    configs: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+const FLOOR_PLAIN: &str = "floor: 2 HAProxy mode tcp relays";
+const FLOOR_TLS: &str = "floor: 2 HAProxy mode tcp relays, TLS 1.3 between";
+/// The ports relays A and B listen on, plain floor then TLS floor (the node proxies use 15008,
+/// 15010, 15014 and 15021).
+const RELAY_PORTS: [(u16, u16); 2] = [(15110, 15111), (15112, 15113)];
+
+/// The gateway (the node's own address on its pod network) of a pod, from its CNI result.
+fn gateway_of(pod: &Pod<'_>) -> anyhow::Result<std::net::IpAddr> {
+    pod.result["ips"][0]["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .with_context(|| format!("no gateway in {}'s CNI result: {}", pod.spec.name, pod.result))
+}
+
+/// A relay's HAProxy configuration: listen on `bind` (with `bind_tls` after it, if any), relay
+/// to `server` (with `server_tls` after it, if any).
+fn relay_conf(role: &str, bind: &str, bind_tls: &str, server: &str, server_tls: &str) -> String {
+    format!(
+        "# The mesh floor, {role}: a pure L4 byte relay (mode tcp), one thread.\n\
+         global\n  nbthread 1\n  maxconn 4096\n\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend relay\n  bind {bind}{bind_tls}\n  default_backend next\n\n\
+         backend next\n  server next {server}{server_tls}\n"
+    )
+}
+
+/// A test CA and two ECDSA P-256 certificates signed by it (relay B's as a server, relay A's
+/// as a client), each written with its key as HAProxy wants them, in `dir`: ca.crt,
+/// relay-a.pem, relay-b.pem.
+fn floor_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(dir).output().context("openssl")?;
+        if !out.status.success() {
+            bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=weft-bench-floor-ca", "-days", "2"]);
+    openssl(&ca)?;
+    for (name, usage) in [("relay-b", "serverAuth"), ("relay-a", "clientAuth")] {
+        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+        let mut request = vec!["req"];
+        request.extend(ec);
+        request.extend(["-keyout", &key, "-out", &csr, "-subj"]);
+        let subject = format!("/CN={name}");
+        request.push(&subject);
+        openssl(&request)?;
+        let extensions = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&extensions),
+            format!("subjectAltName=DNS:{name}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &extensions,
+        ])?;
+        let pem = std::fs::read_to_string(dir.join(&crt))? + &std::fs::read_to_string(dir.join(&key))?;
+        std::fs::write(dir.join(format!("{name}.pem")), pem)?;
+    }
+    Ok(())
+}
+
+impl Relays {
+    /// Relay A in node A, relay B in node B, to `server`'s app on :8080; TLS 1.3 between them
+    /// when `tls` (each verifies the other's certificate against the test CA, and relay A
+    /// checks relay B's name).
+    fn start(shop: &Shop<'_>, server: &Pod<'_>, tls: bool) -> anyhow::Result<Relays> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display().to_string();
+        let (bind_b, server_a) = if tls {
+            floor_certificates(dir.path())?;
+            (
+                format!(" ssl crt {d}/relay-b.pem ca-file {d}/ca.crt verify required ssl-min-ver TLSv1.3"),
+                format!(
+                    " ssl crt {d}/relay-a.pem ca-file {d}/ca.crt verify required verifyhost relay-b sni str(relay-b) ssl-min-ver TLSv1.3"
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        // Node B's end of the link between the nodes (testbed::cni::link).
+        let (port_a, port_b) = RELAY_PORTS[usize::from(tls)];
+        let link_b = SocketAddr::from(([10, 98, 0, 2], port_b));
+        let entry = SocketAddr::new(gateway_of(&shop.client)?, port_a);
+        let configs = [
+            (
+                "relay-a",
+                &shop.lab.a.netns,
+                relay_conf("relay A (node A)", &format!("{entry}"), "", &link_b.to_string(), &server_a),
+            ),
+            (
+                "relay-b",
+                &shop.lab.b.netns,
+                relay_conf(
+                    "relay B (node B)",
+                    &format!("0.0.0.0:{port_b}"),
+                    &bind_b,
+                    &server.addr(8080).to_string(),
+                    "",
+                ),
+            ),
+        ];
+        let haproxy = crate::measure::which("haproxy")?;
+        let mut procs = Vec::new();
+        let mut texts = Vec::new();
+        for (name, netns, config) in configs {
+            let file = dir.path().join(format!("{name}.cfg"));
+            std::fs::write(&file, &config)?;
+            let floor = if tls { "TLS floor" } else { "plain floor" };
+            texts.push((format!("{floor}, $DIR/{name}.cfg"), config.replace(&d, "$DIR")));
+            let mut command = netns.command(&haproxy);
+            command.arg("-db").arg("-f").arg(&file);
+            procs.push(spawn(
+                if name == "relay-a" { "haproxy relay A" } else { "haproxy relay B" },
+                command,
+                dir.path(),
+            )?);
+        }
+        let relays = Relays { procs, entry, node_b: gateway_of(server)?, configs: texts, _dir: dir };
+        relays.wait_ready(shop, if tls { FLOOR_TLS } else { FLOOR_PLAIN })?;
+        Ok(relays)
+    }
+
+    /// Until a request from the client reaches the server's app through both relays: the app
+    /// sees it come from node B (relay B), not from the client.
+    fn wait_ready(&self, shop: &Shop<'_>, name: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            match testbed::http::get_once(&shop.client.path(), self.entry, "floor") {
+                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.node_b) => {
+                    println!("==> {name} ready: client → {} → relay B → legacy", self.entry);
+                    return Ok(());
+                }
+                Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
+                Err(error) => last = error.to_string(),
+            }
+            for proc in &self.procs {
+                if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
+                    bail!("{} exited:\n{}", proc.name, proc.log_tail());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
+        bail!("{name}: no request crossed both relays in 30 s ({last})\n{}", logs.join("\n"))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+}
+
 /// The demo lab with the shop published: meshed `frontend` and unmeshed `client` on node A;
 /// meshed `v1` (and `v2`) and unmeshed `legacy` on node B, each serving HTTP on :8080 and gRPC
 /// ([`GrpcEcho`]) on [`shop::GRPC_PORT`].
@@ -301,6 +492,21 @@ struct Point {
     by_status: BTreeMap<String, usize>,
     /// CPU share of both node proxies together during the runs (1.0 = one core busy).
     proxy_cpu: Vec<f64>,
+    /// CPU µs per completed request *per proxy* (both proxies' time ÷ 2), in the proxy's own
+    /// code (user) and in the kernel on its behalf (system), one a run.
+    user_us_per_request: Vec<f64>,
+    system_us_per_request: Vec<f64>,
+}
+
+impl Point {
+    /// Records a run's proxy CPU: `cpu` used by `proxies` processes over `elapsed`, for
+    /// `completed` requests.
+    fn record_cpu(&mut self, cpu: CpuTimes, elapsed: Duration, completed: usize, proxies: usize) {
+        self.proxy_cpu.push(cpu.total() / elapsed.as_secs_f64().max(f64::MIN_POSITIVE));
+        let per_request = |seconds: f64| seconds * 1e6 / completed.max(1) as f64 / proxies.max(1) as f64;
+        self.user_us_per_request.push(per_request(cpu.user));
+        self.system_us_per_request.push(per_request(cpu.system));
+    }
 }
 
 struct Series {
@@ -314,6 +520,8 @@ struct Results {
     grpc: Vec<Series>,
     /// The ztunnel binary measured, if any.
     ztunnel: Option<String>,
+    /// The floors' relay configurations (file name, text).
+    floor_configs: Vec<(String, String)>,
 }
 
 const ZTUNNEL_HTTP: &str = "ztunnel L4: HBONE by pod address";
@@ -362,6 +570,14 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
         http.push((ZTUNNEL_HTTP, z.client.path(), z.server.addr(8080), z.pids()));
         grpc_paths.push((ZTUNNEL_GRPC, z.client.path(), z.server.addr(shop::GRPC_PORT), z.pids()));
     }
+    // The floors (HTTP only): last in each repeat, interleaved with the mesh paths.
+    let floors = [
+        Relays::start(shop, &shop.legacy, false).context(FLOOR_PLAIN)?,
+        Relays::start(shop, &shop.legacy, true).context(FLOOR_TLS)?,
+    ];
+    for (name, relays) in [FLOOR_PLAIN, FLOOR_TLS].into_iter().zip(&floors) {
+        http.push((name, shop.client.path(), relays.entry, relays.pids()));
+    }
     let new = |paths: &[(&'static str, PathBuf, SocketAddr, Vec<u32>)], n: usize| -> Vec<Series> {
         paths
             .iter()
@@ -369,17 +585,18 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
             .collect()
     };
     let mut results = Results {
+        floor_configs: floors.iter().flat_map(|f| f.configs.clone()).collect(),
         http: new(&http, RATES.len()),
         grpc: new(&grpc_paths, 1),
         ztunnel: ztunnel
             .as_ref()
             .map(|_| ztunnel_description(&std::env::var_os("ZTUNNEL_BIN").unwrap_or_default())),
     };
-    let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<Duration>| -> anyhow::Result<f64> {
-        let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
-        let elapsed = f()?;
-        let cpu: f64 = pids.iter().zip(&before).map(|(pid, b)| cpu_seconds(*pid) - b).sum();
-        Ok(cpu / elapsed.as_secs_f64())
+    // The CPU time `pids` used together while `f` ran.
+    let cpu_during = |pids: &[u32], f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<CpuTimes> {
+        let before: Vec<CpuTimes> = pids.iter().map(|pid| cpu_times(*pid)).collect();
+        f()?;
+        Ok(pids.iter().zip(&before).fold(CpuTimes::default(), |sum, (pid, b)| sum + (cpu_times(*pid) - *b)))
     };
     let (repeats, run_for) = (plan.repeats(), plan.run());
     // Warm-up, not recorded: the first calls of a path open its HBONE connections and fetch
@@ -404,13 +621,12 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
                 let cpu = cpu_during(pids, &mut || {
                     let out = constant_rate(netns, *addr, *rate, run_for, connections(*rate))
                         .with_context(|| format!("{} at {rate} rps", path.name))?;
-                    let elapsed = out.elapsed;
                     run = Some(out);
-                    Ok(elapsed)
+                    Ok(())
                 })?;
                 let Some(run) = run else { bail!("no run") };
                 let point = &mut path.points[r];
-                point.proxy_cpu.push(cpu);
+                point.record_cpu(cpu, run.elapsed, run.micros.len(), pids.len());
                 point.p50.push(run.percentile(50.0));
                 point.p99.push(run.percentile(99.0));
                 point.errors += run.errors;
@@ -433,13 +649,12 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
             let mut run = None;
             let cpu = cpu_during(pids, &mut || {
                 let out = grpc::load(Some(netns), &load).with_context(|| path.name)?;
-                let elapsed = out.latencies.elapsed;
                 run = Some(out);
-                Ok(elapsed)
+                Ok(())
             })?;
             let Some(run) = run else { bail!("no run") };
             let point = &mut path.points[0];
-            point.proxy_cpu.push(cpu);
+            point.record_cpu(cpu, run.latencies.elapsed, run.latencies.micros.len(), pids.len());
             point.p50.push(run.percentile(50.0));
             point.p99.push(run.percentile(99.0));
             point.errors += run.errors();
@@ -485,21 +700,32 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
     let (repeats, run_seconds) = (plan.repeats(), plan.run().as_secs());
     let at = RATES.iter().position(|r| *r == TARGET_RATE).unwrap_or(0);
     let mut md = format!("# Mesh hop: latency\n\n{}", plan.banner());
+    let idle = IdleSettings::read();
     writeln!(
         md,
         "`cargo xtask bench mesh` on {machine}, {date}, commit {commit}; {}.\n\
          Load average before: `{load_before}`; after: `{load_after}`.\n\n\
          Two netns nodes joined by veth; the client on node A, the server on node B; weft-proxy on both nodes\n\
-         (the load generator, both proxies and the servers share the machine's cores).\n\n\
+         (the load generator, both proxies and the servers share the machine's cores).\n\n{}\n\
          ## HTTP/1.1 at {TARGET_RATE} requests/s\n\n\
          Open loop (measured from each request's due time), {} keep-alive connections, {repeats} interleaved\n\
-         runs of {run_seconds} s; median of the runs, [min–max].\n\n\
-         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |",
+         runs of {run_seconds} s; median of the runs, [min–max]. CPU µs per request per proxy: both proxies'\n\
+         user time (their own code) and system time (the kernel on their behalf: sockets, TCP, veth,\n\
+         wake-ups) ÷ completed requests ÷ 2; the target of ≤ {CPU_PER_1K_TARGET} cores per 1k req/s per proxy is\n\
+         ≤ {:.0} µs per request per proxy, user + kernel.\n\n\
+         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) | CPU µs/request/proxy, user | CPU µs/request/proxy, kernel | kernel share |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         crate::bench::binaries_note(),
-        connections(TARGET_RATE)
+        idle.paragraph(
+            "The `floor` rows (two HAProxy relays in `mode tcp` where the node proxies sit, plain TCP or\n\
+             TLS 1.3 between them; below) measure"
+        ),
+        connections(TARGET_RATE),
+        CPU_PER_1K_TARGET * 1000.0
     )?;
     let mut verdicts = Vec::new();
+    // The same measures for the peer (ztunnel) and the floors, without verdicts.
+    let mut references = Vec::new();
     let mut table = |paths: &[Series], r: usize, rate: u32, md: &mut String| -> anyhow::Result<()> {
         let base = &paths[0].points[r];
         let (base_p50, base_p99) = (median(&as_f64(&base.p50)), median(&as_f64(&base.p99)));
@@ -511,18 +737,26 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
             } else {
                 format!("{} {:?}", point.errors, point.by_status)
             };
+            let (user, system) = (median(&point.user_us_per_request), median(&point.system_us_per_request));
             writeln!(
                 md,
-                "| {} | {} | {} | {:+.0} | {:+.0} | {errors} | {} |",
+                "| {} | {} | {} | {:+.0} | {:+.0} | {errors} | {} | {} | {} | {:.0} % |",
                 path.name,
                 spread(&as_f64(&point.p50), 0),
                 spread(&as_f64(&point.p99), 0),
                 p50 - base_p50,
                 p99 - base_p99,
-                spread(&point.proxy_cpu, 3)
+                spread(&point.proxy_cpu, 3),
+                spread(&point.user_us_per_request, 1),
+                spread(&point.system_us_per_request, 1),
+                100.0 * system / (user + system).max(f64::MIN_POSITIVE)
             )?;
             // The targets are Weft's: a peer's row has none.
-            if i > 0 && rate == TARGET_RATE && !path.name.contains("ztunnel") {
+            if i > 0
+                && rate == TARGET_RATE
+                && !path.name.contains("ztunnel")
+                && !path.name.starts_with("floor")
+            {
                 let added = p99 - base_p99;
                 // Two proxies carry each request (one per node): the target is per proxy.
                 let per_proxy_per_1k = median(&point.proxy_cpu) / 2.0 / (f64::from(rate) / 1000.0);
@@ -532,11 +766,34 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
                     verdict(added <= ADDED_P99_TARGET_US),
                     verdict(per_proxy_per_1k <= CPU_PER_1K_TARGET)
                 ));
+            } else if i > 0 && rate == TARGET_RATE {
+                let per_process_per_1k = median(&point.proxy_cpu) / 2.0 / (f64::from(rate) / 1000.0);
+                let each = if path.name.starts_with("floor") { "relay" } else { "proxy" };
+                references.push(format!(
+                    "- {}: added p50 {:+.0} µs, added p99 {:+.0} µs; CPU {per_process_per_1k:.3} cores per 1k req/s per {each} \
+                     ({user:.1} µs user + {system:.1} µs kernel per request per {each}).",
+                    path.name,
+                    p50 - base_p50,
+                    p99 - base_p99,
+                ));
             }
         }
         Ok(())
     };
     table(&results.http, at, TARGET_RATE, &mut md)?;
+    if results.http.iter().any(|p| p.name.starts_with("floor")) {
+        writeln!(
+            md,
+            "\nThe `floor` rows are references, not peers: two HAProxy processes in `mode tcp` (one thread\n\
+             each, no HTTP parsing, no redirection) where the node proxies sit: the unmeshed client dials\n\
+             relay A on node A's pod-network address, relay A relays over the link to relay B on node B,\n\
+             relay B to the legacy pod; between the relays plain TCP, or TLS 1.3 with both peers'\n\
+             certificates verified against a test CA (ECDSA P-256, made with openssl for the run). Their\n\
+             CPU columns are both relays' (the weft-proxies are idle then). What they add to direct is\n\
+             what any user-space mesh hop pays on this machine (four more socket hops, two processes woken\n\
+             per request); a mesh path's cost above the matching floor is what its own work costs."
+        )?;
+    }
     writeln!(
         md,
         "\n## gRPC at {GRPC_RATE} calls/s\n\n\
@@ -544,9 +801,10 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
          call's due time), {GRPC_CONNECTIONS} HTTP/2 connections, at most {GRPC_IN_FLIGHT} calls in flight. Direct: the unmeshed\n\
          client to the legacy pod; L4: the frontend to checkout-v1 by pod address, over HBONE; L7: the\n\
          frontend to Service `checkout-grpc` (appProtocol `kubernetes.io/h2c`), whose GAMMA GRPCRoute\n\
-         routes each call to one of the checkout pods, over HBONE. Errors by gRPC status.\n\n\
-         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) |\n\
-         | --- | --- | --- | --- | --- | --- | --- |",
+         routes each call to one of the checkout pods, over HBONE. Errors by gRPC status. CPU µs per call\n\
+         per proxy, split as above.\n\n\
+         | path | p50 µs | p99 µs | added p50 | added p99 | errors | both proxies' CPU (cores) | CPU µs/request/proxy, user | CPU µs/request/proxy, kernel | kernel share |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         grpc::METHOD
     )?;
     table(&results.grpc, 0, GRPC_RATE, &mut md)?;
@@ -569,6 +827,13 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         writeln!(md, "| {} | {} |", path.name, cells.join(" | "))?;
     }
     writeln!(md, "\n## Targets (issue 9)\n\n{}\n", verdicts.join("\n"))?;
+    if !references.is_empty() {
+        writeln!(
+            md,
+            "## Peer and floors at {TARGET_RATE} req/s (no targets: the same measures, to compare)\n\n{}\n",
+            references.join("\n")
+        )?;
+    }
     let ztunnel_note = match &results.ztunnel {
         Some(bin) => format!(
             "ztunnel rows: `{bin}` (ZTUNNEL_BIN) in dedicated mode, one in each of two more unmeshed pods\n\
@@ -581,12 +846,27 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         md,
         "{ztunnel_note}\n\n\
          Tunnel throughput (iperf3, 1 and 8 connections): `cargo xtask bench tcp`, [tcp.md](tcp.md).\n\n\
-         Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins)."
+         Rerun: `cargo xtask bench mesh [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins haproxy)."
     )?;
+    if !results.floor_configs.is_empty() {
+        writeln!(
+            md,
+            "\n## Floor relays' configurations (generated)\n\n\
+             `haproxy -db -f $DIR/<relay>.cfg` (each floor its own `$DIR`), relay A in node A's netns, relay B in\n\
+             node B's; the TLS floor's certificates: `openssl req -x509 -newkey ec` (P-256) for the CA, one\n\
+             certificate each for relay-b (serverAuth, DNS:relay-b) and relay-a (clientAuth), each `.pem` its\n\
+             certificate and key.\n"
+        )?;
+        for (name, text) in &results.floor_configs {
+            writeln!(md, "`{name}`:\n\n```\n{text}```\n")?;
+        }
+    }
     let point_json = |path: &Series, rate: u32, point: &Point| {
         json!({
             "path": path.name, "rate_rps": rate, "p50_us": point.p50, "p99_us": point.p99,
             "errors": point.errors, "errors_by_status": point.by_status, "proxy_cpu_cores": point.proxy_cpu,
+            "proxy_cpu_user_us_per_request_per_proxy": point.user_us_per_request,
+            "proxy_cpu_system_us_per_request_per_proxy": point.system_us_per_request,
         })
     };
     // `latency`: the HTTP paths at the target rate (what the resources table and the README
@@ -605,7 +885,7 @@ fn write_results(results: &Results, plan: Plan, load_before: &str, load_after: &
         "run_seconds": run_seconds, "repeats": repeats,
         "latency": latency, "load_points": load_points,
         "grpc": grpc_points, "grpc_connections": GRPC_CONNECTIONS, "grpc_in_flight_max": GRPC_IN_FLIGHT,
-        "ztunnel": ztunnel_note,
+        "ztunnel": ztunnel_note, "idle_settings": idle.line(), "cpu_accounting": idle.accounting,
     });
     plan.save("mtls", &md, &report)
 }

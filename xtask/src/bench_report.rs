@@ -93,6 +93,18 @@ fn targets(dir: &Path, md: &str) -> String {
     )
 }
 
+/// Whether a path is a floor (a reference relay, not a peer): the JSON says so, and in mesh
+/// runs, where points carry no flag, the name does.
+fn is_floor(path: &Value) -> bool {
+    path["floor"].as_bool().unwrap_or(false) || text(&path["path"]).starts_with("floor")
+}
+
+/// A cell for what a path does not measure: "—" for a floor (it has no such leg), else
+/// "not measured" (a run from before the measure, or a peer whose config failed).
+fn not_measured(path: &Value) -> String {
+    if is_floor(path) { "—".into() } else { "not measured".into() }
+}
+
 fn paths(ingress: &Value) -> Vec<&Value> {
     ingress["paths"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
@@ -110,8 +122,9 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
         // Ingress runs before the RSS sampling at fixed rates have none.
         let peak = numbers(&point["peak_rss_kb"]);
         let rss_at_1k = if peak.is_empty() { Value::Null } else { json!(median(&peak)) };
+        let role = if is_floor(path) { "ingress floor (L4 relay, not a peer)" } else { "ingress" };
         rows.push(json!({
-            "proxy": text(&path["path"]), "role": "ingress", "idle_rss_kb": path["idle_rss_kb"],
+            "proxy": text(&path["path"]), "role": role, "idle_rss_kb": path["idle_rss_kb"],
             "rss_at_1k_kb": rss_at_1k, "cpu_per_1k_rps": med(&point["proxy_cpu_cores"]),
         }));
     }
@@ -121,9 +134,15 @@ fn resources(dir: &Path, ingress: &Value, mesh: Option<&Value>, plan: Plan) -> a
             // Both node proxies carry every request: per proxy, half of their sum.
             // A peer's row (ztunnel) is named as such: the targets below are weft-proxy's.
             let path = text(&point["path"]);
-            let proxy = if path.contains("ztunnel") { "ztunnel" } else { "weft-proxy" };
+            let (proxy, role) = if is_floor(point) {
+                ("haproxy", "mesh floor relay (not a peer)")
+            } else if path.contains("ztunnel") {
+                ("ztunnel", "mesh node proxy")
+            } else {
+                ("weft-proxy", "mesh node proxy")
+            };
             rows.push(json!({
-                "proxy": format!("{proxy} ({path})"), "role": "mesh node proxy",
+                "proxy": format!("{proxy} ({path})"), "role": role,
                 "idle_rss_kb": Value::Null, "rss_at_1k_kb": Value::Null,
                 "cpu_per_1k_rps": med(&point["proxy_cpu_cores"]) / 2.0 / (rate / 1000.0),
             }));
@@ -392,6 +411,14 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
             let direct = all.iter().find(|p| text(&p["path"]) == "direct");
             let proxies: Vec<&Value> = all.iter().copied().filter(|p| text(&p["path"]) != "direct").collect();
             let names: Vec<&str> = proxies.iter().map(|p| text(&p["path"])).collect();
+            if proxies.iter().any(|p| is_floor(p)) {
+                writeln!(
+                    md,
+                    "A `floor` column is a reference, not a peer: HAProxy relaying bytes in `mode tcp` (no HTTP\n\
+                     parsing) on the same core, backend and client connections; what it adds is what any\n\
+                     user-space proxy pays on this machine (see ingress.md).\n"
+                )?;
+            }
             writeln!(md, "| | {} |\n|{}", names.join(" | "), " --- |".repeat(names.len() + 1))?;
             let rates: Vec<u64> = direct
                 .and_then(|d| d["latency"].as_array())
@@ -423,6 +450,9 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
                 format!("{:.0}", med(&p["http1_max"]["requests_per_proxy_core_second"]))
             }));
             md.push_str(&row("h2c req/s per proxy core (h2load)", &|p: &Value| {
+                if numbers(&p["h2_max"]["rps"]).is_empty() && is_floor(p) {
+                    return "—".into();
+                }
                 format!("{:.0}", med(&p["h2_max"]["requests_per_proxy_core_second"]))
             }));
             // gRPC: runs from before it have no rows; a path that has none says so.
@@ -438,25 +468,28 @@ fn performance(dir: &Path) -> anyhow::Result<String> {
                             med(&p["grpc"]["p50_us"]) - med(&base["p50_us"]),
                             med(&p["grpc"]["p99_us"]) - med(&base["p99_us"])
                         ),
-                        _ => "not measured".into(),
+                        _ => not_measured(p),
                     },
                 ));
                 md.push_str(&row("gRPC max calls/s (closed loop)", &|p: &Value| {
                     if p["grpc"].is_object() {
                         format!("{:.0}", med(&p["grpc"]["max"]["rps"]))
                     } else {
-                        "not measured".into()
+                        not_measured(p)
                     }
                 }));
                 md.push_str(&row("gRPC calls/s per proxy core", &|p: &Value| {
                     if p["grpc"].is_object() {
                         format!("{:.0}", med(&p["grpc"]["max"]["requests_per_proxy_core_second"]))
                     } else {
-                        "not measured".into()
+                        not_measured(p)
                     }
                 }));
             }
             md.push_str(&row("RSS idle / peak under h2 load (MB)", &|p: &Value| {
+                if is_floor(p) {
+                    return "—".into();
+                }
                 format!(
                     "{:.1} / {:.1}",
                     p["idle_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
@@ -688,6 +721,31 @@ mod tests {
         write("ingress.json", &json!({"machine": "m", "date": "d", "commit": "c", "paths": mixed}));
         let md = performance(dir.path()).expect("performance");
         assert!(md.contains("| gRPC max calls/s (closed loop) | not measured |"), "{md}");
+    }
+
+    /// A floor path (no h2, no gRPC) gets its own column with "—" where it has no leg, not
+    /// "not measured", and a line saying it is a reference; its HTTP/1.1 figures are shown.
+    #[test]
+    fn performance_section_shows_a_floor_as_a_reference() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut floor = ingress_path("floor: haproxy mode tcp", 150.0, false);
+        floor["floor"] = json!(true);
+        floor["h2_max"] = json!({"rps": [], "requests_per_proxy_core_second": [], "peak_rss_kb": 0});
+        floor["http1_max"] = json!({"rps": [5000.0], "requests_per_proxy_core_second": [9000.0]});
+        let paths = [ingress_path("direct", 100.0, true), ingress_path("weft-proxy", 300.0, true), floor];
+        let ingress = json!({"machine": "m", "date": "d", "commit": "c", "paths": paths});
+        std::fs::write(dir.path().join("ingress.json"), ingress.to_string()).expect("write");
+        let md = performance(dir.path()).expect("performance");
+        assert!(md.contains("| | weft-proxy | floor: haproxy mode tcp |"), "{md}");
+        assert!(md.contains("A `floor` column is a reference, not a peer"), "{md}");
+        // Added p50 / p99 at 1k: 150 − 100, 300 − 200.
+        assert!(
+            md.contains("| added p50 / p99 at 1000 req/s (µs, open loop) | +200 / +400 | +50 / +100 |"),
+            "{md}"
+        );
+        assert!(md.contains("| HTTP/1.1 req/s per proxy core | 2000 | 9000 |"), "{md}");
+        assert!(md.contains("| h2c req/s per proxy core (h2load) | 1800 | — |"), "{md}");
+        assert!(md.contains("| gRPC max calls/s (closed loop) | 4321 | — |"), "{md}");
     }
 
     /// The ingress plot marks each path's gRPC point at its rate, where the run has one.
