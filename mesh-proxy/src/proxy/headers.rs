@@ -26,18 +26,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // The values are copied out (reference-counted, not reallocated) so the map can be changed;
+    // one `Connection` field, the usual case, needs no list.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next().is_some()) {
+        (None, _) => {}
+        (Some(only), false) => remove_named(headers, &only),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            for value in &all {
+                remove_named(headers, value);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes the fields a `Connection` value names. Looked up by the names as written: no
+/// `HeaderName` is made for each (an allocation for any name outside the standard ones, such
+/// as the `keep-alive` most backends name), and a name that is not a valid one finds nothing.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(names) = connection.to_str() else { return };
+    for name in names.split(',') {
+        headers.remove(name.trim());
     }
 }
 
@@ -80,6 +96,20 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).expect("trailers kept"), "trailers");
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn strips_what_every_connection_field_names_whatever_its_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One, ,bad name"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-two"));
+        for name in ["x-one", "x-two", "x-three"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-one").is_none() && h.get("x-two").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.len(), 1, "only x-three is left: {h:?}");
     }
 
     #[test]
