@@ -348,7 +348,7 @@ fn serve(
         // The snapshot current at accept time says whether this address terminates TLS.
         let tls = store.load().routes.tls(&bind);
         let verdicts = framing::Verdicts::default();
-        let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone(), mesh: None };
+        let inbound = Inbound::new(bind, peer, tls.is_some(), verdicts.clone(), None);
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
         macro_rules! serve_until_closed {
             ($io:expr) => {{

@@ -104,16 +104,11 @@ impl MeshTraffic {
         let source = self.identity_of(&index, &pod.info);
         let peer = conn.peer_addr().unwrap_or(frontend);
         let verdicts = framing::Verdicts::default();
-        let inbound = Inbound {
-            bind: frontend,
-            peer,
-            tls: false,
-            framing: verdicts.clone(),
-            mesh: Some(Arc::new(MeshClient {
-                namespace: pod.info.namespace.as_str().into(),
-                upstream: self.upstream_for(&pod, source),
-            })),
+        let mesh = MeshClient {
+            namespace: pod.info.namespace.as_str().into(),
+            upstream: self.upstream_for(&pod, source),
         };
+        let inbound = Inbound::new(frontend, peer, false, verdicts.clone(), Some(Arc::new(mesh)));
         let proxy = self.proxy.clone();
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
         let stream = framing::Scanned::new(conn, verdicts);

@@ -60,15 +60,31 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Appends the client to `x-forwarded-for` and says which scheme it used.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
-        _ => client.to_string(),
-    };
-    // Made from the string itself, whose bytes are then not copied again.
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
+/// The client's address as an `x-forwarded-for` element. Made once per connection (the
+/// client's address does not change on it), so a request does not spell the address out again.
+pub fn forwarded_for(client: IpAddr) -> Option<HeaderValue> {
+    HeaderValue::try_from(client.to_string()).ok()
+}
+
+/// Appends the client (`client`, from [`forwarded_for`]) to `x-forwarded-for` and says which
+/// scheme it used.
+pub fn add_forwarded(headers: &mut HeaderMap, client: Option<&HeaderValue>, scheme: &'static str) {
+    if let Some(client) = client {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if !existing.is_empty() => {
+                let mut appended = Vec::with_capacity(existing.len() + 2 + client.len());
+                appended.extend_from_slice(existing.as_bytes());
+                appended.extend_from_slice(b", ");
+                appended.extend_from_slice(client.as_bytes());
+                // Made from the vector itself, whose bytes are then not copied again.
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(appended)).ok()
+            }
+            // The connection's value, shared rather than copied.
+            _ => Some(client.clone()),
+        };
+        if let Some(value) = value {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
@@ -116,8 +132,24 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        let client = forwarded_for("127.0.0.1".parse().expect("ip"));
+        add_forwarded(&mut h, client.as_ref(), "http");
         assert_eq!(h.get("x-forwarded-for").expect("set"), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").expect("set"), "http");
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_the_client_and_spells_ipv6_plainly() {
+        let mut h = HeaderMap::new();
+        // An empty header counts as none.
+        h.insert("x-forwarded-for", HeaderValue::from_static(""));
+        let client = forwarded_for("2001:db8::1".parse().expect("ip"));
+        add_forwarded(&mut h, client.as_ref(), "https");
+        assert_eq!(h.get("x-forwarded-for").expect("set"), "2001:db8::1");
+        assert_eq!(h.get("x-forwarded-proto").expect("set"), "https");
+        // The same connection's next request gets the same value again.
+        let mut next = HeaderMap::new();
+        add_forwarded(&mut next, client.as_ref(), "https");
+        assert_eq!(next.get("x-forwarded-for").expect("set"), "2001:db8::1");
     }
 }

@@ -50,6 +50,21 @@ pub struct Inbound {
     /// frontend, the routes are its GAMMA routes, and connections are dialled for the pod.
     /// Shared: `Inbound` is cloned for every request, and the pod's clients need not be.
     pub mesh: Option<Arc<MeshClient>>,
+    /// `peer`'s address as an `x-forwarded-for` element, made once for the connection.
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+impl Inbound {
+    pub fn new(
+        bind: SocketAddr,
+        peer: SocketAddr,
+        tls: bool,
+        framing: Verdicts,
+        mesh: Option<Arc<MeshClient>>,
+    ) -> Self {
+        let forwarded_for = headers::forwarded_for(peer.ip());
+        Inbound { bind, peer, tls, framing, mesh, forwarded_for }
+    }
 }
 
 /// The pod behind a meshed request.
@@ -288,7 +303,7 @@ impl Proxy {
         if let Some(upgrade) = &upgrade {
             upgrade.restore(&mut parts.headers);
         }
-        headers::add_forwarded(&mut parts.headers, inbound.peer.ip(), scheme);
+        headers::add_forwarded(&mut parts.headers, inbound.forwarded_for.as_ref(), scheme);
         match host_header {
             Some(host) => parts.headers.insert(header::HOST, host),
             None => parts.headers.remove(header::HOST),
