@@ -254,9 +254,10 @@ impl Proxy {
             }
         }
 
-        // A persistent session goes back to its endpoint while that is one of the rule's.
-        let now = std::time::SystemTime::now();
-        let carried = rule.session.as_ref().and_then(|p| session::carried(p, req.headers(), now));
+        // A persistent session goes back to its endpoint while that is one of the rule's. The
+        // clock is read only for a rule that has one.
+        let persistence = rule.session.as_ref().map(|policy| (policy, std::time::SystemTime::now()));
+        let carried = persistence.and_then(|(p, now)| session::carried(p, req.headers(), now));
         let pinned = carried.as_ref().and_then(|c| Some((rule.backend_serving(c.endpoint)?, c.endpoint)));
         let Some(backend) = pinned.map(|(b, _)| b).or_else(|| rule.pick_backend()) else {
             return local(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
@@ -319,7 +320,9 @@ impl Proxy {
             .map(|m| m.target.clone())
             .collect();
         let body = if mirrors.is_empty() {
-            body.boxed()
+            // A request whose body is already over (most GETs) is sent with an empty body of
+            // no size rather than its own boxed: the same frames and size hint, no allocation.
+            if hyper::body::Body::is_end_stream(&body) { empty_body() } else { body.boxed() }
         } else {
             let head = mirror::Head {
                 method: parts.method.clone(),
@@ -330,9 +333,9 @@ impl Proxy {
             self.mirrors.start(mirrors, head, body.boxed(), upstream.clone())
         };
         let attempts = 1 + retry.map_or(0, |r| r.attempts);
-        let request_timeout = rule.timeouts.request_ms.map(Duration::from_millis);
+        // The request timeout and when it started (the clock is read only for a rule with one).
+        let request_timeout = rule.timeouts.request_ms.map(|ms| (Duration::from_millis(ms), Instant::now()));
         let attempt_timeout = rule.timeouts.backend_request_ms.map(Duration::from_millis);
-        let started = Instant::now();
         let mut body = Some(body);
         let mut attempt = 0;
         let mut used;
@@ -353,10 +356,11 @@ impl Proxy {
                 if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
 
             // The request timeout covers every attempt; the backend timeout each one.
-            let budget = [request_timeout.map(|t| t.saturating_sub(started.elapsed())), attempt_timeout]
-                .into_iter()
-                .flatten()
-                .min();
+            let budget =
+                [request_timeout.map(|(t, started)| t.saturating_sub(started.elapsed())), attempt_timeout]
+                    .into_iter()
+                    .flatten()
+                    .min();
             // An upgrade is an HTTP/1.1 handshake whatever the backend speaks otherwise.
             let protocol = if upgrade.is_some() { AppProtocol::Http1 } else { endpoints.app_protocol };
             let send = upstream.send_to(endpoint.addr, upstream_req, protocol);
@@ -388,7 +392,7 @@ impl Proxy {
                 Err(error) => {
                     self.metrics.record_upstream_failure(error.kind);
                     tracing::debug!(backend = %outcome.backend, %error, attempt, "upstream failed");
-                    let expired = request_timeout.is_some_and(|t| started.elapsed() >= t);
+                    let expired = request_timeout.is_some_and(|(t, started)| started.elapsed() >= t);
                     if last || expired {
                         return match error.kind {
                             UpstreamFailure::Connect => {
@@ -417,7 +421,7 @@ impl Proxy {
         for extra in plan.cors {
             cors::apply(headers, extra);
         }
-        if let (Some(policy), Some(endpoint)) = (&rule.session, used)
+        if let (Some((policy, now)), Some(endpoint)) = (persistence, used)
             && let Some((name, value)) = session::response_header(policy, endpoint, carried.as_ref(), now)
         {
             headers.append(name, value);
