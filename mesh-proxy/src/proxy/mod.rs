@@ -139,7 +139,7 @@ impl Proxy {
         self: Arc<Self>,
         inbound: Inbound,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
         // The snapshot of this request, from its first byte to its last.
         let snapshot = self.store.load();
@@ -180,13 +180,13 @@ impl Proxy {
         inbound: Inbound,
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ResponseBody> {
         let http1 = req.version() <= Version::HTTP_11;
         // Both checks: hyper hides `Content-Length` when `Transfer-Encoding` is present, so the
         // byte scanner sees what the headers no longer show.
         if http1 && (inbound.framing.next_is_ambiguous() || headers::has_ambiguous_framing(req.headers())) {
             self.metrics.refused_requests.fetch_add(1, Ordering::Relaxed);
-            let mut response = local(StatusCode::BAD_REQUEST, "ambiguous message framing");
+            let mut response = local_answer(StatusCode::BAD_REQUEST, "ambiguous message framing");
             // The rest of the connection cannot be trusted to be framed as we think.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
@@ -198,7 +198,7 @@ impl Proxy {
             None => snapshot.routes.listener(&inbound.bind),
         };
         let Some(routes) = routes else {
-            return local(StatusCode::NOT_FOUND, "no listener");
+            return local_answer(StatusCode::NOT_FOUND, "no listener");
         };
         let gateway = self.mesh_gateway.get().map_or(&self.upstream, |backends| &backends.http);
         let upstream = inbound.mesh.as_ref().map_or(gateway, |client| &client.upstream);
@@ -214,7 +214,7 @@ impl Proxy {
             routes.select(host, &view)
         };
         let Some(Selected { rule, matched_prefix, listener }) = selected else {
-            return local(StatusCode::NOT_FOUND, "no route");
+            return local_answer(StatusCode::NOT_FOUND, "no route");
         };
         outcome.listener = Some(listener.clone());
         outcome.route = rule.route.clone();
@@ -234,11 +234,14 @@ impl Proxy {
                     let location = filters::redirect_location(redirect, &src);
                     let status =
                         StatusCode::from_u16(filters::redirect_status(redirect)).unwrap_or(StatusCode::FOUND);
-                    let mut response = local(status, "");
+                    let mut response = local_answer(status, "");
                     match HeaderValue::from_str(&location) {
                         Ok(value) => response.headers_mut().insert(header::LOCATION, value),
                         Err(_) => {
-                            return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable redirect");
+                            return local_answer(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "unrepresentable redirect",
+                            );
                         }
                     };
                     return response;
@@ -246,7 +249,7 @@ impl Proxy {
                 Filter::Cors(policy) if cors::is_preflight(req.method(), req.headers()) => {
                     // The proxy answers preflights itself; an origin that is not allowed gets an
                     // answer without CORS headers, which the browser takes as a refusal.
-                    let mut response = local(StatusCode::NO_CONTENT, "");
+                    let mut response = local_answer(StatusCode::NO_CONTENT, "");
                     cors::apply(response.headers_mut(), cors::preflight_headers(policy, req.headers()));
                     return response;
                 }
@@ -260,14 +263,14 @@ impl Proxy {
         let carried = persistence.and_then(|(p, now)| session::carried(p, req.headers(), now));
         let pinned = carried.as_ref().and_then(|c| Some((rule.backend_serving(c.endpoint)?, c.endpoint)));
         let Some(backend) = pinned.map(|(b, _)| b).or_else(|| rule.pick_backend()) else {
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
+            return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
         };
         outcome.backend = backend.label.clone();
         let endpoints = match &backend.target {
             BackendTarget::Service(endpoints) => endpoints,
             BackendTarget::Invalid(reason) => {
                 tracing::debug!(route = %rule.route, %reason, "invalid backend");
-                return local(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend");
+                return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend");
             }
         };
         for filter in &backend.filters {
@@ -294,7 +297,7 @@ impl Proxy {
                     None => new_path.to_string(),
                 };
                 let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
-                    return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
+                    return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
                 };
                 path_and_query
             }
@@ -344,7 +347,7 @@ impl Proxy {
             let last = attempt >= attempts;
             let sticky = pinned.filter(|_| attempt == 1).and_then(|(_, addr)| endpoints.pick_addr(addr));
             let Some(endpoint) = sticky.or_else(|| endpoints.pick()) else {
-                return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
+                return local_answer(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
             };
             let mut upstream_req = Request::new(body.take().unwrap_or_else(empty_body));
             *upstream_req.method_mut() = parts.method.clone();
@@ -396,11 +399,11 @@ impl Proxy {
                     if last || expired {
                         return match error.kind {
                             UpstreamFailure::Connect => {
-                                local(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
+                                local_answer(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
                             }
-                            UpstreamFailure::Reset => local(StatusCode::BAD_GATEWAY, "backend failed"),
+                            UpstreamFailure::Reset => local_answer(StatusCode::BAD_GATEWAY, "backend failed"),
                             UpstreamFailure::Timeout => {
-                                local(StatusCode::GATEWAY_TIMEOUT, "backend timed out")
+                                local_answer(StatusCode::GATEWAY_TIMEOUT, "backend timed out")
                             }
                         };
                     }
@@ -427,13 +430,55 @@ impl Proxy {
             headers.append(name, value);
         }
         let metrics = self.metrics.clone();
-        response.map(|body| WatchedBody { inner: body, metrics }.boxed())
+        response.map(|body| ResponseBody::Backend(WatchedBody { inner: body, metrics }))
+    }
+}
+
+/// The body of a response to a client: a backend's, watched, or one the proxy made. Not boxed:
+/// a backend's answer, the one nearly every request gets, then costs no allocation of its own.
+pub enum ResponseBody {
+    Backend(WatchedBody),
+    Proxy(ProxyBody),
+}
+
+impl From<ProxyBody> for ResponseBody {
+    fn from(body: ProxyBody) -> Self {
+        ResponseBody::Proxy(body)
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Backend(body) => std::pin::Pin::new(body).poll_frame(cx),
+            ResponseBody::Proxy(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Backend(body) => body.is_end_stream(),
+            ResponseBody::Proxy(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ResponseBody::Backend(body) => body.size_hint(),
+            ResponseBody::Proxy(body) => body.size_hint(),
+        }
     }
 }
 
 /// A backend's response body that counts the backend failing after its headers were sent:
 /// the client's stream is cut (the status is already on the wire), and the failure counted.
-struct WatchedBody {
+pub struct WatchedBody {
     inner: Incoming,
     metrics: Arc<Metrics>,
 }
@@ -511,6 +556,11 @@ fn empty_body() -> ProxyBody {
 /// Marks a response the proxy wrote itself, with its message.
 #[derive(Clone, Copy, Debug)]
 pub struct Local(pub &'static str);
+
+/// [`local`], as the answer to a client.
+fn local_answer(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    local(status, body).map(ResponseBody::Proxy)
+}
 
 /// A response the proxy writes itself.
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
