@@ -2,6 +2,7 @@
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
 pub mod framing;
+pub mod head_timer;
 pub mod l4;
 pub mod sni;
 pub mod tls;
@@ -282,6 +283,14 @@ pub fn http_server() -> auto::Builder<TokioExecutor> {
     server
 }
 
+/// [`http_server`]'s `server` for one connection: the same, with a request-head timer of the
+/// connection's own ([`head_timer`]).
+pub fn for_connection(server: &auto::Builder<TokioExecutor>) -> auto::Builder<TokioExecutor> {
+    let mut server = server.clone();
+    server.http1().timer(head_timer::HeadTimer::default());
+    server
+}
+
 async fn accept(
     socket: TcpListener,
     bind: SocketAddr,
@@ -332,7 +341,7 @@ fn serve(
     closing: &watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let server = server.clone();
+    let server = for_connection(server);
     let proxy = proxy.clone();
     let store = store.clone();
     let mut closing = closing.clone();
