@@ -278,7 +278,11 @@ pub fn http_server() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        // A response head and a small body go out as one buffer in one send(), not a writev() of
+        // two (as the backend connections do, upstream::pool): measured +1.7 % requests per core.
+        // Bodies are copied into that buffer, up to the buffer's limit, before being written.
+        .writev(false);
     server.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     server
 }
