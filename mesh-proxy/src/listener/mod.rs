@@ -2,6 +2,7 @@
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
 pub mod framing;
+pub mod head_timer;
 pub mod l4;
 pub mod sni;
 pub mod tls;
@@ -277,8 +278,20 @@ pub fn http_server() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_headers(MAX_HEADERS)
+        // A response head and a small body go out as one buffer in one send(), not a writev() of
+        // two (as the backend connections do, upstream::pool): measured +1.7 % requests per core.
+        // Bodies are copied into that buffer, up to the buffer's limit, before being written.
+        .writev(false);
     server.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    server
+}
+
+/// [`http_server`]'s `server` for one connection: the same, with a request-head timer of the
+/// connection's own ([`head_timer`]).
+pub fn for_connection(server: &auto::Builder<TokioExecutor>) -> auto::Builder<TokioExecutor> {
+    let mut server = server.clone();
+    server.http1().timer(head_timer::HeadTimer::default());
     server
 }
 
@@ -332,7 +345,7 @@ fn serve(
     closing: &watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let server = server.clone();
+    let server = for_connection(server);
     let proxy = proxy.clone();
     let store = store.clone();
     let mut closing = closing.clone();
@@ -348,7 +361,7 @@ fn serve(
         // The snapshot current at accept time says whether this address terminates TLS.
         let tls = store.load().routes.tls(&bind);
         let verdicts = framing::Verdicts::default();
-        let inbound = Inbound { bind, peer, tls: tls.is_some(), framing: verdicts.clone(), mesh: None };
+        let inbound = Inbound::new(bind, peer, tls.is_some(), verdicts.clone(), None);
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
         macro_rules! serve_until_closed {
             ($io:expr) => {{

@@ -19,7 +19,7 @@ use super::MeshTraffic;
 use crate::hbone::PORT as HBONE_PORT;
 use crate::hbone::client::PoolKey;
 use crate::inpod::PodContext;
-use crate::listener::{framing, http_server};
+use crate::listener::{for_connection, framing, http_server};
 use crate::proxy::{Inbound, MeshClient};
 use crate::upstream::Upstream;
 use crate::upstream::dial::{Dial, Io};
@@ -104,20 +104,16 @@ impl MeshTraffic {
         let source = self.identity_of(&index, &pod.info);
         let peer = conn.peer_addr().unwrap_or(frontend);
         let verdicts = framing::Verdicts::default();
-        let inbound = Inbound {
-            bind: frontend,
-            peer,
-            tls: false,
-            framing: verdicts.clone(),
-            mesh: Some(Arc::new(MeshClient {
-                namespace: pod.info.namespace.as_str().into(),
-                upstream: self.upstream_for(&pod, source),
-            })),
+        let mesh = MeshClient {
+            namespace: pod.info.namespace.as_str().into(),
+            upstream: self.upstream_for(&pod, source),
         };
+        let inbound = Inbound::new(frontend, peer, false, verdicts.clone(), Some(Arc::new(mesh)));
         let proxy = self.proxy.clone();
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
         let stream = framing::Scanned::new(conn, verdicts);
-        if let Err(error) = http_server().serve_connection_with_upgrades(TokioIo::new(stream), service).await
+        if let Err(error) =
+            for_connection(&http_server()).serve_connection_with_upgrades(TokioIo::new(stream), service).await
         {
             tracing::debug!(pod = pod.uid(), %frontend, %error, "meshed HTTP connection ended");
         }

@@ -37,13 +37,13 @@ fn grpc_code(status: StatusCode) -> u16 {
 
 /// Rewrites an error the proxy wrote itself as a trailers-only gRPC response; any other
 /// response is returned as it is.
-pub fn translate(response: Response<ProxyBody>) -> Response<ProxyBody> {
+pub fn translate<B: From<ProxyBody>>(response: Response<B>) -> Response<B> {
     let Some(local) = response.extensions().get::<Local>().copied() else { return response };
     if response.status().as_u16() < 400 {
         return response;
     }
     let code = grpc_code(response.status());
-    let mut translated = Response::new(empty_body());
+    let mut translated = Response::new(B::from(empty_body()));
     let headers = translated.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert("grpc-status", HeaderValue::from(code));

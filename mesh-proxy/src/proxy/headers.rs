@@ -26,14 +26,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // The values are copied out (reference-counted, not reallocated) so the map can be changed;
+    // one `Connection` field, the usual case, needs no list.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next().cloned(), connection.next().is_some()) {
+        (None, _) => {}
+        (Some(only), false) => remove_named(headers, &only),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            for value in &all {
+                remove_named(headers, value);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if wants_trailers {
@@ -41,18 +47,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the fields a `Connection` value names. Looked up by the names as written: no
+/// `HeaderName` is made for each (an allocation for any name outside the standard ones, such
+/// as the `keep-alive` most backends name), and a name that is not a valid one finds nothing.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(names) = connection.to_str() else { return };
+    for name in names.split(',') {
+        headers.remove(name.trim());
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Appends the client to `x-forwarded-for` and says which scheme it used.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
-        _ => client.to_string(),
-    };
-    // Made from the string itself, whose bytes are then not copied again.
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
+/// The client's address as an `x-forwarded-for` element. Made once per connection (the
+/// client's address does not change on it), so a request does not spell the address out again.
+pub fn forwarded_for(client: IpAddr) -> Option<HeaderValue> {
+    HeaderValue::try_from(client.to_string()).ok()
+}
+
+/// Appends the client (`client`, from [`forwarded_for`]) to `x-forwarded-for` and says which
+/// scheme it used.
+pub fn add_forwarded(headers: &mut HeaderMap, client: Option<&HeaderValue>, scheme: &'static str) {
+    if let Some(client) = client {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if !existing.is_empty() => {
+                let mut appended = Vec::with_capacity(existing.len() + 2 + client.len());
+                appended.extend_from_slice(existing.as_bytes());
+                appended.extend_from_slice(b", ");
+                appended.extend_from_slice(client.as_bytes());
+                // Made from the vector itself, whose bytes are then not copied again.
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(appended)).ok()
+            }
+            // The connection's value, shared rather than copied.
+            _ => Some(client.clone()),
+        };
+        if let Some(value) = value {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
@@ -83,11 +115,41 @@ mod tests {
     }
 
     #[test]
+    fn strips_what_every_connection_field_names_whatever_its_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One, ,bad name"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-two"));
+        for name in ["x-one", "x-two", "x-three"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-one").is_none() && h.get("x-two").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.len(), 1, "only x-three is left: {h:?}");
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), "http");
+        let client = forwarded_for("127.0.0.1".parse().expect("ip"));
+        add_forwarded(&mut h, client.as_ref(), "http");
         assert_eq!(h.get("x-forwarded-for").expect("set"), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").expect("set"), "http");
+    }
+
+    #[test]
+    fn forwarded_for_starts_with_the_client_and_spells_ipv6_plainly() {
+        let mut h = HeaderMap::new();
+        // An empty header counts as none.
+        h.insert("x-forwarded-for", HeaderValue::from_static(""));
+        let client = forwarded_for("2001:db8::1".parse().expect("ip"));
+        add_forwarded(&mut h, client.as_ref(), "https");
+        assert_eq!(h.get("x-forwarded-for").expect("set"), "2001:db8::1");
+        assert_eq!(h.get("x-forwarded-proto").expect("set"), "https");
+        // The same connection's next request gets the same value again.
+        let mut next = HeaderMap::new();
+        add_forwarded(&mut next, client.as_ref(), "https");
+        assert_eq!(next.get("x-forwarded-for").expect("set"), "2001:db8::1");
     }
 }

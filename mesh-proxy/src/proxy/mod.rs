@@ -50,6 +50,21 @@ pub struct Inbound {
     /// frontend, the routes are its GAMMA routes, and connections are dialled for the pod.
     /// Shared: `Inbound` is cloned for every request, and the pod's clients need not be.
     pub mesh: Option<Arc<MeshClient>>,
+    /// `peer`'s address as an `x-forwarded-for` element, made once for the connection.
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+impl Inbound {
+    pub fn new(
+        bind: SocketAddr,
+        peer: SocketAddr,
+        tls: bool,
+        framing: Verdicts,
+        mesh: Option<Arc<MeshClient>>,
+    ) -> Self {
+        let forwarded_for = headers::forwarded_for(peer.ip());
+        Inbound { bind, peer, tls, framing, mesh, forwarded_for }
+    }
 }
 
 /// The pod behind a meshed request.
@@ -124,7 +139,7 @@ impl Proxy {
         self: Arc<Self>,
         inbound: Inbound,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
         // The snapshot of this request, from its first byte to its last.
         let snapshot = self.store.load();
@@ -165,13 +180,13 @@ impl Proxy {
         inbound: Inbound,
         mut req: Request<Incoming>,
         outcome: &mut Outcome,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ResponseBody> {
         let http1 = req.version() <= Version::HTTP_11;
         // Both checks: hyper hides `Content-Length` when `Transfer-Encoding` is present, so the
         // byte scanner sees what the headers no longer show.
         if http1 && (inbound.framing.next_is_ambiguous() || headers::has_ambiguous_framing(req.headers())) {
             self.metrics.refused_requests.fetch_add(1, Ordering::Relaxed);
-            let mut response = local(StatusCode::BAD_REQUEST, "ambiguous message framing");
+            let mut response = local_answer(StatusCode::BAD_REQUEST, "ambiguous message framing");
             // The rest of the connection cannot be trusted to be framed as we think.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
@@ -183,7 +198,7 @@ impl Proxy {
             None => snapshot.routes.listener(&inbound.bind),
         };
         let Some(routes) = routes else {
-            return local(StatusCode::NOT_FOUND, "no listener");
+            return local_answer(StatusCode::NOT_FOUND, "no listener");
         };
         let gateway = self.mesh_gateway.get().map_or(&self.upstream, |backends| &backends.http);
         let upstream = inbound.mesh.as_ref().map_or(gateway, |client| &client.upstream);
@@ -199,7 +214,7 @@ impl Proxy {
             routes.select(host, &view)
         };
         let Some(Selected { rule, matched_prefix, listener }) = selected else {
-            return local(StatusCode::NOT_FOUND, "no route");
+            return local_answer(StatusCode::NOT_FOUND, "no route");
         };
         outcome.listener = Some(listener.clone());
         outcome.route = rule.route.clone();
@@ -219,11 +234,14 @@ impl Proxy {
                     let location = filters::redirect_location(redirect, &src);
                     let status =
                         StatusCode::from_u16(filters::redirect_status(redirect)).unwrap_or(StatusCode::FOUND);
-                    let mut response = local(status, "");
+                    let mut response = local_answer(status, "");
                     match HeaderValue::from_str(&location) {
                         Ok(value) => response.headers_mut().insert(header::LOCATION, value),
                         Err(_) => {
-                            return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable redirect");
+                            return local_answer(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "unrepresentable redirect",
+                            );
                         }
                     };
                     return response;
@@ -231,7 +249,7 @@ impl Proxy {
                 Filter::Cors(policy) if cors::is_preflight(req.method(), req.headers()) => {
                     // The proxy answers preflights itself; an origin that is not allowed gets an
                     // answer without CORS headers, which the browser takes as a refusal.
-                    let mut response = local(StatusCode::NO_CONTENT, "");
+                    let mut response = local_answer(StatusCode::NO_CONTENT, "");
                     cors::apply(response.headers_mut(), cors::preflight_headers(policy, req.headers()));
                     return response;
                 }
@@ -239,19 +257,20 @@ impl Proxy {
             }
         }
 
-        // A persistent session goes back to its endpoint while that is one of the rule's.
-        let now = std::time::SystemTime::now();
-        let carried = rule.session.as_ref().and_then(|p| session::carried(p, req.headers(), now));
+        // A persistent session goes back to its endpoint while that is one of the rule's. The
+        // clock is read only for a rule that has one.
+        let persistence = rule.session.as_ref().map(|policy| (policy, std::time::SystemTime::now()));
+        let carried = persistence.and_then(|(p, now)| session::carried(p, req.headers(), now));
         let pinned = carried.as_ref().and_then(|c| Some((rule.backend_serving(c.endpoint)?, c.endpoint)));
         let Some(backend) = pinned.map(|(b, _)| b).or_else(|| rule.pick_backend()) else {
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
+            return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "no backend");
         };
         outcome.backend = backend.label.clone();
         let endpoints = match &backend.target {
             BackendTarget::Service(endpoints) => endpoints,
             BackendTarget::Invalid(reason) => {
                 tracing::debug!(route = %rule.route, %reason, "invalid backend");
-                return local(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend");
+                return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend");
             }
         };
         for filter in &backend.filters {
@@ -278,7 +297,7 @@ impl Proxy {
                     None => new_path.to_string(),
                 };
                 let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
-                    return local(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
+                    return local_answer(StatusCode::INTERNAL_SERVER_ERROR, "unrepresentable rewritten path");
                 };
                 path_and_query
             }
@@ -288,7 +307,7 @@ impl Proxy {
         if let Some(upgrade) = &upgrade {
             upgrade.restore(&mut parts.headers);
         }
-        headers::add_forwarded(&mut parts.headers, inbound.peer.ip(), scheme);
+        headers::add_forwarded(&mut parts.headers, inbound.forwarded_for.as_ref(), scheme);
         match host_header {
             Some(host) => parts.headers.insert(header::HOST, host),
             None => parts.headers.remove(header::HOST),
@@ -304,7 +323,9 @@ impl Proxy {
             .map(|m| m.target.clone())
             .collect();
         let body = if mirrors.is_empty() {
-            body.boxed()
+            // A request whose body is already over (most GETs) is sent with an empty body of
+            // no size rather than its own boxed: the same frames and size hint, no allocation.
+            if hyper::body::Body::is_end_stream(&body) { empty_body() } else { body.boxed() }
         } else {
             let head = mirror::Head {
                 method: parts.method.clone(),
@@ -315,9 +336,9 @@ impl Proxy {
             self.mirrors.start(mirrors, head, body.boxed(), upstream.clone())
         };
         let attempts = 1 + retry.map_or(0, |r| r.attempts);
-        let request_timeout = rule.timeouts.request_ms.map(Duration::from_millis);
+        // The request timeout and when it started (the clock is read only for a rule with one).
+        let request_timeout = rule.timeouts.request_ms.map(|ms| (Duration::from_millis(ms), Instant::now()));
         let attempt_timeout = rule.timeouts.backend_request_ms.map(Duration::from_millis);
-        let started = Instant::now();
         let mut body = Some(body);
         let mut attempt = 0;
         let mut used;
@@ -326,7 +347,7 @@ impl Proxy {
             let last = attempt >= attempts;
             let sticky = pinned.filter(|_| attempt == 1).and_then(|(_, addr)| endpoints.pick_addr(addr));
             let Some(endpoint) = sticky.or_else(|| endpoints.pick()) else {
-                return local(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
+                return local_answer(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint");
             };
             let mut upstream_req = Request::new(body.take().unwrap_or_else(empty_body));
             *upstream_req.method_mut() = parts.method.clone();
@@ -338,10 +359,11 @@ impl Proxy {
                 if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
 
             // The request timeout covers every attempt; the backend timeout each one.
-            let budget = [request_timeout.map(|t| t.saturating_sub(started.elapsed())), attempt_timeout]
-                .into_iter()
-                .flatten()
-                .min();
+            let budget =
+                [request_timeout.map(|(t, started)| t.saturating_sub(started.elapsed())), attempt_timeout]
+                    .into_iter()
+                    .flatten()
+                    .min();
             // An upgrade is an HTTP/1.1 handshake whatever the backend speaks otherwise.
             let protocol = if upgrade.is_some() { AppProtocol::Http1 } else { endpoints.app_protocol };
             let send = upstream.send_to(endpoint.addr, upstream_req, protocol);
@@ -373,15 +395,15 @@ impl Proxy {
                 Err(error) => {
                     self.metrics.record_upstream_failure(error.kind);
                     tracing::debug!(backend = %outcome.backend, %error, attempt, "upstream failed");
-                    let expired = request_timeout.is_some_and(|t| started.elapsed() >= t);
+                    let expired = request_timeout.is_some_and(|(t, started)| started.elapsed() >= t);
                     if last || expired {
                         return match error.kind {
                             UpstreamFailure::Connect => {
-                                local(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
+                                local_answer(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable")
                             }
-                            UpstreamFailure::Reset => local(StatusCode::BAD_GATEWAY, "backend failed"),
+                            UpstreamFailure::Reset => local_answer(StatusCode::BAD_GATEWAY, "backend failed"),
                             UpstreamFailure::Timeout => {
-                                local(StatusCode::GATEWAY_TIMEOUT, "backend timed out")
+                                local_answer(StatusCode::GATEWAY_TIMEOUT, "backend timed out")
                             }
                         };
                     }
@@ -402,19 +424,61 @@ impl Proxy {
         for extra in plan.cors {
             cors::apply(headers, extra);
         }
-        if let (Some(policy), Some(endpoint)) = (&rule.session, used)
+        if let (Some((policy, now)), Some(endpoint)) = (persistence, used)
             && let Some((name, value)) = session::response_header(policy, endpoint, carried.as_ref(), now)
         {
             headers.append(name, value);
         }
         let metrics = self.metrics.clone();
-        response.map(|body| WatchedBody { inner: body, metrics }.boxed())
+        response.map(|body| ResponseBody::Backend(WatchedBody { inner: body, metrics }))
+    }
+}
+
+/// The body of a response to a client: a backend's, watched, or one the proxy made. Not boxed:
+/// a backend's answer, the one nearly every request gets, then costs no allocation of its own.
+pub enum ResponseBody {
+    Backend(WatchedBody),
+    Proxy(ProxyBody),
+}
+
+impl From<ProxyBody> for ResponseBody {
+    fn from(body: ProxyBody) -> Self {
+        ResponseBody::Proxy(body)
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Backend(body) => std::pin::Pin::new(body).poll_frame(cx),
+            ResponseBody::Proxy(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Backend(body) => body.is_end_stream(),
+            ResponseBody::Proxy(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ResponseBody::Backend(body) => body.size_hint(),
+            ResponseBody::Proxy(body) => body.size_hint(),
+        }
     }
 }
 
 /// A backend's response body that counts the backend failing after its headers were sent:
 /// the client's stream is cut (the status is already on the wire), and the failure counted.
-struct WatchedBody {
+pub struct WatchedBody {
     inner: Incoming,
     metrics: Arc<Metrics>,
 }
@@ -492,6 +556,11 @@ fn empty_body() -> ProxyBody {
 /// Marks a response the proxy wrote itself, with its message.
 #[derive(Clone, Copy, Debug)]
 pub struct Local(pub &'static str);
+
+/// [`local`], as the answer to a client.
+fn local_answer(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    local(status, body).map(ResponseBody::Proxy)
+}
 
 /// A response the proxy writes itself.
 pub fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -476,6 +476,10 @@ impl CompiledRule {
         if self.total_weight == 0 {
             return None;
         }
+        // One backend (weight above 0, as the total says) takes every request: no draw.
+        if let [only] = self.backends.as_slice() {
+            return Some(only);
+        }
         let mut ticket = rand::rng().random_range(0..self.total_weight);
         for backend in &self.backends {
             let weight = u64::from(backend.weight);
