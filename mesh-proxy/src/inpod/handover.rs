@@ -28,7 +28,8 @@
 //! between its last accept and its close is reset. Linux ≥ 5.14 migrates such connections to
 //! another listener of the group when `net.ipv4.tcp_migrate_req` is 1 in that netns;
 //! [`enable_migration_here`] sets it in each pod's netns where the proxy may write sysctls
-//! (weft-cni sets it too, at ADD, from the host).
+//! (weft-cni sets it too, at ADD, from the host), and in the proxy's own netns for Gateway
+//! listeners (`listener::run`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -164,7 +165,14 @@ pub async fn wait_until_taken(
 /// listener of the group instead of being reset (Linux ≥ 5.14). Only sockets in such groups are
 /// affected. Fails where `/proc/sys` is read-only (unprivileged containers).
 pub fn enable_migration_here() -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1")
+    std::fs::write(MIGRATE_REQ, "1")
+}
+
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Whether `net.ipv4.tcp_migrate_req` is on in the calling thread's network namespace.
+pub fn migration_enabled_here() -> io::Result<bool> {
+    Ok(std::fs::read_to_string(MIGRATE_REQ)?.trim() == "1")
 }
 
 #[cfg(test)]

@@ -99,6 +99,7 @@ struct Bound {
 /// closes them (after a hand-over, see [`Stop`]) and returns. Connections already accepted run
 /// on in their own tasks; [`drained`] waits for them.
 pub async fn run(store: Arc<ConfigStore>, proxy: Arc<Proxy>, mut stop: watch::Receiver<Option<Stop>>) {
+    enable_migration();
     let mut changes = store.subscribe();
     let mut bound: HashMap<SocketAddr, Bound> = HashMap::new();
     let mut udp_bound: HashMap<SocketAddr, Bound> = HashMap::new();
@@ -214,6 +215,29 @@ pub async fn drained(store: &ConfigStore, until: Instant) {
             return;
         }
         tokio::time::sleep(inpod::handover::POLL).await;
+    }
+}
+
+/// Gateway listeners hand over to a new proxy like pods' listeners do ([`inpod::handover`]):
+/// when the old proxy closes its listener, the connections the kernel had already queued on it
+/// move to the new proxy's listener only if `net.ipv4.tcp_migrate_req` is 1 in this network
+/// namespace; otherwise they are reset, and a client sees its connection dropped during an
+/// upgrade. Set here, best effort (a read-only /proc/sys leaves the kernel's default), and said
+/// in the log when this proxy changed it: it affects every `SO_REUSEPORT` group of the netns
+/// (for the better: a closing listener's queue moves to its group instead of being reset).
+fn enable_migration() {
+    match inpod::handover::migration_enabled_here() {
+        Ok(true) => {}
+        Ok(false) => match inpod::handover::enable_migration_here() {
+            Ok(()) => tracing::info!(
+                "set net.ipv4.tcp_migrate_req=1: connections queued on a listener closed after an upgrade's hand-over move to the new proxy instead of being reset"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot set net.ipv4.tcp_migrate_req=1: during an upgrade, connections queued on the old proxy's Gateway listeners when it closes them are reset"
+            ),
+        },
+        Err(error) => tracing::debug!(%error, "net.ipv4.tcp_migrate_req not readable"),
     }
 }
 
