@@ -130,6 +130,32 @@ pub(crate) fn ztunnel_description(bin: &std::ffi::OsStr) -> String {
     format!("{} ({version})", PathBuf::from(bin).display())
 }
 
+/// Tries `attempt` every 200 ms for up to 30 s until a request crossed `what`: `Err(why)` is
+/// not yet (tried again), `Ok(Err(error))` a failure that waiting will not mend. Fails at once
+/// when one of `procs` exited, and at the deadline with the last answer and their logs.
+fn wait_through(
+    procs: &[Proc],
+    what: &str,
+    mut attempt: impl FnMut() -> Result<anyhow::Result<()>, String>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match attempt() {
+            Ok(done) => return done,
+            Err(why) => last = why,
+        }
+        for proc in procs {
+            if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
+                bail!("{} exited:\n{}", proc.name, proc.log_tail());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: Vec<String> = procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
+    bail!("no request crossed {what} in 30 s ({last})\n{}", logs.join("\n"))
+}
+
 /// The ztunnel peer: its two pods, their apps and a ztunnel in each.
 /// Fields drop in order: the ztunnels and apps stop before their pods are deleted.
 pub(crate) struct Ztunnel<'a> {
@@ -186,43 +212,30 @@ impl<'a> Ztunnel<'a> {
     /// the server-side ztunnel counts it as an mTLS (HBONE) connection, not a plaintext one
     /// its :15006 would also have taken.
     fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while std::time::Instant::now() < deadline {
-            match testbed::http::get_once(&self.client.path(), self.server.addr(8080), "ztunnel") {
-                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.server.ip) => {
-                    let metrics = self.server_metrics();
-                    let mtls = metrics.lines().any(|l| {
-                        l.starts_with("istio_tcp_connections_opened_total")
-                            && l.contains("connection_security_policy=\"mutual_tls\"")
-                    });
-                    if !mtls {
-                        bail!(
-                            "zserver's ztunnel counted no mTLS connection: the calls did not cross HBONE\n{}",
-                            metrics
-                                .lines()
-                                .filter(|l| l.starts_with("istio_tcp"))
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        );
-                    }
-                    println!(
-                        "==> ztunnel ready: zclient → zserver crosses both ztunnels, counted as mTLS by zserver's"
-                    );
-                    return Ok(());
-                }
-                Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
-                Err(error) => last = error.to_string(),
+        wait_through(&self.procs, "the ztunnels", || {
+            let answer = testbed::http::get_once(&self.client.path(), self.server.addr(8080), "ztunnel")
+                .map_err(|error| error.to_string())?;
+            let peer = testbed::http::peer_of(&answer);
+            if peer != Some(self.server.ip) {
+                return Err(format!("answered, peer {peer:?}"));
             }
-            for proc in &self.procs {
-                if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
-                    bail!("{} exited:\n{}", proc.name, proc.log_tail());
-                }
+            let metrics = self.server_metrics();
+            let mtls = metrics.lines().any(|l| {
+                l.starts_with("istio_tcp_connections_opened_total")
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+            });
+            if !mtls {
+                // Not a transient state: the calls went around the tunnel.
+                return Ok(Err(anyhow::anyhow!(
+                    "zserver's ztunnel counted no mTLS connection: the calls did not cross HBONE\n{}",
+                    metrics.lines().filter(|l| l.starts_with("istio_tcp")).collect::<Vec<_>>().join("\n")
+                )));
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
-        bail!("no request crossed the ztunnels in 30 s ({last})\n{}", logs.join("\n"))
+            println!(
+                "==> ztunnel ready: zclient → zserver crosses both ztunnels, counted as mTLS by zserver's"
+            );
+            Ok(Ok(()))
+        })
     }
 
     /// The server-side ztunnel's Prometheus metrics (its stats port, :15020, in zserver).
@@ -410,26 +423,16 @@ impl Relays {
     /// Until a request from the client reaches the server's app through both relays: the app
     /// sees it come from node B (relay B), not from the client.
     fn wait_ready(&self, shop: &Shop<'_>, name: &str) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while std::time::Instant::now() < deadline {
-            match testbed::http::get_once(&shop.client.path(), self.entry, "floor") {
-                Ok(answer) if testbed::http::peer_of(&answer) == Some(self.node_b) => {
-                    println!("==> {name} ready: client → {} → relay B → legacy", self.entry);
-                    return Ok(());
-                }
-                Ok(answer) => last = format!("answered, peer {:?}", testbed::http::peer_of(&answer)),
-                Err(error) => last = error.to_string(),
+        wait_through(&self.procs, name, || {
+            let answer = testbed::http::get_once(&shop.client.path(), self.entry, "floor")
+                .map_err(|error| error.to_string())?;
+            let peer = testbed::http::peer_of(&answer);
+            if peer != Some(self.node_b) {
+                return Err(format!("answered, peer {peer:?}"));
             }
-            for proc in &self.procs {
-                if std::fs::metadata(format!("/proc/{}", proc.pid())).is_err() {
-                    bail!("{} exited:\n{}", proc.name, proc.log_tail());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let logs: Vec<String> = self.procs.iter().map(|p| format!("{}:\n{}", p.name, p.log_tail())).collect();
-        bail!("{name}: no request crossed both relays in 30 s ({last})\n{}", logs.join("\n"))
+            println!("==> {name} ready: client → {} → relay B → legacy", self.entry);
+            Ok(Ok(()))
+        })
     }
 
     fn pids(&self) -> Vec<u32> {
