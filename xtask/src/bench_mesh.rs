@@ -266,12 +266,13 @@ impl<'a> Ztunnel<'a> {
 /// A's netns, on node A's address on the pod network: explicit, no redirection), which relays
 /// to relay B (node B's netns, over the link between the nodes), which relays to the unmeshed
 /// legacy pod. Both relays are HAProxy in `mode tcp`, one thread each; between them plain TCP
-/// ([`FLOOR_PLAIN`]) or TLS 1.3 with both peers verified ([`FLOOR_TLS`]).
-struct Relays {
+/// ([`FLOOR_PLAIN`]) or TLS 1.3 with both peers verified ([`FLOOR_TLS`]). Each app port of the
+/// server gets its own pair of relay ports, so one lab can relay HTTP and iperf3 side by side.
+pub struct Relays {
     /// Relay A, relay B.
     procs: Vec<Proc>,
-    /// Where the client dials: relay A.
-    entry: SocketAddr,
+    /// Where the client dials relay A, by the server's app port.
+    entries: Vec<(u16, SocketAddr)>,
     /// Node B's address on its pod network: where relay B's connections to the pod come from.
     node_b: std::net::IpAddr,
     /// Each relay's configuration file name and text (the temp dir written `$DIR`), for the
@@ -280,11 +281,14 @@ struct Relays {
     _dir: tempfile::TempDir,
 }
 
-const FLOOR_PLAIN: &str = "floor: 2 HAProxy mode tcp relays";
-const FLOOR_TLS: &str = "floor: 2 HAProxy mode tcp relays, TLS 1.3 between";
-/// The ports relays A and B listen on, plain floor then TLS floor (the node proxies use 15008,
-/// 15010, 15014 and 15021).
-const RELAY_PORTS: [(u16, u16); 2] = [(15110, 15111), (15112, 15113)];
+pub const FLOOR_PLAIN: &str = "floor: 2 HAProxy mode tcp relays";
+pub const FLOOR_TLS: &str = "floor: 2 HAProxy mode tcp relays, TLS 1.3 between";
+/// The first port relays A and B listen on, plain floor then TLS floor; the i-th app port is
+/// relayed on `first + 2 i` (relay A) and `first + 2 i + 1` (relay B), so up to five app ports
+/// fit before the TLS floor's range (the node proxies use 15008, 15010, 15014 and 15021).
+const RELAY_FIRST_PORTS: [u16; 2] = [15110, 15120];
+/// The app port of the mesh lab's HTTP echo: the one the floors' readiness check goes through.
+const HTTP_APP_PORT: u16 = 8080;
 
 /// The gateway (the node's own address on its pod network) of a pod, from its CNI result.
 fn gateway_of(pod: &Pod<'_>) -> anyhow::Result<std::net::IpAddr> {
@@ -294,16 +298,21 @@ fn gateway_of(pod: &Pod<'_>) -> anyhow::Result<std::net::IpAddr> {
         .with_context(|| format!("no gateway in {}'s CNI result: {}", pod.spec.name, pod.result))
 }
 
-/// A relay's HAProxy configuration: listen on `bind` (with `bind_tls` after it, if any), relay
-/// to `server` (with `server_tls` after it, if any).
-fn relay_conf(role: &str, bind: &str, bind_tls: &str, server: &str, server_tls: &str) -> String {
-    format!(
+/// A relay's HAProxy configuration: for each `(bind, server)`, listen on `bind` (with
+/// `bind_tls` after it, if any) and relay to `server` (with `server_tls` after it, if any).
+fn relay_conf(role: &str, pairs: &[(String, String)], bind_tls: &str, server_tls: &str) -> String {
+    let mut conf = format!(
         "# The mesh floor, {role}: a pure L4 byte relay (mode tcp), one thread.\n\
          global\n  nbthread 1\n  maxconn 4096\n\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
-         frontend relay\n  bind {bind}{bind_tls}\n  default_backend next\n\n\
-         backend next\n  server next {server}{server_tls}\n"
-    )
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+    );
+    for (i, (bind, server)) in pairs.iter().enumerate() {
+        conf += &format!(
+            "\nfrontend relay{i}\n  bind {bind}{bind_tls}\n  default_backend next{i}\n\n\
+             backend next{i}\n  server next {server}{server_tls}\n"
+        );
+    }
+    conf
 }
 
 /// A test CA and two ECDSA P-256 certificates signed by it (relay B's as a server, relay A's
@@ -360,10 +369,10 @@ fn floor_certificates(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 impl Relays {
-    /// Relay A in node A, relay B in node B, to `server`'s app on :8080; TLS 1.3 between them
-    /// when `tls` (each verifies the other's certificate against the test CA, and relay A
-    /// checks relay B's name).
-    fn start(shop: &Shop<'_>, server: &Pod<'_>, tls: bool) -> anyhow::Result<Relays> {
+    /// Relay A in node A, relay B in node B, to `server`'s HTTP app on :8080 and to each of
+    /// `more_ports`; TLS 1.3 between them when `tls` (each verifies the other's certificate
+    /// against the test CA, and relay A checks relay B's name).
+    pub fn start(shop: &Shop<'_>, server: &Pod<'_>, tls: bool, more_ports: &[u16]) -> anyhow::Result<Relays> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display().to_string();
         let (bind_b, server_a) = if tls {
@@ -377,27 +386,22 @@ impl Relays {
         } else {
             (String::new(), String::new())
         };
-        // Node B's end of the link between the nodes (testbed::cni::link).
-        let (port_a, port_b) = RELAY_PORTS[usize::from(tls)];
-        let link_b = SocketAddr::from(([10, 98, 0, 2], port_b));
-        let entry = SocketAddr::new(gateway_of(&shop.client)?, port_a);
+        let node_a = gateway_of(&shop.client)?;
+        let first = RELAY_FIRST_PORTS[usize::from(tls)];
+        let app_ports: Vec<u16> = std::iter::once(HTTP_APP_PORT).chain(more_ports.iter().copied()).collect();
+        let (mut pairs_a, mut pairs_b, mut entries) = (vec![], vec![], vec![]);
+        for (i, app_port) in (0u16..).zip(&app_ports) {
+            let (port_a, port_b) = (first + 2 * i, first + 2 * i + 1);
+            // Node B's end of the link between the nodes (testbed::cni::link).
+            let link_b = SocketAddr::from(([10, 98, 0, 2], port_b));
+            let entry = SocketAddr::new(node_a, port_a);
+            pairs_a.push((entry.to_string(), link_b.to_string()));
+            pairs_b.push((format!("0.0.0.0:{port_b}"), server.addr(*app_port).to_string()));
+            entries.push((*app_port, entry));
+        }
         let configs = [
-            (
-                "relay-a",
-                &shop.lab.a.netns,
-                relay_conf("relay A (node A)", &format!("{entry}"), "", &link_b.to_string(), &server_a),
-            ),
-            (
-                "relay-b",
-                &shop.lab.b.netns,
-                relay_conf(
-                    "relay B (node B)",
-                    &format!("0.0.0.0:{port_b}"),
-                    &bind_b,
-                    &server.addr(8080).to_string(),
-                    "",
-                ),
-            ),
+            ("relay-a", &shop.lab.a.netns, relay_conf("relay A (node A)", &pairs_a, "", &server_a)),
+            ("relay-b", &shop.lab.b.netns, relay_conf("relay B (node B)", &pairs_b, &bind_b, "")),
         ];
         let haproxy = crate::measure::which("haproxy")?;
         let mut procs = Vec::new();
@@ -415,7 +419,7 @@ impl Relays {
                 dir.path(),
             )?);
         }
-        let relays = Relays { procs, entry, node_b: gateway_of(server)?, configs: texts, _dir: dir };
+        let relays = Relays { procs, entries, node_b: gateway_of(server)?, configs: texts, _dir: dir };
         relays.wait_ready(shop, if tls { FLOOR_TLS } else { FLOOR_PLAIN })?;
         Ok(relays)
     }
@@ -423,19 +427,29 @@ impl Relays {
     /// Until a request from the client reaches the server's app through both relays: the app
     /// sees it come from node B (relay B), not from the client.
     fn wait_ready(&self, shop: &Shop<'_>, name: &str) -> anyhow::Result<()> {
+        let entry = self.entry(HTTP_APP_PORT)?;
         wait_through(&self.procs, name, || {
-            let answer = testbed::http::get_once(&shop.client.path(), self.entry, "floor")
+            let answer = testbed::http::get_once(&shop.client.path(), entry, "floor")
                 .map_err(|error| error.to_string())?;
             let peer = testbed::http::peer_of(&answer);
             if peer != Some(self.node_b) {
                 return Err(format!("answered, peer {peer:?}"));
             }
-            println!("==> {name} ready: client → {} → relay B → legacy", self.entry);
+            println!("==> {name} ready: client → {entry} → relay B → legacy");
             Ok(Ok(()))
         })
     }
 
-    fn pids(&self) -> Vec<u32> {
+    /// Where the client dials to reach the server's `app_port` through both relays.
+    pub fn entry(&self, app_port: u16) -> anyhow::Result<SocketAddr> {
+        self.entries
+            .iter()
+            .find(|(port, _)| *port == app_port)
+            .map(|(_, entry)| *entry)
+            .with_context(|| format!("the floor relays do not relay port {app_port}"))
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().map(Proc::pid).collect()
     }
 }
@@ -575,11 +589,11 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Results> {
     }
     // The floors (HTTP only): last in each repeat, interleaved with the mesh paths.
     let floors = [
-        Relays::start(shop, &shop.legacy, false).context(FLOOR_PLAIN)?,
-        Relays::start(shop, &shop.legacy, true).context(FLOOR_TLS)?,
+        Relays::start(shop, &shop.legacy, false, &[]).context(FLOOR_PLAIN)?,
+        Relays::start(shop, &shop.legacy, true, &[]).context(FLOOR_TLS)?,
     ];
     for (name, relays) in [FLOOR_PLAIN, FLOOR_TLS].into_iter().zip(&floors) {
-        http.push((name, shop.client.path(), relays.entry, relays.pids()));
+        http.push((name, shop.client.path(), relays.entry(HTTP_APP_PORT)?, relays.pids()));
     }
     let new = |paths: &[(&'static str, PathBuf, SocketAddr, Vec<u32>)], n: usize| -> Vec<Series> {
         paths

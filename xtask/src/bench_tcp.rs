@@ -5,8 +5,11 @@
 //! the unmeshed `legacy` pod (node B), straight over the nodes' veth (direct), and from the
 //! meshed frontend to the meshed checkout-v1, which the node proxies carry in mTLS HBONE
 //! (tunnel). With `ZTUNNEL_BIN` set, ztunnel's tunnel too, between two more unmeshed pods, one
-//! on each node (the L4 peer of `bench mesh`, set up the same way). All configurations are
-//! interleaved in every repeat; the tunnelling proxies' CPU is read from /proc during each run.
+//! on each node (the L4 peer of `bench mesh`, set up the same way). And the floors of `bench
+//! mesh` ([`Relays`]): two HAProxy byte relays where the node proxies sit, plain TCP or TLS 1.3
+//! between them, which show how much of direct any pair of user-space relays keeps on this
+//! machine. All configurations are interleaved in every repeat; the tunnelling proxies' CPU is
+//! read from /proc during each run.
 //! Results: `bench/results/tcp.{json,md}`.
 
 use std::fmt::Write as _;
@@ -18,7 +21,9 @@ use serde_json::json;
 use testbed::netns::Netns;
 
 use crate::bench::{Binaries, Plan};
-use crate::bench_mesh::{Shop, ZTUNNEL_NOT_RUN, Ztunnel, with_shop, ztunnel_description};
+use crate::bench_mesh::{
+    FLOOR_PLAIN, FLOOR_TLS, Relays, Shop, ZTUNNEL_NOT_RUN, Ztunnel, with_shop, ztunnel_description,
+};
 use crate::measure::{Proc, RunInfo, cpu_seconds, median, spawn, spread, uptime, verdict};
 
 const IPERF_PORT: u16 = 5201;
@@ -99,6 +104,14 @@ fn measure(shop: &Shop<'_>, plan: Plan) -> anyhow::Result<Measured> {
     if let Some(z) = &ztunnel {
         paths.push((ZTUNNEL, &z.client.spec.netns, z.server.addr(IPERF_PORT), z.pids()));
     }
+    // The floors relay from the unmeshed client to legacy's iperf3, last in each repeat.
+    let floors = [
+        Relays::start(shop, &shop.legacy, false, &[IPERF_PORT]).context(FLOOR_PLAIN)?,
+        Relays::start(shop, &shop.legacy, true, &[IPERF_PORT]).context(FLOOR_TLS)?,
+    ];
+    for (name, relays) in [FLOOR_PLAIN, FLOOR_TLS].into_iter().zip(&floors) {
+        paths.push((name, &shop.client.spec.netns, relays.entry(IPERF_PORT)?, relays.pids()));
+    }
     let mut points = Vec::new();
     for streams in STREAMS {
         for (path, ..) in &paths {
@@ -148,7 +161,13 @@ fn write_results(measured: &Measured, plan: Plan, load_before: &str, load_after:
          unmeshed pod on node B. Tunnel: a meshed pod on node A to a meshed pod on node B, carried by both\n\
          node proxies in mTLS HBONE (HTTP/2 CONNECT over TLS 1.3). `iperf3 -c <pod> -P <connections> -t {seconds}`,\n\
          {repeats} runs of each configuration interleaved; receiver's throughput, median [min–max]. Everything\n\
-         (iperf3 client and server, both proxies) shares the machine's cores.\n\n{}\
+         (iperf3 client and server, both proxies) shares the machine's cores.\n\n\
+         The `floor` rows are references, not peers: the unmeshed client to the legacy pod's iperf3 through two\n\
+         HAProxy processes in `mode tcp` (one thread each, HAProxy's default buffers, no splicing) where the\n\
+         node proxies sit, plain TCP or TLS 1.3 (both peers verified) between them: the relays of `bench mesh`,\n\
+         whose configurations [mtls.md](mtls.md) gives. Their CPU column is both relays'. Every byte of a\n\
+         relayed path crosses three TCP connections instead of one, on the same two cores as the iperf3 ends,\n\
+         so the share of direct a floor keeps is what any pair of user-space relays keeps on this machine.\n\n{}\
          | path | connections | Gbit/s | both proxies' CPU (cores) | share of direct |\n| --- | --- | --- | --- | --- |",
         crate::bench::binaries_note(),
         match &measured.ztunnel {
@@ -174,11 +193,12 @@ fn write_results(measured: &Measured, plan: Plan, load_before: &str, load_after:
             spread(&point.gbps, 2),
             100.0 * share
         )?;
-        if point.path == ZTUNNEL {
-            // The peer's share, beside Weft's verdict: the target is Weft's.
+        if point.path == ZTUNNEL || point.path == FLOOR_PLAIN || point.path == FLOOR_TLS {
+            // The peer's and the floors' shares, beside Weft's verdict: the target is Weft's.
             verdicts.push(format!(
-                "- {} connection(s), for comparison: ztunnel's tunnel carries {:.0} % of direct.",
+                "- {} connection(s), for comparison: {} carries {:.0} % of direct.",
                 point.streams,
+                if point.path == ZTUNNEL { "ztunnel's tunnel" } else { point.path },
                 100.0 * share
             ));
         } else if point.path == WEFT {
@@ -194,7 +214,7 @@ fn write_results(measured: &Measured, plan: Plan, load_before: &str, load_after:
     writeln!(md, "\n## Targets (issue 5)\n\n{}\n", verdicts.join("\n"))?;
     writeln!(
         md,
-        "Rerun: `cargo xtask bench tcp [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins)."
+        "Rerun: `cargo xtask bench tcp [--quick]` (root; apt-get install -y iperf3 nftables containernetworking-plugins haproxy)."
     )?;
     let json_points: Vec<serde_json::Value> = points
         .iter()
