@@ -32,7 +32,7 @@ use crate::route::filters::{self, RedirectSource};
 use crate::route::matching::RequestView;
 use crate::route::{BackendTarget, Selected};
 use crate::upstream::dial::Dial;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{BodyError, Upstream, UpstreamBody, UpstreamError};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -449,15 +449,15 @@ impl From<ProxyBody> for ResponseBody {
 
 impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Backend(body) => std::pin::Pin::new(body).poll_frame(cx),
-            ResponseBody::Proxy(body) => std::pin::Pin::new(body).poll_frame(cx),
+            ResponseBody::Proxy(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -479,18 +479,18 @@ impl hyper::body::Body for ResponseBody {
 /// A backend's response body that counts the backend failing after its headers were sent:
 /// the client's stream is cut (the status is already on the wire), and the failure counted.
 pub struct WatchedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     metrics: Arc<Metrics>,
 }
 
 impl hyper::body::Body for WatchedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Err(error))) = &polled {
             tracing::debug!(%error, "backend failed mid-response");

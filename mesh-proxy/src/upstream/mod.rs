@@ -1,36 +1,67 @@
-//! Connections to backends: a pool of HTTP/1.1 keep-alive connections ([`pool`]) and a pooled
-//! client for HTTP/2 with prior knowledge (h2c), both keyed by endpoint address so each
+//! Connections to backends: a pool of HTTP/1.1 keep-alive connections ([`pool`]) and one of
+//! HTTP/2 connections with prior knowledge ([`h2c`]), both keyed by endpoint address so each
 //! endpoint has its own pool, over connections a [`Dial`] makes.
 
 pub mod dial;
+pub mod h2c;
 pub mod pool;
 
-use std::error::Error as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
-use http::uri::{Parts, Uri};
+use bytes::Bytes;
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use mesh_api::model::AppProtocol;
 
 use crate::metrics::UpstreamFailure;
 use crate::proxy::ProxyBody;
-use dial::{Connector, Dial};
-
-/// Idle h2c connections are closed after this, as HTTP/1.1 ones ([`pool::IDLE_TIMEOUT`]).
-const POOL_IDLE_TIMEOUT: Duration = pool::IDLE_TIMEOUT;
-/// Idle h2c connections kept per endpoint: one carries any number of concurrent streams, so
-/// a few are plenty.
-const POOL_MAX_IDLE_PER_HOST: usize = 64;
+use dial::Dial;
 
 #[derive(Clone)]
 pub struct Upstream {
     http1: Arc<pool::Http1Pool>,
-    h2c: Client<Connector, ProxyBody>,
+    h2c: Arc<h2c::H2cPool>,
+}
+
+/// A backend's response body, as the protocol it spoke delivers it.
+pub enum UpstreamBody {
+    Http1(Incoming),
+    H2c(h2c::H2Body),
+}
+
+/// Why a backend's body failed (hyper's or h2's error).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2c(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::H2c(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::H2c(body) => body.size_hint(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +81,8 @@ impl Upstream {
     /// Clients whose connections `dial` makes.
     pub fn new(dial: Arc<dyn Dial>) -> Self {
         let http1 = Arc::new(pool::Http1Pool::new(dial.clone(), pool::Limits::default()));
-        let connector = Connector(dial);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            // Requests are only retried when no byte was written (a pooled connection the
-            // backend had just closed), which is safe for any method.
-            .retry_canceled_requests(true);
-        let h2c = builder.http2_only(true).build(connector);
+        // Idle h2c connections close after the same time as HTTP/1.1 ones.
+        let h2c = Arc::new(h2c::H2cPool::new(dial, pool::IDLE_TIMEOUT));
         Upstream { http1, h2c }
     }
 
@@ -69,7 +92,7 @@ impl Upstream {
         &self,
         req: Request<ProxyBody>,
         protocol: AppProtocol,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let endpoint = req.uri().authority().and_then(|a| a.as_str().parse().ok());
         let Some(endpoint) = endpoint else {
             return Err(UpstreamError {
@@ -87,36 +110,13 @@ impl Upstream {
         endpoint: SocketAddr,
         mut req: Request<ProxyBody>,
         protocol: AppProtocol,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if protocol != AppProtocol::H2c {
             *req.version_mut() = Version::HTTP_11;
-            return self.http1.send(endpoint, req).await;
+            return Ok(self.http1.send(endpoint, req).await?.map(UpstreamBody::Http1));
         }
         *req.version_mut() = Version::HTTP_2;
-        // hyper-util's client pools by the URI's authority and takes `:authority` from it.
-        if req.uri().authority().is_none() {
-            let mut parts = Parts::default();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.path_and_query = req.uri().path_and_query().cloned();
-            parts.authority = endpoint.to_string().parse().ok();
-            match Uri::from_parts(parts) {
-                Ok(uri) => *req.uri_mut() = uri,
-                Err(error) => {
-                    return Err(UpstreamError {
-                        kind: UpstreamFailure::Connect,
-                        message: format!("no URI for {endpoint}: {error}"),
-                    });
-                }
-            }
-        }
-        self.h2c.request(req).await.map_err(|error| {
-            let kind = if error.is_connect() { UpstreamFailure::Connect } else { UpstreamFailure::Reset };
-            let message = match error.source() {
-                Some(source) => format!("{error}: {source}"),
-                None => error.to_string(),
-            };
-            UpstreamError { kind, message }
-        })
+        Ok(self.h2c.send(endpoint, req).await?.map(UpstreamBody::H2c))
     }
 
     /// HTTP/1.1 connections pooled for `endpoint`, busy or idle.
