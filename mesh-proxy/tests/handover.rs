@@ -97,3 +97,30 @@ async fn with_no_successor_a_stopped_proxy_closes_its_gateway_listener_at_once()
     assert!(stopped.elapsed() < Duration::from_secs(1));
     assert!(once(l.port).await.is_err(), "nothing listens any more");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_the_close_still_gets_its_first_request_served() {
+    let backend = backend("b", Behaviour::Echo).await;
+    let l = gateway_listener(free_port());
+    let mut proxy = start(simple(&l, backend)).await;
+    wait_listening(l.port).await;
+    // Connected (accepted by the proxy) before the stop; its request leaves after the listener
+    // has closed, as a request in flight at the close would arrive.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", l.port)).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shutdown = tokio::spawn(async move {
+        proxy.shutdown(Instant::now() + Duration::from_secs(5), false).await;
+        proxy
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(once(l.port).await.is_err(), "the listener is closed");
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(read.is_ok(), "the connection closes after its answer: {answer:?}");
+    assert!(answer.starts_with("http/1.1 200"), "served, not dropped: {answer:?}");
+    assert!(answer.contains("connection: close"), "and told it closes: {answer:?}");
+    let stopped = shutdown.await.expect("shutdown");
+    drop(stopped);
+}

@@ -1,6 +1,7 @@
 //! The sockets of the Gateway listeners, kept in step with the config: a listener that stays
 //! keeps its socket, a new one is bound, a removed one stops accepting.
 
+pub mod first_request;
 pub mod framing;
 pub mod head_timer;
 pub mod l4;
@@ -26,6 +27,7 @@ use crate::config::ConfigStore;
 use crate::inpod;
 use crate::inpod::handover::Proto;
 use crate::proxy::{Inbound, Proxy};
+use first_request::{FIRST_REQUEST_GRACE, FirstRequest};
 
 /// Largest request head accepted: generous for cookies and tokens, small enough that a client
 /// cannot make the proxy buffer much. Beyond it HTTP/1 gets 431.
@@ -357,8 +359,8 @@ async fn accept(
 }
 
 /// Serves one accepted connection in its own task. Once `closing` (the listener was handed
-/// over), HTTP connections finish their request in progress and close, so keep-alive clients
-/// reconnect to the new proxy.
+/// over), HTTP connections finish their request in progress, or their first one if it is still
+/// on its way ([`first_request`]), and close, so keep-alive clients reconnect to the new proxy.
 fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -386,15 +388,31 @@ fn serve(
         let tls = store.load().routes.tls(&bind);
         let verdicts = framing::Verdicts::default();
         let inbound = Inbound::new(bind, peer, tls.is_some(), verdicts.clone(), None);
-        let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
+        let first_request = Arc::new(FirstRequest::default());
+        let service = {
+            let first_request = first_request.clone();
+            service_fn(move |req| {
+                first_request.arrived();
+                proxy.clone().handle(inbound.clone(), req)
+            })
+        };
         macro_rules! serve_until_closed {
             ($io:expr) => {{
                 let mut conn = std::pin::pin!(server.serve_connection_with_upgrades($io, service));
                 tokio::select! {
                     result = conn.as_mut() => result,
                     Ok(()) = async { closing.wait_for(|c| *c).await.map(drop) } => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                        let ended = tokio::select! {
+                            result = conn.as_mut() => Some(result),
+                            () = first_request.wait(FIRST_REQUEST_GRACE) => None,
+                        };
+                        match ended {
+                            Some(result) => result,
+                            None => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        }
                     }
                 }
             }};
