@@ -508,8 +508,11 @@ mod tests {
     #[tokio::test]
     async fn after_a_burst_a_light_load_stays_on_few_connections_and_the_rest_expire() {
         let backend = server(Backend::Gate(4)).await;
+        // The idle timeout is 16 times the clients' pause, so that a test process stalled by a
+        // loaded machine (tests run in parallel) does not let a warm connection expire; the
+        // clients run for 2.5 idle timeouts, so the two cold ones do.
         let limits = Limits {
-            idle_timeout: Duration::from_millis(150),
+            idle_timeout: Duration::from_millis(400),
             sweep_every: Duration::from_millis(20),
             ..Limits::default()
         };
@@ -523,7 +526,7 @@ mod tests {
             .map(|c| {
                 let (pool, addr) = (pool.clone(), backend.addr);
                 tokio::spawn(async move {
-                    for i in 0..20 {
+                    for i in 0..40 {
                         body(pool.send(addr, get(&format!("/light{c}-{i}"))).await.expect("answer")).await;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
