@@ -85,6 +85,22 @@ impl Scanner {
         match state {
             State::Off => (State::Off, bytes.len()),
             State::Head(mut buf) => {
+                // Nearly every head arrives whole in one read: it is looked at where it lies,
+                // not copied first.
+                if buf.is_empty() {
+                    let start = bytes.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(bytes.len());
+                    if let Some(end) = head_end(&bytes[start..]) {
+                        let next = self.head_done(&bytes[start..start + end]);
+                        let next = match next {
+                            State::Head(_) => State::Head(buf),
+                            next => {
+                                self.spare = buf;
+                                next
+                            }
+                        };
+                        return (next, start + end);
+                    }
+                }
                 let (line_done, used) = take_until_blank_line(&mut buf, bytes);
                 if !line_done {
                     return if buf.len() > MAX_HEADER_BYTES {
@@ -144,48 +160,67 @@ impl Scanner {
         }
     }
 
+    /// Reads the framing of a whole request head, as bytes: lines end with `\n` (a `\r` before
+    /// it is dropped), as httparse reads them, so a head with bare line feeds is followed too.
     fn head_done(&mut self, head: &[u8]) -> State {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split("\r\n").map(|l| l.trim_end_matches('\n'));
-        let request_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or("");
-        if request_line.starts_with("PRI * HTTP/2.0") {
+        let mut lines = head.split(|b| *b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+        let request_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or(b"");
+        if request_line.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
-        let mut content_length: Option<&str> = None;
-        let mut transfer_encoding: Option<&str> = None;
+        let mut content_length: Option<&[u8]> = None;
+        let mut transfer_encoding: Option<&[u8]> = None;
         let mut upgrade = false;
         for line in lines {
-            let Some((name, value)) = line.split_once(':') else { continue };
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(value.trim());
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                transfer_encoding = Some(value.trim());
-            } else if name.eq_ignore_ascii_case("upgrade") {
+            let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+            let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                content_length = Some(value);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                transfer_encoding = Some(value);
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = true;
             }
         }
         let ambiguous = content_length.is_some() && transfer_encoding.is_some();
         self.verdicts.push(ambiguous);
-        if ambiguous || upgrade || request_line.starts_with("CONNECT ") {
+        if ambiguous || upgrade || request_line.starts_with(b"CONNECT ") {
             // The connection ends after this request or stops being HTTP/1.
             return State::Off;
         }
         match (transfer_encoding, content_length) {
             (Some(te), _)
-                if te.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")) =>
+                if te
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")) =>
             {
                 State::ChunkSize(Vec::new())
             }
             (Some(_), _) => State::Off,
-            (None, Some(cl)) => match cl.parse::<u64>() {
-                Ok(0) => State::Head(Vec::new()),
-                Ok(n) => State::Fixed(n),
-                Err(_) => State::Off,
+            (None, Some(cl)) => match std::str::from_utf8(cl).ok().and_then(|cl| cl.parse::<u64>().ok()) {
+                Some(0) => State::Head(Vec::new()),
+                Some(n) => State::Fixed(n),
+                None => State::Off,
             },
             (None, None) => State::Head(Vec::new()),
         }
     }
+}
+
+/// How far into `bytes`, which start with a request head's first line, the head ends (just
+/// past the blank line), when it ends there.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(line_end) = bytes[at..].iter().position(|b| *b == b'\n') {
+        // The first line is the request line (blank lines before it were skipped).
+        let blank = at > 0 && matches!(&bytes[at..at + line_end], b"" | b"\r");
+        at += line_end + 1;
+        if blank {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// Appends to `buf` up to and including the end of a request head; says whether it ended and
@@ -201,7 +236,8 @@ fn take_until_blank_line(buf: &mut Vec<u8>, bytes: &[u8]) -> (bool, usize) {
         let end = at + line_end + 1;
         buf.extend_from_slice(&bytes[at..end]);
         at = end;
-        if buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") {
+        // A blank line, `\r\n` or a bare `\n`, ends the head.
+        if buf.ends_with(b"\n\r\n") || buf.ends_with(b"\n\n") {
             return (true, at);
         }
     }
@@ -302,6 +338,20 @@ GET /smuggled HTTP/1.1\r\n\r\n";
     fn follows_pipelined_bodies_and_flags_the_ambiguous_request() {
         for split in 0..PIPELINE.len() {
             assert_eq!(verdicts_of(PIPELINE, split), vec![false, false, false, true], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_end_lines_as_they_do_for_hyper() {
+        // httparse ends header lines at a bare `\n` too: both fields are seen, however the
+        // bytes arrive.
+        let input = b"POST /a HTTP/1.1\nHost: h\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        for split in 0..input.len() {
+            assert_eq!(verdicts_of(input, split), vec![true], "split at {split}");
+        }
+        let mixed = b"GET /a HTTP/1.1\nHost: h\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+        for split in 0..mixed.len() {
+            assert_eq!(verdicts_of(mixed, split), vec![false, false], "split at {split}");
         }
     }
 

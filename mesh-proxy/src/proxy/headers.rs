@@ -20,6 +20,12 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes the connection-specific headers. gRPC needs `te: trailers` end to end, so that one
 /// value of `TE` survives.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these (a client's GET: `Host` and a few more): a look at each
+    // name, most of them standard ones compared by their tag, costs less than the eight hashed
+    // lookups below.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let wants_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -126,6 +132,24 @@ mod tests {
         assert!(h.get("x-one").is_none() && h.get("x-two").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.len(), 1, "only x-three is left: {h:?}");
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_alone_is_stripped_and_a_message_without_any_is_left_as_it_is() {
+        for name in ["connection", "te", "transfer-encoding", "upgrade", "keep-alive", "proxy-connection"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+            h.insert(name, HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name} kept: {h:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        h.append("x-custom", HeaderValue::from_static("1"));
+        h.append("x-custom", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
