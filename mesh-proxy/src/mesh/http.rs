@@ -19,7 +19,7 @@ use super::MeshTraffic;
 use crate::hbone::PORT as HBONE_PORT;
 use crate::hbone::client::PoolKey;
 use crate::inpod::PodContext;
-use crate::listener::{for_connection, framing, gather, http_server};
+use crate::listener::{for_connection, framing, http_server};
 use crate::proxy::{Inbound, MeshClient};
 use crate::upstream::Upstream;
 use crate::upstream::dial::{Dial, Io};
@@ -111,7 +111,7 @@ impl MeshTraffic {
         let inbound = Inbound::new(frontend, peer, false, verdicts.clone(), Some(Arc::new(mesh)));
         let proxy = self.proxy.clone();
         let service = service_fn(move |req| proxy.clone().handle(inbound.clone(), req));
-        let stream = gather::Gathered(framing::Scanned::new(conn, verdicts));
+        let stream = framing::Scanned::new(conn, verdicts);
         if let Err(error) =
             for_connection(&http_server()).serve_connection_with_upgrades(TokioIo::new(stream), service).await
         {
